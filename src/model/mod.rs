@@ -1,0 +1,6 @@
+//! What certrotate knows about a cluster before touching it: the AKS Engine API model,
+//! the topology derived from it, and the desired profile.
+
+pub mod apimodel;
+pub mod profile;
+pub mod topology;

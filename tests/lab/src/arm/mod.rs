@@ -1,0 +1,1 @@
+//! Azure Resource Manager stand-in (to be written).

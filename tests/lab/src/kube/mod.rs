@@ -1,0 +1,1 @@
+//! Kubernetes API server and kubelet stand-ins (to be written).
