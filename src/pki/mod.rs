@@ -36,8 +36,10 @@ pub struct CertTemplate {
     pub is_ca: bool,
     pub extended_usages: Vec<ExtendedUsage>,
     pub key: KeySpec,
-    /// Lifetime from issuance; `not_before` is the moment of issuance.
-    pub validity: std::time::Duration,
+    /// Validity window. Normally `not_before` is the moment of issuance; the lab sets both
+    /// in the past to make an already-expired cluster.
+    pub not_before: time::OffsetDateTime,
+    pub not_after: time::OffsetDateTime,
 }
 
 /// A certificate and its private key, both PEM. Keys are PKCS#1 for RSA (what AKS Engine
