@@ -311,6 +311,42 @@ fn openssl_made_pkcs1_ca_signs_leaves_with_its_exact_subject() {
     mutual_tls(&ca, &many[0], &many[1], FQDN);
 }
 
+/// What clusters built years ago carry: Go before 1.15 gave the CA no subject key
+/// identifier, names were PrintableString, KeyUsage digitalSignature|keyEncipherment|certSign.
+/// Leaves then carry no authority key identifier either, as Go would issue them.
+#[test]
+fn old_aks_engine_style_ca_without_key_identifiers_signs_leaves() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "ca.cnf",
+        "[req]\ndistinguished_name = dn\nx509_extensions = v3\nstring_mask = nombstr\nprompt = no\n\
+         [dn]\nCN = ca\n\
+         [v3]\nbasicConstraints = critical,CA:TRUE\n\
+         keyUsage = critical,digitalSignature,keyEncipherment,keyCertSign\n\
+         subjectKeyIdentifier = none\nauthorityKeyIdentifier = none\n",
+    );
+    openssl(&["genrsa", "-traditional", "-out", "ca.key", "2048"], dir.path());
+    openssl(&["req", "-x509", "-new", "-key", "ca.key", "-config", "ca.cnf", "-days", "3650", "-out", "ca.crt"], dir.path());
+    let ca = KeyCertPair {
+        cert_pem: std::fs::read_to_string(dir.path().join("ca.crt")).unwrap(),
+        key_pem: std::fs::read_to_string(dir.path().join("ca.key")).unwrap(),
+    };
+    let ca_text = openssl(&["x509", "-noout", "-text", "-in", "ca.crt"], dir.path());
+    assert!(!ca_text.contains("Key Identifier"), "test CA should have no key identifiers: {ca_text}");
+
+    let pairs = issue::issue_all(&leaf_templates(KeySpec::Rsa2048), &ca).unwrap();
+    for pair in &pairs {
+        write(dir.path(), "leaf.crt", &pair.cert_pem);
+        let verified = openssl(&["verify", "-CAfile", "ca.crt", "leaf.crt"], dir.path());
+        assert!(verified.contains("leaf.crt: OK"), "{verified}");
+        let text = openssl(&["x509", "-noout", "-text", "-in", "leaf.crt"], dir.path());
+        assert!(!text.contains("Authority Key Identifier"), "{text}");
+        assert!(inspect::chains_to(&pair.cert_pem, &ca.cert_pem).unwrap());
+    }
+    mutual_tls(&ca, &pairs[0], &pairs[1], "kubernetes.default");
+}
+
 #[test]
 fn pkcs8_and_sec1_keys_from_openssl_are_read_and_usable_as_ca() {
     let dir = tempfile::tempdir().unwrap();

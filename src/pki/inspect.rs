@@ -586,6 +586,16 @@ mod tests {
     }
 
     #[test]
+    fn json_schema_describes_times_as_strings() {
+        let schema = serde_json::to_value(schemars::schema_for!(CertFacts)).unwrap();
+        let properties = &schema["properties"];
+        assert_eq!(properties["not_after"]["type"], "string", "{schema}");
+        assert_eq!(properties["extended_usages"]["type"], "array", "{schema}");
+        let key_schema = serde_json::to_value(schemars::schema_for!(KeyFacts)).unwrap();
+        assert!(key_schema["properties"]["public_key_sha256"].is_object(), "{key_schema}");
+    }
+
+    #[test]
     fn expiry_helpers() {
         let now = time::OffsetDateTime::now_utc().replace_nanosecond(0).unwrap();
         let facts = CertFacts {
