@@ -2,3 +2,4 @@
 //! node, host keys verified), and the scripts run on them.
 
 pub mod script;
+pub mod ssh;
