@@ -108,6 +108,32 @@ fn unknown_ca_policy() {
 }
 
 #[test]
+fn negative_duration_inside_a_policy() {
+    let text = "name: w\nca:\n  policy: rotateWhenExpiring\n  within: -1y\n";
+    let out = refused("profiles/within-negative.yaml", text, 4);
+    assert!(out.contains("ca.within"), "the path to the value must be named:\n{out}");
+    insta::assert_snapshot!(out);
+}
+
+#[test]
+fn within_given_to_a_policy_that_takes_none() {
+    let text = "name: w\nca: {policy: keep, within: 1y}\n";
+    insta::assert_snapshot!(refused("profiles/keep-within.yaml", text, 2));
+}
+
+#[test]
+fn rotate_when_expiring_without_within() {
+    let text = "name: w\nca:\n  policy: rotateWhenExpiring\n";
+    insta::assert_snapshot!(refused("profiles/no-within.yaml", text, 3));
+}
+
+#[test]
+fn unknown_field_beside_a_unit_policy() {
+    let text = "name: w\nleaves:\n  policy: always\n  force: true\n";
+    insta::assert_snapshot!(refused("profiles/leaves.yaml", text, 4));
+}
+
+#[test]
 fn ecdsa_for_certificates_kept_in_the_api_model() {
     let text = "name: ec\nkey:\n  algorithm: ecdsa-p256\n";
     let out = refused("profiles/ec.yaml", text, 3);

@@ -95,6 +95,21 @@ fn a_flip_that_breaks_a_value_is_refused_as_malformed() {
 }
 
 #[test]
+fn a_field_added_anywhere_is_refused() {
+    let text = sample_plan().to_yaml().unwrap();
+    for (anchor, added) in [
+        ("kind: missing\n", "        note: added\n"),
+        ("kind: apiModel\n", "    note: added\n"),
+        ("formatVersion: 1\n", "extra: added\n"),
+    ] {
+        let at = text.find(anchor).unwrap_or_else(|| panic!("`{anchor}` not in the plan")) + anchor.len();
+        let tampered = format!("{}{added}{}", &text[..at], &text[at..]);
+        let err = PlanFile::from_source(&SourceFile::from_text("p.yaml", tampered)).expect_err(anchor);
+        assert!(err.message.contains("unknown field"), "{anchor}: {}", err.message);
+    }
+}
+
+#[test]
 fn a_tampered_file_on_disk_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("plan.yaml");

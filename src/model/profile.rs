@@ -251,8 +251,8 @@ impl JsonSchema for RsaKeySize {
     }
 }
 
-/// When a CA is replaced.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+/// When a CA is replaced. Deserialized by hand (see `CaPolicyFields`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, JsonSchema)]
 #[serde(tag = "policy", rename_all = "camelCase", deny_unknown_fields)]
 pub enum CaPolicy {
     /// Never replace the CA; leaves are reissued under the existing one (no API downtime).
@@ -283,8 +283,8 @@ impl CaPolicy {
     }
 }
 
-/// When a leaf certificate in scope is reissued.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
+/// When a leaf certificate in scope is reissued. Deserialized by hand (see `CaPolicyFields`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, JsonSchema)]
 #[serde(tag = "policy", rename_all = "camelCase", deny_unknown_fields)]
 pub enum LeafPolicy {
     /// Only when due: expired or expiring within `renewBefore`, signed by a CA being
@@ -295,6 +295,100 @@ pub enum LeafPolicy {
     /// `aks-engine rotate-certs`, which reissues everything).
     Always,
 }
+
+/// What a CA `{policy: ..., within: ...}` mapping may hold. serde's internally tagged enums
+/// ignore unknown fields next to unit variants and buffer their content, which loses the
+/// line of a bad value; reading the fields into this struct from inside a map visitor keeps
+/// `deny_unknown_fields` strict and lets serde_yaml point at the offending key or value.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct CaPolicyFields {
+    policy: CaPolicyName,
+    #[serde(default)]
+    within: Option<Duration>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+enum CaPolicyName {
+    Keep,
+    RotateWhenExpiring,
+    Always,
+}
+
+/// What a leaf `{policy: ...}` mapping may hold.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct LeafPolicyFields {
+    policy: LeafPolicyName,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "camelCase")]
+enum LeafPolicyName {
+    WhenDue,
+    Always,
+}
+
+/// Deserializes a policy enum from a mapping through `$fields` and `$convert`,
+/// raising conversion errors inside the map visitor so they carry the mapping's location.
+macro_rules! deserialize_policy {
+    ($ty:ty, $fields:ty, $expecting:literal, $convert:expr) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct PolicyVisitor;
+
+                impl<'de> serde::de::Visitor<'de> for PolicyVisitor {
+                    type Value = $ty;
+
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+
+                    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<$ty, A::Error> {
+                        let fields = <$fields>::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                        let convert: fn($fields) -> Result<$ty, String> = $convert;
+                        convert(fields).map_err(serde::de::Error::custom)
+                    }
+                }
+
+                deserializer.deserialize_map(PolicyVisitor)
+            }
+        }
+    };
+}
+
+deserialize_policy!(
+    CaPolicy,
+    CaPolicyFields,
+    "a CA policy: `{policy: keep}`, `{policy: rotateWhenExpiring, within: 1y}` or `{policy: always}`",
+    |fields| match (fields.policy, fields.within) {
+        (CaPolicyName::Keep, None) => Ok(CaPolicy::Keep),
+        (CaPolicyName::Always, None) => Ok(CaPolicy::Always),
+        (CaPolicyName::RotateWhenExpiring, Some(within)) => Ok(CaPolicy::RotateWhenExpiring { within }),
+        (CaPolicyName::RotateWhenExpiring, None) => Err(with_help(
+            "policy rotateWhenExpiring needs `within`: how close to expiry the CA is replaced",
+            "add e.g. `within: 1y` to replace the CA once less than a year of validity is left",
+        )),
+        (name, Some(_)) => Err(with_help(
+            format!(
+                "`within` only applies to policy rotateWhenExpiring, not {}",
+                if matches!(name, CaPolicyName::Keep) { "keep" } else { "always" }
+            ),
+            "remove `within`, or set `policy: rotateWhenExpiring`",
+        )),
+    }
+);
+
+deserialize_policy!(
+    LeafPolicy,
+    LeafPolicyFields,
+    "a leaf policy: `{policy: whenDue}` or `{policy: always}`",
+    |fields| Ok(match fields.policy {
+        LeafPolicyName::WhenDue => LeafPolicy::WhenDue,
+        LeafPolicyName::Always => LeafPolicy::Always,
+    })
+);
 
 /// The front-proxy PKI (aggregation layer): its CA policy and whether its client is managed.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -1337,6 +1431,18 @@ impl Profile {
 /// Turns a serde_yaml error into a diagnostic, separating advice raised by the newtypes
 /// from the problem so that miette shows it as help.
 fn diagnostic_from_yaml(source: &SourceFile, err: &serde_yaml::Error) -> InputError {
+    yaml_diagnostic(source, err, "invalid profile", generic_help)
+}
+
+/// As `SourceFile::yaml_error`, but advice raised by this module's value types (after
+/// `HELP_MARKER`) becomes the help line; otherwise `default_help(message)` does. The plan
+/// reader uses it too, since plans embed a profile.
+pub(crate) fn yaml_diagnostic(
+    source: &SourceFile,
+    err: &serde_yaml::Error,
+    what: &str,
+    default_help: impl Fn(&str) -> String,
+) -> InputError {
     let full = err.to_string();
     let without_position = match full.rfind(" at line ") {
         Some(i) => &full[..i],
@@ -1344,10 +1450,10 @@ fn diagnostic_from_yaml(source: &SourceFile, err: &serde_yaml::Error) -> InputEr
     };
     let (message, help) = match without_position.split_once(HELP_MARKER) {
         Some((message, help)) => (message.to_string(), help.to_string()),
-        None => (without_position.to_string(), generic_help(without_position)),
+        None => (without_position.to_string(), default_help(without_position)),
     };
     // serde prefixes nested messages with the dotted path to the value, which is helpful.
-    let message = format!("invalid profile: {message}");
+    let message = format!("{what}: {message}");
     match err.location() {
         Some(loc) => source.error_at_line_col(loc.line(), loc.column(), message, help),
         None => source.error_at(0..0, message, help),

@@ -8,7 +8,7 @@
 //! The types are plain data with public fields: the diff and graph code fills them in.
 
 use crate::diag::{InputError, SourceFile};
-use crate::model::profile::{locate_yaml_path, CertId, Duration, Profile};
+use crate::model::profile::{locate_yaml_path, yaml_diagnostic, CertId, Duration, Profile};
 use miette::Diagnostic;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
@@ -125,8 +125,10 @@ pub enum ObservedItem {
     /// A private key: sha256 of the DER SubjectPublicKeyInfo of its public half, the same
     /// fingerprint a certificate's public key has, so key-matches-cert is visible.
     PrivateKey { public_key_fingerprint: Sha256Digest },
-    /// The path did not exist.
-    Missing,
+    /// The path did not exist. (An empty struct variant, not a unit one: serde ignores
+    /// unknown fields beside unit variants of tagged enums, and a plan must not carry
+    /// anything its digest does not cover.)
+    Missing {},
     /// The path existed but could not be read; `reason` says why.
     Unreadable { reason: String },
 }
@@ -140,12 +142,14 @@ pub struct TargetChanges {
 }
 
 /// Where a certificate lives: a node, the API model, or etcd (front-proxy material).
+/// `ApiModel {}` and `Etcd {}` are empty struct variants for the reason `ObservedItem::Missing`
+/// is.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "camelCase", deny_unknown_fields)]
 pub enum ChangeTarget {
     Node { name: String, role: NodeRole },
-    ApiModel,
-    Etcd,
+    ApiModel {},
+    Etcd {},
 }
 
 /// What happens to one certificate on one target, and why.
@@ -697,7 +701,7 @@ impl PlanFile {
             ));
         }
         let plan: PlanFile = serde_yaml::from_str(&source.text)
-            .map_err(|e| source.yaml_error(&e, "the saved plan is malformed", remake))?;
+            .map_err(|e| yaml_diagnostic(source, &e, "the saved plan is malformed", |_| remake.to_string()))?;
 
         let Some(recorded) = &plan.digest else {
             return Err(source.error_at(

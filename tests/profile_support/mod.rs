@@ -31,7 +31,7 @@ pub fn sample_plan() -> PlanFile {
             "/etc/kubernetes/certs/apiserver.key".into(),
             ObservedItem::PrivateKey { public_key_fingerprint: digest(&format!("apiserver.pub{i}")) },
         );
-        files.insert("/var/lib/kubelet/pki/kubelet-client-current.pem".into(), ObservedItem::Missing);
+        files.insert("/var/lib/kubelet/pki/kubelet-client-current.pem".into(), ObservedItem::Missing {});
         plan.observed.nodes.push(ObservedNode { node: format!("k8s-master-31415926-{i}"), role: NodeRole::Master, files });
     }
     plan.observed
@@ -69,7 +69,7 @@ pub fn sample_plan() -> PlanFile {
         ],
     });
     plan.changes.push(TargetChanges {
-        target: ChangeTarget::ApiModel,
+        target: ChangeTarget::ApiModel {},
         certificates: vec![CertificateChange {
             certificate: CertId::EtcdPeer,
             location: "/properties/certificateProfile/etcdPeerCertificates/1".into(),
