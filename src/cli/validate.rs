@@ -4,6 +4,7 @@
 use super::args::{StatusArgs, ValidateArgs};
 use super::Outcome;
 use crate::model::apimodel::{ApiModel, CertificateProfile};
+use crate::model::profile::Profile;
 use crate::model::topology::{Role, Topology};
 use crate::pki::audit::{self, Finding, Severity};
 use crate::pki::catalogue::{self, CertEntry};
@@ -25,6 +26,7 @@ pub fn run(a: &ValidateArgs) -> miette::Result<Outcome> {
     let model = ApiModel::load(&a.api_model)?;
     let suffix = crate::model::topology::resolve_name_suffix(&model, a.name_suffix.as_deref())?;
     let topo = Topology::derive_with_suffix(&model, &suffix.value)?;
+    let profile = Profile::load(&a.profile)?;
     let cat = catalogue::catalogue(&topo);
     let now = time::OffsetDateTime::now_utc();
     let mut findings = audit::audit_certificate_profile(&model, &cat, now)?.findings;
@@ -36,7 +38,7 @@ pub fn run(a: &ValidateArgs) -> miette::Result<Outcome> {
         api_model: a.api_model.display().to_string(),
         name_suffix_from: suffix.from,
         topology: topo,
-        profile: a.profile.clone(),
+        profile: format!("{} ({})", profile.name, profile.description.lines().next().unwrap_or("")),
         certificates: cat,
         findings,
     };
