@@ -273,7 +273,16 @@ fn run(cli: Cli) -> Result<ExitCode, lab::error::LabError> {
 }
 
 fn main() -> ExitCode {
-    match run(Cli::parse()) {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Supervise { .. }) {
+        // Die quietly when stdout is a closed pipe (`lab status | head`), as CLI tools do.
+        // The supervisor keeps Rust's default (ignored) so a vanished client cannot kill it.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match run(cli) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("lab: {e}");

@@ -1,19 +1,16 @@
 //! The cluster PKI the lab issues, shaped as AKS Engine issues it (DOMAIN.md "The PKI that
 //! AKS Engine issues"): one CA `CN=ca`, apiserver, client, kubectlClient, etcdserver,
 //! etcdclient, etcdpeer<i>, the front-proxy CA and client, and a self-signed kubeletserver
-//! per node. RSA 2048 keys (for speed), PKCS#1 PEM as AKS Engine writes them.
+//! per node. RSA 2048 keys (for speed). Issuance is certrotate's own (`certrotate::pki::issue`),
+//! so the lab's certificates are made exactly as certrotate makes rotated ones.
 //!
-//! TODO(lab-infra): switch to `certrotate::pki::catalogue` + `certrotate::pki::issue` once they
-//! land on main, so the lab and certrotate share one definition of the cluster's certificates.
+//! TODO(lab-infra): build the templates from `certrotate::pki::catalogue` once it lands, so
+//! the lab and certrotate share one definition of which certificates a cluster has.
 
 use crate::error::LabError;
 use crate::spec::{Expiry, Layout};
-use certrotate::pki::KeyCertPair;
-use pkcs1::der::{pem::LineEnding, Decode, EncodePem};
-use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose, SanType, SerialNumber,
-};
+use certrotate::pki::issue::{generate_keys, issue_all, issue_ca, issue_ca_with_key};
+use certrotate::pki::{CertTemplate, ExtendedUsage, KeyCertPair, KeySpec};
 use std::net::{IpAddr, Ipv4Addr};
 use time::{Duration, OffsetDateTime};
 
@@ -36,104 +33,8 @@ pub struct ClusterPki {
 /// The service CIDR's first address (10.0.0.0/16 in the lab's apimodel).
 pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
 
-struct Leaf {
-    cn: String,
-    org: Option<&'static str>,
-    dns: Vec<String>,
-    ips: Vec<IpAddr>,
-    usages: Vec<ExtendedKeyUsagePurpose>,
-}
-
-fn pki_err(what: &str) -> impl Fn(rcgen::Error) -> LabError + '_ {
+fn pki_err(what: &str) -> impl Fn(certrotate::pki::issue::IssueError) -> LabError + '_ {
     move |e| LabError::Pki { what: what.to_string(), detail: e.to_string() }
-}
-
-/// RSA 2048 key pair, its PKCS#1 PEM (what AKS Engine writes), and the rcgen handle.
-fn rsa_key(what: &str) -> Result<(KeyPair, String), LabError> {
-    let key = KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
-        .map_err(pki_err(what))?;
-    let pkcs8 = key.serialize_der();
-    let info = pkcs8::PrivateKeyInfo::try_from(pkcs8.as_slice())
-        .map_err(|e| LabError::Pki { what: what.into(), detail: format!("PKCS#8: {e}") })?;
-    let pkcs1 = pkcs1::RsaPrivateKey::from_der(info.private_key)
-        .map_err(|e| LabError::Pki { what: what.into(), detail: format!("PKCS#1: {e}") })?;
-    let pem = pkcs1
-        .to_pem(LineEnding::LF)
-        .map_err(|e| LabError::Pki { what: what.into(), detail: format!("PEM: {e}") })?;
-    Ok((key, pem))
-}
-
-fn base_params(cn: &str, org: Option<&str>, not_before: OffsetDateTime, not_after: OffsetDateTime) -> CertificateParams {
-    let mut params = CertificateParams::default();
-    let mut dn = DistinguishedName::new();
-    if let Some(org) = org {
-        dn.push(DnType::OrganizationName, org);
-    }
-    dn.push(DnType::CommonName, cn);
-    params.distinguished_name = dn;
-    params.not_before = not_before;
-    params.not_after = not_after;
-    params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>()[..]));
-    params
-}
-
-fn ca(cn: &str, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Result<(KeyCertPair, Issuer<'static, KeyPair>), LabError> {
-    let (key, key_pem) = rsa_key(cn)?;
-    let mut params = base_params(cn, None, not_before, not_after);
-    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params.key_usages = vec![
-        KeyUsagePurpose::DigitalSignature,
-        KeyUsagePurpose::KeyEncipherment,
-        KeyUsagePurpose::KeyCertSign,
-    ];
-    let cert = params.self_signed(&key).map_err(pki_err(cn))?;
-    Ok((KeyCertPair { cert_pem: cert.pem(), key_pem }, Issuer::new(params, key)))
-}
-
-fn leaf(
-    spec: &Leaf,
-    issuer: Option<&Issuer<'_, KeyPair>>,
-    not_before: OffsetDateTime,
-    not_after: OffsetDateTime,
-) -> Result<KeyCertPair, LabError> {
-    let (key, key_pem) = rsa_key(&spec.cn)?;
-    let mut params = base_params(&spec.cn, spec.org, not_before, not_after);
-    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-    params.extended_key_usages = spec.usages.clone();
-    for dns in &spec.dns {
-        params
-            .subject_alt_names
-            .push(SanType::DnsName(dns.clone().try_into().map_err(pki_err(&spec.cn))?));
-    }
-    params.subject_alt_names.extend(spec.ips.iter().map(|ip| SanType::IpAddress(*ip)));
-    params.use_authority_key_identifier_extension = issuer.is_some();
-    let cert = match issuer {
-        Some(issuer) => params.signed_by(&key, issuer),
-        None => params.self_signed(&key),
-    }
-    .map_err(pki_err(&spec.cn))?;
-    Ok(KeyCertPair { cert_pem: cert.pem(), key_pem })
-}
-
-/// Run `jobs` on every core; RSA key generation dominates `lab up` for big labs.
-fn parallel<T: Send>(jobs: Vec<Box<dyn FnOnce() -> Result<T, LabError> + Send + '_>>) -> Result<Vec<T>, LabError> {
-    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
-    let jobs: Vec<_> = jobs.into_iter().enumerate().collect();
-    let queue = std::sync::Mutex::new(jobs);
-    let results = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| loop {
-                let job = queue.lock().unwrap_or_else(|p| p.into_inner()).pop();
-                let Some((index, job)) = job else { break };
-                let result = job();
-                results.lock().unwrap_or_else(|p| p.into_inner()).push((index, result));
-            });
-        }
-    });
-    let mut results = results.into_inner().unwrap_or_else(|p| p.into_inner());
-    results.sort_by_key(|(index, _)| *index);
-    results.into_iter().map(|(_, r)| r).collect()
 }
 
 /// Validity window of leaf certificates for the requested expiry. The CA keeps AKS Engine's
@@ -172,50 +73,82 @@ pub fn apiserver_dns_names(layout: &Layout) -> Vec<String> {
     names
 }
 
+struct Window(OffsetDateTime, OffsetDateTime);
+
+fn template(cn: &str, org: Option<&str>, dns: Vec<String>, ips: Vec<IpAddr>, usages: Vec<ExtendedUsage>, is_ca: bool, window: &Window) -> CertTemplate {
+    CertTemplate {
+        common_name: cn.into(),
+        organization: org.map(String::from),
+        dns_sans: dns,
+        ip_sans: ips,
+        is_ca,
+        extended_usages: usages,
+        key: KeySpec::Rsa2048,
+        not_before: window.0,
+        not_after: window.1,
+    }
+}
+
 pub fn issue_cluster_pki(layout: &Layout) -> Result<ClusterPki, LabError> {
+    use ExtendedUsage::{ClientAuth, ServerAuth};
     let now = OffsetDateTime::now_utc();
     let (nb, na) = leaf_window(layout.spec.expiry, now);
-    let ca_window = (now - Duration::hours(1), now + Duration::days(365 * 30));
-    let ((ca, ca_issuer), (proxy_ca, proxy_issuer)) = std::thread::scope(|s| {
-        let proxy = s.spawn(|| ca("proxyClientCA", ca_window.0, ca_window.1));
-        let ca = ca("ca", ca_window.0, ca_window.1);
-        let proxy = proxy.join().unwrap_or_else(|_| Err(LabError::Pki { what: "proxy CA".into(), detail: "panicked".into() }));
+    let leaf = Window(nb, na);
+    let thirty_years = Window(now - Duration::hours(1), now + Duration::days(365 * 30));
+    // kubeletserver: made on the node by `openssl req -x509` for 20 years (AKS Engine never
+    // rotates it), a self-signed CA:TRUE certificate.
+    let twenty_years = Window(now - Duration::hours(1), now + Duration::days(365 * 20));
+
+    let ca_template = template("ca", None, vec![], vec![], vec![], true, &thirty_years);
+    let proxy_ca_template = template("proxyClientCA", None, vec![], vec![], vec![], true, &thirty_years);
+    let (ca, proxy_ca) = std::thread::scope(|s| {
+        let proxy = s.spawn(|| issue_ca(&proxy_ca_template).map_err(pki_err("the front-proxy CA")));
+        let ca = issue_ca(&ca_template).map_err(pki_err("the cluster CA"));
+        let proxy = proxy.join().unwrap_or_else(|_| Err(LabError::Pki { what: "the front-proxy CA".into(), detail: "worker panicked".into() }));
         Ok::<_, LabError>((ca?, proxy?))
     })?;
-    use ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
+
     let server_ips = apiserver_ips(layout);
-    let client = |cn: &str, org| Leaf { cn: cn.into(), org, dns: vec![], ips: vec![], usages: vec![ClientAuth] };
-    let etcd = |cn: &str| Leaf { cn: cn.into(), org: None, dns: vec![], ips: server_ips.clone(), usages: vec![ServerAuth, ClientAuth] };
-    let mut signed: Vec<(Leaf, bool)> = vec![
-        (Leaf { cn: "apiserver".into(), org: None, dns: apiserver_dns_names(layout), ips: server_ips.clone(), usages: vec![ServerAuth] }, false),
-        (client("client", Some("system:masters")), false),
-        (client("client", Some("system:masters")), false),
-        (etcd("etcdserver"), false),
-        (etcd("etcdclient"), false),
-        (client("aggregator", Some("system:masters")), true),
-    ];
     let masters = layout.masters().count();
-    signed.extend((0..masters).map(|_| (etcd("etcdpeer"), false)));
-    let (ca_issuer, proxy_issuer) = (&ca_issuer, &proxy_issuer);
-    let mut jobs: Vec<Box<dyn FnOnce() -> Result<KeyCertPair, LabError> + Send + '_>> = Vec::new();
-    for (spec, by_proxy) in signed {
-        jobs.push(Box::new(move || leaf(&spec, Some(if by_proxy { proxy_issuer } else { ca_issuer }), nb, na)));
-    }
-    for node in &layout.nodes {
-        let spec = Leaf { cn: node.name.clone(), org: None, dns: vec![node.name.clone()], ips: vec![], usages: vec![ServerAuth] };
-        jobs.push(Box::new(move || leaf(&spec, None, now - Duration::hours(1), now + Duration::days(365 * 20))));
-    }
-    let mut issued = parallel(jobs)?.into_iter();
-    let mut next = || issued.next().expect("one result per job");
-    let apiserver = next();
-    let client = next();
-    let kubectl_client = next();
-    let etcd_server = next();
-    let etcd_client = next();
-    let proxy = next();
-    let etcd_peers = (0..masters).map(|_| next()).collect();
-    let kubelet_servers = layout.nodes.iter().map(|_| next()).collect();
-    Ok(ClusterPki { ca, apiserver, client, kubectl_client, etcd_server, etcd_client, etcd_peers, proxy_ca, proxy, kubelet_servers })
+    let etcd = |cn: &str| template(cn, None, vec![], server_ips.clone(), vec![ServerAuth, ClientAuth], false, &leaf);
+    let mut templates = vec![
+        template("apiserver", None, apiserver_dns_names(layout), server_ips.clone(), vec![ServerAuth], false, &leaf),
+        template("client", Some("system:masters"), vec![], vec![], vec![ClientAuth], false, &leaf),
+        template("client", Some("system:masters"), vec![], vec![], vec![ClientAuth], false, &leaf),
+        etcd("etcdserver"),
+        etcd("etcdclient"),
+    ];
+    templates.extend((0..masters).map(|_| etcd("etcdpeer")));
+    let kubelet_templates: Vec<CertTemplate> = layout
+        .nodes
+        .iter()
+        .map(|n| template(&n.name, None, vec![], vec![], vec![], true, &twenty_years))
+        .collect();
+    let proxy_template = template("aggregator", Some("system:masters"), vec![], vec![], vec![ClientAuth], false, &leaf);
+
+    let signed = issue_all(&templates, &ca).map_err(pki_err("the cluster's leaf certificates"))?;
+    let proxy = issue_all(std::slice::from_ref(&proxy_template), &proxy_ca).map_err(pki_err("the front-proxy client"))?;
+    // Keys first, on every core: RSA generation is what makes a 50-node lab slow to issue.
+    let kubelet_keys = generate_keys(&vec![KeySpec::Rsa2048; kubelet_templates.len()]).map_err(pki_err("kubeletserver keys"))?;
+    let kubelet_servers = kubelet_templates
+        .iter()
+        .zip(&kubelet_keys)
+        .map(|(t, key)| issue_ca_with_key(t, key).map_err(pki_err("a kubeletserver certificate")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut signed = signed.into_iter();
+    let mut next = || signed.next().expect("one certificate per template");
+    Ok(ClusterPki {
+        apiserver: next(),
+        client: next(),
+        kubectl_client: next(),
+        etcd_server: next(),
+        etcd_client: next(),
+        etcd_peers: (0..masters).map(|_| next()).collect(),
+        proxy: proxy.into_iter().next().expect("one proxy certificate"),
+        kubelet_servers,
+        ca,
+        proxy_ca,
+    })
 }
 
 #[cfg(test)]
