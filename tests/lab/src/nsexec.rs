@@ -272,3 +272,76 @@ pub fn signal_all(pids: &[u32], signal: libc::c_int) {
         }
     }
 }
+
+impl NodeNamespaces {
+    /// Run an async task on a thread of its own that joined the node's network namespace, so
+    /// every socket it opens (listeners, client connections) lives in the node: a stand-in
+    /// run this way sees the node's network, cuts included, without a process of its own.
+    /// `make` receives a stop signal; the returned `Running` ends when the task does.
+    pub fn spawn_net_task<F, Fut>(&self, name: String, make: F) -> Result<crate::service::Running, LabError>
+    where
+        F: FnOnce(tokio::sync::oneshot::Receiver<()>) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + 'static,
+    {
+        let net = self.net.try_clone().map_err(LabError::io("duplicating a netns handle"))?;
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name(name.clone())
+            .spawn(move || {
+                // SAFETY: setns on this thread only; the network namespace is per thread.
+                if unsafe { libc::setns(net.as_raw_fd(), libc::CLONE_NEWNET) } == -1 {
+                    eprintln!("lab: {name}: cannot join the node's network: {}", std::io::Error::last_os_error());
+                    let _ = done_tx.send(());
+                    return;
+                }
+                drop(net);
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(runtime) => runtime.block_on(make(stop_rx)),
+                    Err(e) => eprintln!("lab: {name}: cannot start a runtime: {e}"),
+                }
+                let _ = done_tx.send(());
+            })
+            .map_err(LabError::io("starting a node task thread"))?;
+        Ok(crate::service::Running::Task { stop: Some(stop_tx), done: done_rx })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// A holder with no mounts: fresh namespaces only. Killed on drop.
+    struct Holder(std::process::Child);
+    impl Drop for Holder {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn net_tasks_and_commands_run_inside_the_node() {
+        let holder = Holder(holder_command("ns-test-node", &[]).unwrap().spawn().expect("needs root"));
+        let ns = NodeNamespaces::open(holder.0.id()).unwrap();
+        let node_inode = ns.net_inode().unwrap();
+        let host_inode = std::fs::metadata("/proc/self/ns/net").unwrap().ino();
+        assert_ne!(node_inode, host_inode);
+
+        let hostname = ns.run("hostname", &[], None, Enter::ALL).unwrap();
+        assert_eq!(hostname.trim(), "ns-test-node");
+
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let running = ns
+            .spawn_net_task("ns-test".into(), move |_stop| async move {
+                let inode = std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino();
+                let _ = tx.send(inode);
+            })
+            .unwrap();
+        assert_eq!(rx.await.unwrap(), node_inode, "the task's thread is in the node's netns");
+        let crate::service::Running::Task { done, .. } = running else { panic!("a task") };
+        done.await.unwrap();
+        assert_eq!(std::fs::metadata("/proc/thread-self/ns/net").unwrap().ino(), host_inode, "the caller stays put");
+    }
+}

@@ -1,7 +1,7 @@
-//! One supervised service: a task that owns the service's process, starts and stops it on
-//! command, and restarts it when it crashes while it is wanted (as systemd's Restart=always).
-//! A unit without a process of its own ("virtual", e.g. a stand-in not yet wired) only keeps
-//! its wanted/active state, so `systemctl` still answers truthfully about it.
+//! One supervised service: a task that owns the service's process (or in-process task),
+//! starts and stops it on command, and restarts it when it crashes while it is wanted (as
+//! systemd's Restart=always). A unit without anything to run ("virtual", e.g. a stand-in not
+//! yet wired) only keeps its wanted/active state, so `systemctl` still answers truthfully.
 
 use crate::control::UnitStatus;
 use crate::error::LabError;
@@ -10,8 +10,49 @@ use std::time::Duration;
 use tokio::process::Child;
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// How a unit's process is started; called on every (re)start so it re-reads config on disk.
-pub type Launcher = Arc<dyn Fn() -> Result<Child, LabError> + Send + Sync>;
+/// A started unit: a child process, or an in-process task (e.g. a stand-in on a thread that
+/// joined the node's network namespace) with a way to ask it to stop.
+pub enum Running {
+    Process(Child),
+    Task { stop: Option<oneshot::Sender<()>>, done: oneshot::Receiver<()> },
+}
+
+impl Running {
+    async fn wait(&mut self) -> String {
+        match self {
+            Running::Process(child) => child.wait().await.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()),
+            Running::Task { done, .. } => {
+                let _ = done.await;
+                "task ended".into()
+            }
+        }
+    }
+
+    async fn terminate(self, grace: Duration) {
+        match self {
+            Running::Process(mut child) => {
+                if let Some(pid) = child.id() {
+                    // SAFETY: signalling our own child by pid.
+                    unsafe {
+                        libc::kill(pid as libc::pid_t, libc::SIGTERM);
+                    }
+                }
+                if tokio::time::timeout(grace, child.wait()).await.is_err() {
+                    let _ = child.kill().await;
+                }
+            }
+            Running::Task { mut stop, done } => {
+                if let Some(stop) = stop.take() {
+                    let _ = stop.send(());
+                }
+                let _ = tokio::time::timeout(grace, done).await;
+            }
+        }
+    }
+}
+
+/// How a unit is started; called on every (re)start so it re-reads config on disk.
+pub type Launcher = Arc<dyn Fn() -> Result<Running, LabError> + Send + Sync>;
 
 enum Command {
     Start(oneshot::Sender<()>),
@@ -33,18 +74,6 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Pause before restarting a crashed process, so a crash loop does not eat the machine.
 const RESTART_BACKOFF: Duration = Duration::from_millis(500);
 
-async fn terminate(mut child: Child) {
-    if let Some(pid) = child.id() {
-        // SAFETY: signalling our own child by pid.
-        unsafe {
-            libc::kill(pid as libc::pid_t, libc::SIGTERM);
-        }
-    }
-    if tokio::time::timeout(STOP_GRACE, child.wait()).await.is_err() {
-        let _ = child.kill().await;
-    }
-}
-
 impl Service {
     /// Spawn the task. `launcher` None makes a virtual unit.
     pub fn spawn(name: String, launcher: Option<Launcher>) -> Service {
@@ -53,9 +82,9 @@ impl Service {
         let task_name = name.clone();
         tokio::spawn(async move {
             let mut wanted = false;
-            let mut child: Option<Child> = None;
+            let mut child: Option<Running> = None;
             let mut restarts = 0u32;
-            let start = |child: &mut Option<Child>| {
+            let start = |child: &mut Option<Running>| {
                 if let Some(launch) = &launcher {
                     match launch() {
                         Ok(c) => *child = Some(c),
@@ -70,7 +99,7 @@ impl Service {
                 tokio::select! {
                     command = inbox.recv() => match command {
                         None => {
-                            if let Some(c) = child.take() { terminate(c).await; }
+                            if let Some(c) = child.take() { c.terminate(STOP_GRACE).await; }
                             return;
                         }
                         Some(Command::Start(ack)) => {
@@ -80,18 +109,18 @@ impl Service {
                         }
                         Some(Command::Stop(ack)) => {
                             wanted = false;
-                            if let Some(c) = child.take() { terminate(c).await; }
+                            if let Some(c) = child.take() { c.terminate(STOP_GRACE).await; }
                             let _ = ack.send(());
                         }
                         Some(Command::Kill(ack)) => {
                             wanted = false;
-                            if let Some(mut c) = child.take() { let _ = c.kill().await; }
+                            if let Some(c) = child.take() { c.terminate(Duration::ZERO).await; }
                             let _ = ack.send(());
                         }
                     },
                     exit = async { child.as_mut().expect("guarded by is_some").wait().await }, if child.is_some() => {
                         child = None;
-                        eprintln!("lab: {task_name}: exited ({})", exit.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+                        eprintln!("lab: {task_name}: exited ({exit})");
                         if wanted {
                             tokio::time::sleep(RESTART_BACKOFF).await;
                             restarts += 1;

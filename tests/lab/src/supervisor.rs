@@ -7,7 +7,7 @@ use crate::control::{Fault, LabStatus, NodeStatus, Power, Request, Response, Sys
 use crate::error::LabError;
 use crate::nodefiles::{self, CERT_DIR, ETCD_UID};
 use crate::nsexec::{self, Enter, NodeMount, NodeNamespaces};
-use crate::service::{Launcher, Service};
+use crate::service::{Launcher, Running, Service};
 use crate::spec::{Expiry, Layout, NodeInfo, Role};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -131,7 +131,7 @@ fn sshd_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>) -> Launcher {
         command.arg("-D").arg("-f").arg(&config).arg("-E").arg(&log_file);
         command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(append_log(&log_file)?);
         node.ns.enter(&mut command, Enter::ALL);
-        tokio::process::Command::from(command).spawn().map_err(LabError::io("starting sshd"))
+        tokio::process::Command::from(command).spawn().map(Running::Process).map_err(LabError::io("starting sshd"))
     })
 }
 
@@ -143,7 +143,7 @@ fn etcd_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>) -> Launcher {
         command.args(["-c", "set -a; . /etc/default/etcd; exec /usr/bin/etcd $DAEMON_ARGS"]);
         command.stdin(std::process::Stdio::null()).stdout(append_log(&log_file)?).stderr(append_log(&log_file)?);
         node.ns.enter(&mut command, Enter { net: true, mount_and_uts: true, user: Some((ETCD_UID, ETCD_UID)) });
-        tokio::process::Command::from(command).spawn().map_err(LabError::io("starting etcd"))
+        tokio::process::Command::from(command).spawn().map(Running::Process).map_err(LabError::io("starting etcd"))
     })
 }
 
