@@ -7,9 +7,9 @@
 //! median of several rounds, and the contenders take turns inside each round so that the
 //! load of other processes on the machine spreads evenly over them.
 //!
-//! Run: `cargo bench --bench issue_pki`. Rounds per size come from
-//! `ISSUE_PKI_ROUNDS_2048` / `ISSUE_PKI_ROUNDS_4096` (defaults below keep the run under
-//! about three minutes on a 2-core machine).
+//! Run: `cargo bench --bench issue_pki`. Each key size runs at least 3 rounds and then
+//! stops at its time budget (so the whole run stays near three minutes on an idle 2-core
+//! machine); `ISSUE_PKI_ROUNDS_2048` / `ISSUE_PKI_ROUNDS_4096` fix the round counts.
 
 use certrotate::pki::issue::{self, CertificateAuthority, GeneratedKey};
 use certrotate::pki::{CertTemplate, ExtendedUsage, KeyCertPair, KeySpec};
@@ -21,69 +21,121 @@ use std::time::{Duration, Instant};
 const KEYS_IN_PKI: usize = 11;
 const OPENSSL_PARALLEL_WORKERS: usize = 2;
 
+/// One contender's samples: wall-clock time and CPU time (its own for us, the children's
+/// for openssl). CPU time says what the work costs even when other builds share the cores.
+#[derive(Default)]
+struct Samples {
+    wall: Vec<Duration>,
+    cpu: Vec<Duration>,
+}
+
+impl Samples {
+    fn record(&mut self, work: impl FnOnce()) {
+        let cpu_before = cpu_times();
+        let started = Instant::now();
+        work();
+        self.wall.push(started.elapsed());
+        let cpu_after = cpu_times();
+        self.cpu.push((cpu_after.own + cpu_after.children).saturating_sub(cpu_before.own + cpu_before.children));
+    }
+
+    fn medians(&mut self) -> (Duration, Duration) {
+        (median(&mut self.wall), median(&mut self.cpu))
+    }
+}
+
 fn main() {
     if Command::new("openssl").arg("version").stdout(Stdio::null()).status().map(|s| !s.success()).unwrap_or(true) {
         eprintln!("issue_pki: `openssl` is not on PATH; the comparison needs it");
         std::process::exit(1);
     }
     let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    println!("issue_pki: {KEYS_IN_PKI} keys per PKI (3 masters, rotate all); {cores} cores; median of rounds");
-    println!(
-        "{:<9} {:>6} {:>12} {:>12} {:>12} {:>12} {:>10} {:>10}",
-        "key", "rounds", "ours ||", "ours seq", "openssl seq", "openssl ||2", "||/seq", "||/||2"
-    );
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!("issue_pki: {KEYS_IN_PKI} keys per PKI (3 masters, rotate all); {cores} cores; load average at start: {}",
+        load.split_whitespace().take(3).collect::<Vec<_>>().join(" "));
+    println!("medians over rounds; wall = elapsed time, cpu = CPU seconds spent (ours: this process; openssl: its children)");
     let total = Instant::now();
-    for (spec, bits, default_rounds, env) in
-        [(KeySpec::Rsa2048, 2048, 9, "ISSUE_PKI_ROUNDS_2048"), (KeySpec::Rsa4096, 4096, 5, "ISSUE_PKI_ROUNDS_4096")]
-    {
-        let rounds = std::env::var(env).ok().and_then(|v| v.parse().ok()).filter(|r| *r > 0).unwrap_or(default_rounds);
-        let mut ours_parallel = Vec::new();
-        let mut ours_sequential = Vec::new();
-        let mut openssl_sequential = Vec::new();
-        let mut openssl_parallel = Vec::new();
-        for round in 0..rounds {
+    // (spec, bits, minimum rounds, maximum rounds, time budget for the size, env override)
+    for (spec, bits, min_rounds, max_rounds, budget, env) in [
+        (KeySpec::Rsa2048, 2048, 3, 9, Duration::from_secs(40), "ISSUE_PKI_ROUNDS_2048"),
+        (KeySpec::Rsa4096, 4096, 3, 7, Duration::from_secs(110), "ISSUE_PKI_ROUNDS_4096"),
+    ] {
+        let fixed_rounds: Option<usize> = std::env::var(env).ok().and_then(|v| v.parse().ok()).filter(|r| *r > 0);
+        let mut ours_parallel = Samples::default();
+        let mut ours_sequential = Samples::default();
+        let mut openssl_sequential = Samples::default();
+        let mut openssl_parallel = Samples::default();
+        let size_started = Instant::now();
+        let mut rounds = 0;
+        loop {
+            let enough = match fixed_rounds {
+                Some(fixed) => rounds >= fixed,
+                None => rounds >= max_rounds || (rounds >= min_rounds && size_started.elapsed() >= budget),
+            };
+            if enough {
+                break;
+            }
             // Rotate who goes first: a burst of outside load then hits each contender alike.
             for turn in 0..4 {
-                match (round + turn) % 4 {
-                    0 => ours_parallel.push(time(|| issue_full_pki(spec))),
-                    1 => ours_sequential.push(time(|| sequential_keys(spec))),
-                    2 => openssl_sequential.push(time(|| openssl_genrsa(bits, 1))),
-                    _ => openssl_parallel.push(time(|| openssl_genrsa(bits, OPENSSL_PARALLEL_WORKERS))),
+                match (rounds + turn) % 4 {
+                    0 => ours_parallel.record(|| issue_full_pki(spec)),
+                    1 => ours_sequential.record(|| sequential_keys(spec)),
+                    2 => openssl_sequential.record(|| openssl_genrsa(bits, 1)),
+                    _ => openssl_parallel.record(|| openssl_genrsa(bits, OPENSSL_PARALLEL_WORKERS)),
                 }
             }
+            rounds += 1;
         }
-        let (ours_par, ours_seq, ssl_seq, ssl_par) = (
-            median(&mut ours_parallel),
-            median(&mut ours_sequential),
-            median(&mut openssl_sequential),
-            median(&mut openssl_parallel),
+        let (ours_par_wall, ours_par_cpu) = ours_parallel.medians();
+        let (ours_seq_wall, ours_seq_cpu) = ours_sequential.medians();
+        let (ssl_seq_wall, ssl_seq_cpu) = openssl_sequential.medians();
+        let (ssl_par_wall, ssl_par_cpu) = openssl_parallel.medians();
+        println!();
+        println!("RSA {bits}, {rounds} rounds");
+        println!("  {:<40} {:>9} {:>9}", "", "wall", "cpu");
+        for (label, wall, cpu) in [
+            ("ours: full PKI, keys on all cores", ours_par_wall, ours_par_cpu),
+            ("ours: 11 keys one after another", ours_seq_wall, ours_seq_cpu),
+            ("openssl genrsa x11, sequential", ssl_seq_wall, ssl_seq_cpu),
+            ("openssl genrsa x11, 2 workers", ssl_par_wall, ssl_par_cpu),
+        ] {
+            println!("  {label:<40} {:>9} {:>9}", show(wall), show(cpu));
+        }
+        let ratio = |a: Duration, b: Duration| a.as_secs_f64() / b.as_secs_f64().max(f64::EPSILON);
+        println!(
+            "  ratios (ours / openssl; < 1 means faster): full PKI vs 2 workers {:.2} wall; full PKI vs sequential {:.2} wall;",
+            ratio(ours_par_wall, ssl_par_wall),
+            ratio(ours_par_wall, ssl_seq_wall)
         );
         println!(
-            "RSA {bits:<5} {rounds:>6} {:>12} {:>12} {:>12} {:>12} {:>10.2} {:>10.2}",
-            show(ours_par),
-            show(ours_seq),
-            show(ssl_seq),
-            show(ssl_par),
-            ours_par.as_secs_f64() / ssl_seq.as_secs_f64(),
-            ours_par.as_secs_f64() / ssl_par.as_secs_f64(),
-        );
-        println!(
-            "          ours seq / openssl seq = {:.2}; spread of ours || over rounds: {} .. {}",
-            ours_seq.as_secs_f64() / ssl_seq.as_secs_f64(),
-            show(*ours_parallel.first().unwrap_or(&Duration::ZERO)),
-            show(*ours_parallel.last().unwrap_or(&Duration::ZERO)),
+            "  sequential vs sequential {:.2} wall, {:.2} cpu; spread of full-PKI wall times: {} .. {}",
+            ratio(ours_seq_wall, ssl_seq_wall),
+            ratio(ours_seq_cpu, ssl_seq_cpu),
+            show(*ours_parallel.wall.first().unwrap_or(&Duration::ZERO)),
+            show(*ours_parallel.wall.last().unwrap_or(&Duration::ZERO)),
         );
     }
-    println!("columns: `ours ||` = full PKI (keys on all cores, then signing and PEM); `ours seq` = the");
-    println!("11 keys one after another; `openssl seq` = 11 sequential `openssl genrsa -out /dev/null BITS`;");
-    println!("`openssl ||2` = the same 11 runs on {OPENSSL_PARALLEL_WORKERS} workers. Ratios < 1 mean we are faster.");
+    println!();
     println!("whole bench: {}", show(total.elapsed()));
 }
 
-fn time(work: impl FnOnce()) -> Duration {
-    let started = Instant::now();
-    work();
-    started.elapsed()
+struct CpuTimes {
+    own: Duration,
+    children: Duration,
+}
+
+/// utime+stime of this process (all threads) and of its waited-for children, from
+/// /proc/self/stat (fields 14-17, in clock ticks of 1/100 s on Linux).
+fn cpu_times() -> CpuTimes {
+    const TICKS_PER_SECOND: u64 = 100;
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    // The command name (field 2) may hold spaces; fields are counted after its ')'.
+    let after_name = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or("");
+    let fields: Vec<u64> = after_name.split_whitespace().map(|f| f.parse().unwrap_or(0)).collect();
+    // after_name starts at field 3, so field N is at index N - 3.
+    let field = |n: usize| fields.get(n - 3).copied().unwrap_or(0);
+    let ticks = |t: u64| Duration::from_millis(t * 1000 / TICKS_PER_SECOND);
+    CpuTimes { own: ticks(field(14) + field(15)), children: ticks(field(16) + field(17)) }
 }
 
 /// Sorts `samples` and returns the median.

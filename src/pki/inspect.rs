@@ -7,8 +7,8 @@
 //! returned or put into an error message.
 
 use super::issue::{
-    pem_error_reason, section_label, EcPrivateKey, OID_CURVE_P256, OID_CURVE_P384, OID_EC_PUBLIC_KEY,
-    OID_RSA_ENCRYPTION,
+    EcPrivateKey, LABEL_EC_PRIVATE_KEY, LABEL_PKCS8_PRIVATE_KEY, LABEL_RSA_PRIVATE_KEY, OID_CURVE_P256,
+    OID_CURVE_P384, OID_EC_PUBLIC_KEY, OID_RSA_ENCRYPTION,
 };
 use super::ExtendedUsage;
 use pkcs8::der::asn1::{AnyRef, BitStringRef};
@@ -123,6 +123,17 @@ pub enum KeyEncoding {
     Pkcs8,
     /// `EC PRIVATE KEY`.
     Sec1,
+}
+
+impl KeyEncoding {
+    /// The PEM label of this encoding.
+    pub fn pem_label(self) -> &'static str {
+        match self {
+            KeyEncoding::Pkcs1 => LABEL_RSA_PRIVATE_KEY,
+            KeyEncoding::Pkcs8 => LABEL_PKCS8_PRIVATE_KEY,
+            KeyEncoding::Sec1 => LABEL_EC_PRIVATE_KEY,
+        }
+    }
 }
 
 /// What a private key is, without the key.
@@ -308,7 +319,8 @@ fn certificate_ders(pem: &str) -> Result<Vec<Vec<u8>>, InspectError> {
     Ok(certificates)
 }
 
-fn single_certificate_der(pem: &str) -> Result<Vec<u8>, InspectError> {
+/// The DER of the only certificate in `pem`.
+pub(crate) fn single_certificate_der(pem: &str) -> Result<Vec<u8>, InspectError> {
     let mut certificates = certificate_ders(pem)?;
     if certificates.len() > 1 {
         return Err(InspectError::MultipleCertificates(certificates.len()));
@@ -316,7 +328,8 @@ fn single_certificate_der(pem: &str) -> Result<Vec<u8>, InspectError> {
     Ok(certificates.remove(0))
 }
 
-fn private_key_der(pem: &str) -> Result<(KeyEncoding, Zeroizing<Vec<u8>>), InspectError> {
+/// The DER of the first private key block in `pem` (wiped when dropped), and its encoding.
+pub(crate) fn private_key_der(pem: &str) -> Result<(KeyEncoding, Zeroizing<Vec<u8>>), InspectError> {
     let mut found_other = None;
     for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()) {
         let (kind, der) = section.map_err(|e| InspectError::Pem(pem_error_reason(&e)))?;
@@ -339,6 +352,31 @@ fn private_key_der(pem: &str) -> Result<(KeyEncoding, Zeroizing<Vec<u8>>), Inspe
         },
         None => InspectError::NoKey,
     })
+}
+
+fn section_label(kind: SectionKind) -> &'static str {
+    match kind {
+        SectionKind::Certificate => "CERTIFICATE",
+        SectionKind::PublicKey => "PUBLIC KEY",
+        SectionKind::RsaPrivateKey => LABEL_RSA_PRIVATE_KEY,
+        SectionKind::PrivateKey => LABEL_PKCS8_PRIVATE_KEY,
+        SectionKind::EcPrivateKey => LABEL_EC_PRIVATE_KEY,
+        SectionKind::Crl => "X509 CRL",
+        SectionKind::Csr => "CERTIFICATE REQUEST",
+        _ => "of an unsupported kind",
+    }
+}
+
+/// Describes a PEM syntax error without echoing input lines (they could be key material).
+fn pem_error_reason(error: &rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as PemError;
+    match error {
+        PemError::MissingSectionEnd { .. } => "PEM block is truncated: its END line is missing".into(),
+        PemError::IllegalSectionStart { .. } => "malformed PEM BEGIN line".into(),
+        PemError::Base64Decode(_) => "PEM body is not valid base64".into(),
+        PemError::SectionTooLarge => "PEM block is too large".into(),
+        _ => "unreadable PEM".into(),
+    }
 }
 
 /// The public half of a private key, as a certificate would carry it.
@@ -583,6 +621,16 @@ mod tests {
         assert_eq!(escape_rfc4514("a,b+c"), "a\\,b\\+c");
         assert_eq!(escape_rfc4514("#lead "), "\\#lead\\ ");
         assert_eq!(escape_rfc4514("system:masters"), "system:masters");
+    }
+
+    #[test]
+    fn json_schema_describes_times_as_strings() {
+        let schema = serde_json::to_value(schemars::schema_for!(CertFacts)).unwrap();
+        let properties = &schema["properties"];
+        assert_eq!(properties["not_after"]["type"], "string", "{schema}");
+        assert_eq!(properties["extended_usages"]["type"], "array", "{schema}");
+        let key_schema = serde_json::to_value(schemars::schema_for!(KeyFacts)).unwrap();
+        assert!(key_schema["properties"]["public_key_sha256"].is_object(), "{key_schema}");
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! Key generation (RSA above all) dominates the cost of a rotation's PKI, so [`issue_all`]
 //! and [`generate_keys`] spread it over the machine's cores.
 
+use super::inspect::{self, KeyEncoding};
 use super::{CertTemplate, ExtendedUsage, KeyCertPair, KeySpec};
 use pkcs8::der::asn1::{AnyRef, BitStringRef, ContextSpecific, ContextSpecificRef, OctetStringRef};
 use pkcs8::der::zeroize::Zeroizing;
@@ -24,7 +25,6 @@ use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose,
     IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
-use rustls::pki_types::pem::{PemObject, SectionKind};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -39,10 +39,9 @@ pub(crate) const OID_CURVE_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap
 pub(crate) const OID_CURVE_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
 
 /// PEM labels certrotate writes.
-const LABEL_CERTIFICATE: &str = "CERTIFICATE";
-const LABEL_RSA_PRIVATE_KEY: &str = "RSA PRIVATE KEY";
-const LABEL_EC_PRIVATE_KEY: &str = "EC PRIVATE KEY";
-const LABEL_PKCS8_PRIVATE_KEY: &str = "PRIVATE KEY";
+pub(crate) const LABEL_RSA_PRIVATE_KEY: &str = "RSA PRIVATE KEY";
+pub(crate) const LABEL_EC_PRIVATE_KEY: &str = "EC PRIVATE KEY";
+pub(crate) const LABEL_PKCS8_PRIVATE_KEY: &str = "PRIVATE KEY";
 
 /// Why issuing failed. Messages name the certificate and the cause; they never carry key
 /// material (the underlying library errors we wrap are generic descriptions, not data).
@@ -194,7 +193,8 @@ impl CertificateAuthority {
     /// Loads a CA pair: certificate PEM plus a PKCS#1, PKCS#8 or SEC1 key PEM. Refuses a
     /// certificate without CA:TRUE and a key that is not the certificate's.
     pub fn load(ca: &KeyCertPair) -> Result<Self, IssueError> {
-        let cert_der = single_certificate_der(&ca.cert_pem)?;
+        let cert_der = inspect::single_certificate_der(&ca.cert_pem)
+            .map_err(|e| IssueError::BadPem { what: "CA certificate", reason: e.to_string() })?;
         let (rest, cert) = x509_parser::parse_x509_certificate(&cert_der)
             .map_err(|e| IssueError::BadCaCertificate { reason: e.to_string() })?;
         if !rest.is_empty() {
@@ -202,7 +202,7 @@ impl CertificateAuthority {
                 reason: format!("{} bytes of trailing data after the certificate", rest.len()),
             });
         }
-        let subject_display = super::inspect::rfc4514_name(cert.subject());
+        let subject_display = inspect::rfc4514_name(cert.subject());
         if !cert.is_ca() {
             return Err(IssueError::NotACa { subject: subject_display });
         }
@@ -422,30 +422,40 @@ pub fn encode_pem_like_go(label: &str, der: &[u8]) -> Result<String, IssueError>
 
 /// Converts a PKCS#1 `RSA PRIVATE KEY` PEM into a PKCS#8 `PRIVATE KEY` PEM.
 pub fn pkcs1_pem_to_pkcs8_pem(pem: &str) -> Result<String, IssueError> {
-    let der = private_key_der(pem, "PKCS#1 key", &[SectionKind::RsaPrivateKey])?;
-    let pkcs8 = rsa_pkcs1_to_pkcs8_der(&der.1, "PKCS#1 key")?;
+    let der = private_key_der_of(pem, "PKCS#1 key", KeyEncoding::Pkcs1)?;
+    let pkcs8 = rsa_pkcs1_to_pkcs8_der(&der, "PKCS#1 key")?;
     encode_pem_like_go(LABEL_PKCS8_PRIVATE_KEY, &pkcs8)
 }
 
 /// Converts a PKCS#8 `PRIVATE KEY` PEM holding an RSA key into PKCS#1 `RSA PRIVATE KEY` PEM
 /// (EC keys become SEC1 `EC PRIVATE KEY`), the form AKS Engine can read.
 pub fn pkcs8_pem_to_pkcs1_pem(pem: &str) -> Result<String, IssueError> {
-    let der = private_key_der(pem, "PKCS#8 key", &[SectionKind::PrivateKey])?;
-    pkcs8_der_to_traditional_pem(&der.1, "PKCS#8 key").map(|pem| pem.to_string())
+    let der = private_key_der_of(pem, "PKCS#8 key", KeyEncoding::Pkcs8)?;
+    pkcs8_der_to_traditional_pem(&der, "PKCS#8 key").map(|pem| pem.to_string())
 }
 
 /// Any supported private key PEM (PKCS#1, PKCS#8, SEC1) as PKCS#8 DER.
 pub fn private_key_pem_to_pkcs8_der(pem: &str, what: &'static str) -> Result<Zeroizing<Vec<u8>>, IssueError> {
-    let (kind, der) = private_key_der(
-        pem,
-        what,
-        &[SectionKind::RsaPrivateKey, SectionKind::PrivateKey, SectionKind::EcPrivateKey],
-    )?;
-    match kind {
-        SectionKind::RsaPrivateKey => rsa_pkcs1_to_pkcs8_der(&der, what),
-        SectionKind::EcPrivateKey => sec1_to_pkcs8_der(&der, what),
-        _ => Ok(der),
+    let (encoding, der) =
+        inspect::private_key_der(pem).map_err(|e| IssueError::BadPem { what, reason: e.to_string() })?;
+    match encoding {
+        KeyEncoding::Pkcs1 => rsa_pkcs1_to_pkcs8_der(&der, what),
+        KeyEncoding::Sec1 => sec1_to_pkcs8_der(&der, what),
+        KeyEncoding::Pkcs8 => Ok(der),
     }
+}
+
+/// The DER of the first private key in `pem`, which must be encoded as `wanted`.
+fn private_key_der_of(pem: &str, what: &'static str, wanted: KeyEncoding) -> Result<Zeroizing<Vec<u8>>, IssueError> {
+    let (encoding, der) =
+        inspect::private_key_der(pem).map_err(|e| IssueError::BadPem { what, reason: e.to_string() })?;
+    if encoding != wanted {
+        return Err(IssueError::BadPem {
+            what,
+            reason: format!("PEM block is {}, expected {}", encoding.pem_label(), wanted.pem_label()),
+        });
+    }
+    Ok(der)
 }
 
 /// Reads a private key PEM into an rcgen key pair that signs with SHA-256 (SHA-384 on P-384).
@@ -467,95 +477,6 @@ fn key_pair_from_pem(pem: &str, what: &'static str) -> Result<KeyPair, IssueErro
     };
     KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8.as_slice().into(), algorithm)
         .map_err(|e| IssueError::BadKey { what, reason: e.to_string() })
-}
-
-/// The first private key block of `pem`, which must be one of `accepted`.
-fn private_key_der(
-    pem: &str,
-    what: &'static str,
-    accepted: &[SectionKind],
-) -> Result<(SectionKind, Zeroizing<Vec<u8>>), IssueError> {
-    let mut found_other = None;
-    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()) {
-        let (kind, der) = section.map_err(|e| IssueError::BadPem { what, reason: pem_error_reason(&e) })?;
-        let der = Zeroizing::new(der);
-        if accepted.contains(&kind) {
-            return Ok((kind, der));
-        }
-        found_other.get_or_insert(kind);
-    }
-    let expected = accepted.iter().map(|k| section_label(*k)).collect::<Vec<_>>().join(" or ");
-    Err(IssueError::BadPem {
-        what,
-        reason: match found_other {
-            Some(kind) => format!("PEM block is {}, expected {expected}", section_label(kind)),
-            None => format!("no PEM block found, expected {expected}"),
-        },
-    })
-}
-
-/// The one certificate of a CA PEM.
-fn single_certificate_der(pem: &str) -> Result<Vec<u8>, IssueError> {
-    let mut certificates = Vec::new();
-    let mut found_other = None;
-    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()) {
-        let (kind, der) = section
-            .map_err(|e| IssueError::BadPem { what: "CA certificate", reason: pem_error_reason(&e) })?;
-        if kind == SectionKind::Certificate {
-            certificates.push(der);
-        } else {
-            found_other.get_or_insert(kind);
-            drop(Zeroizing::new(der));
-        }
-    }
-    match (certificates.len(), found_other) {
-        (1, _) => Ok(certificates.remove(0)),
-        (0, Some(kind)) => Err(IssueError::BadPem {
-            what: "CA certificate",
-            reason: format!("PEM block is {}, expected CERTIFICATE", section_label(kind)),
-        }),
-        (0, None) => Err(IssueError::BadPem {
-            what: "CA certificate",
-            reason: "no PEM block found, expected CERTIFICATE".into(),
-        }),
-        (n, _) => Err(IssueError::BadPem {
-            what: "CA certificate",
-            reason: format!("{n} certificates found; the CA must be a single certificate"),
-        }),
-    }
-}
-
-pub(crate) fn section_label(kind: SectionKind) -> &'static str {
-    match kind {
-        SectionKind::Certificate => LABEL_CERTIFICATE,
-        SectionKind::PublicKey => "PUBLIC KEY",
-        SectionKind::RsaPrivateKey => LABEL_RSA_PRIVATE_KEY,
-        SectionKind::PrivateKey => LABEL_PKCS8_PRIVATE_KEY,
-        SectionKind::EcPrivateKey => LABEL_EC_PRIVATE_KEY,
-        SectionKind::Crl => "X509 CRL",
-        SectionKind::Csr => "CERTIFICATE REQUEST",
-        _ => "an unsupported kind",
-    }
-}
-
-/// Describes a PEM syntax error without echoing input lines (they could be key material).
-pub(crate) fn pem_error_reason(error: &rustls::pki_types::pem::Error) -> String {
-    use rustls::pki_types::pem::Error as PemError;
-    match error {
-        PemError::MissingSectionEnd { .. } => "PEM block is truncated: its END line is missing".into(),
-        PemError::IllegalSectionStart { .. } => "malformed PEM BEGIN line".into(),
-        PemError::Base64Decode(_) => "PEM body is not valid base64".into(),
-        PemError::SectionTooLarge => "PEM block is too large".into(),
-        other => format!("unreadable PEM ({})", error_kind_name(other)),
-    }
-}
-
-fn error_kind_name(error: &rustls::pki_types::pem::Error) -> &'static str {
-    match error {
-        rustls::pki_types::pem::Error::Io(_) => "I/O error",
-        rustls::pki_types::pem::Error::NoItemsFound => "no items",
-        _ => "unknown error",
-    }
 }
 
 fn rsa_pkcs1_to_pkcs8_der(pkcs1_der: &[u8], what: &'static str) -> Result<Zeroizing<Vec<u8>>, IssueError> {
