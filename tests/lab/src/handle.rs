@@ -105,11 +105,13 @@ impl Lab {
         let state = serde_json::to_string_pretty(&layout).expect("layouts serialise");
         crate::fsutil::write_file(&Layout::state_file(&dir), state.as_bytes(), 0o644, 0, 0)?;
 
-        let pki = crate::pki::issue_cluster_pki(&layout)?;
-        mark("pki", &mut since);
-
         let public_key = crate::nodefiles::write_operator_key(&layout)?;
         let identity = Identity::generate(&layout);
+        outputs::write_model_skeleton(&layout, &identity, &public_key)?;
+        let topology = crate::pki::topology_of(&layout, &outputs::apimodel_path(&layout))?;
+        let pki = crate::pki::issue_cluster_pki(&layout, &certrotate::pki::catalogue::catalogue(&topology))?;
+        mark("pki", &mut since);
+
         let kubeconfig = outputs::admin_kubeconfig(&layout, &pki);
         std::thread::scope(|scope| {
             let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2) * 2;

@@ -114,9 +114,10 @@ pub fn admin_kubeconfig(layout: &Layout, pki: &ClusterPki) -> String {
     serde_json::to_string_pretty(&config).expect("a JSON value always serialises")
 }
 
-pub fn apimodel(layout: &Layout, pki: &ClusterPki, identity: &Identity, ssh_public_key: &str) -> serde_json::Value {
+/// The vlabs API model; without a PKI (before issuance) it has no certificateProfile.
+pub fn apimodel(layout: &Layout, pki: Option<&ClusterPki>, identity: &Identity, ssh_public_key: &str) -> serde_json::Value {
     let arm = arm_endpoint(layout);
-    json!({
+    let mut model = json!({
         "apiVersion": "vlabs",
         "location": layout.spec.location,
         "properties": {
@@ -156,22 +157,7 @@ pub fn apimodel(layout: &Layout, pki: &ClusterPki, identity: &Identity, ssh_publ
                 "clientId": identity.client_id,
                 "secret": identity.client_secret,
             },
-            "certificateProfile": {
-                "caCertificate": pki.ca.cert_pem,
-                "caPrivateKey": pki.ca.key_pem,
-                "apiServerCertificate": pki.apiserver.cert_pem,
-                "apiServerPrivateKey": pki.apiserver.key_pem,
-                "clientCertificate": pki.client.cert_pem,
-                "clientPrivateKey": pki.client.key_pem,
-                "kubeConfigCertificate": pki.kubectl_client.cert_pem,
-                "kubeConfigPrivateKey": pki.kubectl_client.key_pem,
-                "etcdServerCertificate": pki.etcd_server.cert_pem,
-                "etcdServerPrivateKey": pki.etcd_server.key_pem,
-                "etcdClientCertificate": pki.etcd_client.cert_pem,
-                "etcdClientPrivateKey": pki.etcd_client.key_pem,
-                "etcdPeerCertificates": pki.etcd_peers.iter().map(|p| p.cert_pem.clone()).collect::<Vec<_>>(),
-                "etcdPeerPrivateKeys": pki.etcd_peers.iter().map(|p| p.key_pem.clone()).collect::<Vec<_>>(),
-            },
+            "certificateProfile": null,
             "customCloudProfile": {
                 "environment": {
                     "name": AZURE_ENV,
@@ -186,7 +172,32 @@ pub fn apimodel(layout: &Layout, pki: &ClusterPki, identity: &Identity, ssh_publ
                 "portalURL": format!("https://portal.{}.azurestack.external/", layout.spec.location),
             }
         }
-    })
+    });
+    let properties = model["properties"].as_object_mut().expect("properties is an object");
+    match pki {
+        Some(pki) => {
+            properties["certificateProfile"] = json!({
+                "caCertificate": pki.ca.cert_pem,
+                "caPrivateKey": pki.ca.key_pem,
+                "apiServerCertificate": pki.apiserver.cert_pem,
+                "apiServerPrivateKey": pki.apiserver.key_pem,
+                "clientCertificate": pki.client.cert_pem,
+                "clientPrivateKey": pki.client.key_pem,
+                "kubeConfigCertificate": pki.kubectl_client.cert_pem,
+                "kubeConfigPrivateKey": pki.kubectl_client.key_pem,
+                "etcdServerCertificate": pki.etcd_server.cert_pem,
+                "etcdServerPrivateKey": pki.etcd_server.key_pem,
+                "etcdClientCertificate": pki.etcd_client.cert_pem,
+                "etcdClientPrivateKey": pki.etcd_client.key_pem,
+                "etcdPeerCertificates": pki.etcd_peers.iter().map(|p| p.cert_pem.clone()).collect::<Vec<_>>(),
+                "etcdPeerPrivateKeys": pki.etcd_peers.iter().map(|p| p.key_pem.clone()).collect::<Vec<_>>(),
+            });
+        }
+        None => {
+            properties.shift_remove("certificateProfile");
+        }
+    }
+    model
 }
 
 pub fn azuredeploy(layout: &Layout) -> serde_json::Value {
@@ -241,6 +252,16 @@ pub fn env_vars(layout: &Layout, identity: &Identity) -> Vec<(&'static str, Stri
     ]
 }
 
+/// Before issuance: azuredeploy.json and an apimodel.json without certificates, from which
+/// certrotate derives the topology and catalogue the PKI is issued from.
+pub fn write_model_skeleton(layout: &Layout, identity: &Identity, ssh_public_key: &str) -> Result<(), LabError> {
+    let out = layout.output_dir();
+    make_dir(&out, 0o700, 0, 0)?;
+    let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON values serialise");
+    write_file(&out.join("azuredeploy.json"), pretty(&azuredeploy(layout)).as_bytes(), 0o644, 0, 0)?;
+    write_file(&apimodel_path(layout), pretty(&apimodel(layout, None, identity, ssh_public_key)).as_bytes(), 0o600, 0, 0)
+}
+
 /// Write apimodel.json, azuredeploy.json, the admin kubeconfig and lab.env (0600: it holds the
 /// client secret).
 pub fn write_outputs(
@@ -254,7 +275,7 @@ pub fn write_outputs(
     make_dir(&out, 0o700, 0, 0)?;
     make_dir(&out.join("kubeconfig"), 0o700, 0, 0)?;
     let pretty = |v: &serde_json::Value| serde_json::to_string_pretty(v).expect("JSON values serialise");
-    write_file(&apimodel_path(layout), pretty(&apimodel(layout, pki, identity, ssh_public_key)).as_bytes(), 0o600, 0, 0)?;
+    write_file(&apimodel_path(layout), pretty(&apimodel(layout, Some(pki), identity, ssh_public_key)).as_bytes(), 0o600, 0, 0)?;
     write_file(&out.join("azuredeploy.json"), pretty(&azuredeploy(layout)).as_bytes(), 0o644, 0, 0)?;
     write_file(&kubeconfig_path(layout), admin_kubeconfig_text.as_bytes(), 0o600, 0, 0)?;
     let mut env = String::from("# lab cluster values; `source` this file (it holds a client secret: 0600)\n");

@@ -4,14 +4,17 @@
 //! per node. RSA 2048 keys (for speed). Issuance is certrotate's own (`certrotate::pki::issue`),
 //! so the lab's certificates are made exactly as certrotate makes rotated ones.
 //!
-//! TODO(lab-infra): build the templates from `certrotate::pki::catalogue` once it lands, so
-//! the lab and certrotate share one definition of which certificates a cluster has.
+//! Which certificates exist and what they say comes from `certrotate::pki::catalogue`, over
+//! the topology certrotate derives from the lab's own apimodel.json: the lab and certrotate
+//! share one definition of an AKS Engine cluster.
 
 use crate::error::LabError;
 use crate::spec::{Expiry, Layout};
 use certrotate::pki::issue::{generate_keys, issue_all, issue_ca, issue_ca_with_key};
-use certrotate::pki::{CertTemplate, ExtendedUsage, KeyCertPair, KeySpec};
-use std::net::{IpAddr, Ipv4Addr};
+use certrotate::model::apimodel::ApiModel;
+use certrotate::model::topology::Topology;
+use certrotate::pki::catalogue::{CertEntry, CertKind};
+use certrotate::pki::{KeyCertPair, KeySpec};
 use time::{Duration, OffsetDateTime};
 
 /// Every certificate and key of a lab cluster.
@@ -30,9 +33,6 @@ pub struct ClusterPki {
     pub kubelet_servers: Vec<KeyCertPair>,
 }
 
-/// The service CIDR's first address (10.0.0.0/16 in the lab's apimodel).
-pub const SERVICE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
-
 fn pki_err(what: &str) -> impl Fn(certrotate::pki::issue::IssueError) -> LabError + '_ {
     move |e| LabError::Pki { what: what.to_string(), detail: e.to_string() }
 }
@@ -47,60 +47,25 @@ fn leaf_window(expiry: Expiry, now: OffsetDateTime) -> (OffsetDateTime, OffsetDa
     }
 }
 
-/// The apiserver's (and etcd's) IP SANs, in AKS Engine's order.
-pub fn apiserver_ips(layout: &Layout) -> Vec<IpAddr> {
-    let mut ips: Vec<IpAddr> = vec![layout.first_master().ip.into(), Ipv4Addr::LOCALHOST.into(), layout.ilb_ip().into()];
-    ips.extend(layout.masters().skip(1).map(|m| IpAddr::from(m.ip)));
-    ips.push(SERVICE_IP.into());
-    ips
-}
-
-pub fn apiserver_dns_names(layout: &Layout) -> Vec<String> {
-    let mut names = vec![layout.apiserver_fqdn()];
-    names.extend(
-        [
-            "localhost",
-            "kubernetes",
-            "kubernetes.default",
-            "kubernetes.default.svc",
-            "kubernetes.default.svc.cluster.local",
-            "kubernetes.kube-system",
-            "kubernetes.kube-system.svc",
-            "kubernetes.kube-system.svc.cluster.local",
-        ]
-        .map(String::from),
-    );
-    names
-}
-
-struct Window(OffsetDateTime, OffsetDateTime);
-
-fn template(cn: &str, org: Option<&str>, dns: Vec<String>, ips: Vec<IpAddr>, usages: Vec<ExtendedUsage>, is_ca: bool, window: &Window) -> CertTemplate {
-    CertTemplate {
-        common_name: cn.into(),
-        organization: org.map(String::from),
-        dns_sans: dns,
-        ip_sans: ips,
-        is_ca,
-        extended_usages: usages,
-        key: KeySpec::Rsa2048,
-        not_before: window.0,
-        not_after: window.1,
-    }
-}
-
-pub fn issue_cluster_pki(layout: &Layout) -> Result<ClusterPki, LabError> {
-    use ExtendedUsage::{ClientAuth, ServerAuth};
+/// Issue every certificate of the catalogue (certrotate's table of what an AKS Engine cluster
+/// carries, derived from the lab's own apimodel.json): the cluster CA and the front-proxy CA
+/// first, then every leaf with its issuer, RSA 2048 keys generated on every core.
+pub fn issue_cluster_pki(layout: &Layout, entries: &[CertEntry]) -> Result<ClusterPki, LabError> {
     let now = OffsetDateTime::now_utc();
     let (nb, na) = leaf_window(layout.spec.expiry, now);
-    let leaf = Window(nb, na);
-    let thirty_years = Window(now - Duration::hours(1), now + Duration::days(365 * 30));
-    // kubeletserver: made on the node by `openssl req -x509` for 20 years (AKS Engine never
-    // rotates it), a self-signed CA:TRUE certificate.
-    let twenty_years = Window(now - Duration::hours(1), now + Duration::days(365 * 20));
-
-    let ca_template = template("ca", None, vec![], vec![], vec![], true, &thirty_years);
-    let proxy_ca_template = template("proxyClientCA", None, vec![], vec![], vec![], true, &thirty_years);
+    let ca_window = (now - Duration::hours(1), now + Duration::days(365 * 30));
+    // kubeletserver is made on the node by `openssl req -x509` for 20 years and never rotated
+    // by AKS Engine; openssl marks such self-signed certificates CA:TRUE, so the lab issues it
+    // as a self-signed CA too.
+    let kubelet_window = (now - Duration::hours(1), now + Duration::days(365 * 20));
+    let find = |kind: CertKind| {
+        entries.iter().find(|e| e.kind == kind).ok_or_else(|| LabError::Pki {
+            what: kind.id(),
+            detail: "the catalogue has no such certificate for this cluster".into(),
+        })
+    };
+    let ca_template = find(CertKind::Ca)?.template(KeySpec::Rsa2048, ca_window.0, ca_window.1);
+    let proxy_ca_template = find(CertKind::ProxyCa)?.template(KeySpec::Rsa2048, ca_window.0, ca_window.1);
     let (ca, proxy_ca) = std::thread::scope(|s| {
         let proxy = s.spawn(|| issue_ca(&proxy_ca_template).map_err(pki_err("the front-proxy CA")));
         let ca = issue_ca(&ca_template).map_err(pki_err("the cluster CA"));
@@ -108,26 +73,30 @@ pub fn issue_cluster_pki(layout: &Layout) -> Result<ClusterPki, LabError> {
         Ok::<_, LabError>((ca?, proxy?))
     })?;
 
-    let server_ips = apiserver_ips(layout);
     let masters = layout.masters().count();
-    let etcd = |cn: &str| template(cn, None, vec![], server_ips.clone(), vec![ServerAuth, ClientAuth], false, &leaf);
-    let mut templates = vec![
-        template("apiserver", None, apiserver_dns_names(layout), server_ips.clone(), vec![ServerAuth], false, &leaf),
-        template("client", Some("system:masters"), vec![], vec![], vec![ClientAuth], false, &leaf),
-        template("client", Some("system:masters"), vec![], vec![], vec![ClientAuth], false, &leaf),
-        etcd("etcdserver"),
-        etcd("etcdclient"),
-    ];
-    templates.extend((0..masters).map(|_| etcd("etcdpeer")));
-    let kubelet_templates: Vec<CertTemplate> = layout
+    let mut kinds = vec![CertKind::Apiserver, CertKind::Client, CertKind::Kubeconfig, CertKind::EtcdServer, CertKind::EtcdClient];
+    kinds.extend((0..masters).map(CertKind::EtcdPeer));
+    let templates = kinds
+        .iter()
+        .map(|k| find(*k).map(|e| e.template(KeySpec::Rsa2048, nb, na)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let signed = issue_all(&templates, &ca).map_err(pki_err("the cluster's leaf certificates"))?;
+    let proxy_template = find(CertKind::Proxy)?.template(KeySpec::Rsa2048, nb, na);
+    let proxy = issue_all(std::slice::from_ref(&proxy_template), &proxy_ca).map_err(pki_err("the front-proxy client"))?;
+
+    let kubelet_templates = layout
         .nodes
         .iter()
-        .map(|n| template(&n.name, None, vec![], vec![], vec![], true, &twenty_years))
-        .collect();
-    let proxy_template = template("aggregator", Some("system:masters"), vec![], vec![], vec![ClientAuth], false, &leaf);
-
-    let signed = issue_all(&templates, &ca).map_err(pki_err("the cluster's leaf certificates"))?;
-    let proxy = issue_all(std::slice::from_ref(&proxy_template), &proxy_ca).map_err(pki_err("the front-proxy client"))?;
+        .map(|node| {
+            let entry = entries
+                .iter()
+                .find(|e| e.kind == CertKind::KubeletServer && e.holders.first() == Some(&node.name))
+                .ok_or_else(|| LabError::Pki { what: format!("kubeletserver of {}", node.name), detail: "missing from the catalogue".into() })?;
+            let mut template = entry.template(KeySpec::Rsa2048, kubelet_window.0, kubelet_window.1);
+            template.is_ca = true;
+            Ok(template)
+        })
+        .collect::<Result<Vec<_>, LabError>>()?;
     // Keys first, on every core: RSA generation is what makes a 50-node lab slow to issue.
     let kubelet_keys = generate_keys(&vec![KeySpec::Rsa2048; kubelet_templates.len()]).map_err(pki_err("kubeletserver keys"))?;
     let kubelet_servers = kubelet_templates
@@ -135,6 +104,7 @@ pub fn issue_cluster_pki(layout: &Layout) -> Result<ClusterPki, LabError> {
         .zip(&kubelet_keys)
         .map(|(t, key)| issue_ca_with_key(t, key).map_err(pki_err("a kubeletserver certificate")))
         .collect::<Result<Vec<_>, _>>()?;
+
     let mut signed = signed.into_iter();
     let mut next = || signed.next().expect("one certificate per template");
     Ok(ClusterPki {
@@ -151,6 +121,35 @@ pub fn issue_cluster_pki(layout: &Layout) -> Result<ClusterPki, LabError> {
     })
 }
 
+/// Derive certrotate's topology from the lab's apimodel.json (and azuredeploy.json beside it)
+/// and check it names the lab's nodes as the lab does: the lab and certrotate must agree.
+pub fn topology_of(layout: &Layout, apimodel_path: &std::path::Path) -> Result<Topology, LabError> {
+    let model = ApiModel::load(apimodel_path).map_err(|e| LabError::Pki { what: "the lab's apimodel.json".into(), detail: format!("{e:?}") })?;
+    let topology = Topology::derive(&model, None).map_err(|e| LabError::Pki { what: "the lab's topology".into(), detail: format!("{e:?}") })?;
+    let theirs: Vec<(&str, Option<std::net::Ipv4Addr>)> = topology.nodes().map(|n| (n.name.as_str(), n.ip)).collect();
+    for node in &layout.nodes {
+        match theirs.iter().find(|(name, _)| *name == node.name) {
+            None => {
+                return Err(LabError::Pki {
+                    what: "the lab's topology".into(),
+                    detail: format!("certrotate derives no node {} from the lab's apimodel.json", node.name),
+                })
+            }
+            Some((_, Some(ip))) if *ip != node.ip => {
+                return Err(LabError::Pki {
+                    what: "the lab's topology".into(),
+                    detail: format!("certrotate puts {} at {ip}, the lab at {}", node.name, node.ip),
+                })
+            }
+            _ => {}
+        }
+    }
+    if theirs.len() != layout.nodes.len() {
+        return Err(LabError::Pki { what: "the lab's topology".into(), detail: format!("{} nodes in certrotate's view, {} in the lab", theirs.len(), layout.nodes.len()) });
+    }
+    Ok(topology)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -165,8 +164,12 @@ mod tests {
     #[test]
     fn issues_aks_engine_shaped_pki() {
         let spec = LabSpec { masters: 3, agents: 1, expiry: Expiry::Expired, ..Default::default() };
-        let layout = Layout::derive(std::path::Path::new("/tmp/pki-test"), spec, |_| false).unwrap();
-        let pki = issue_cluster_pki(&layout).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::derive(dir.path(), spec, |_| false).unwrap();
+        let identity = crate::outputs::Identity::generate(&layout);
+        crate::outputs::write_model_skeleton(&layout, &identity, "ssh-ed25519 AAAA test").unwrap();
+        let topology = topology_of(&layout, &crate::outputs::apimodel_path(&layout)).unwrap();
+        let pki = issue_cluster_pki(&layout, &certrotate::pki::catalogue::catalogue(&topology)).unwrap();
         assert_eq!(pki.etcd_peers.len(), 3);
         assert_eq!(pki.kubelet_servers.len(), 4);
         assert!(pki.apiserver.key_pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"));
@@ -183,7 +186,13 @@ mod tests {
         assert_eq!(ips[0], layout.nodes[0].ip.octets().to_vec());
         assert_eq!(ips[1], vec![127, 0, 0, 1]);
         assert_eq!(ips[2], layout.ilb_ip().octets().to_vec());
+        assert_eq!(ips[3], layout.nodes[1].ip.octets().to_vec());
         assert_eq!(ips.last().unwrap(), &vec![10, 0, 0, 1]);
+        let dns: Vec<_> = sans.value.general_names.iter().filter_map(|n| match n {
+            GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        }).collect();
+        assert_eq!(dns[0], layout.apiserver_fqdn(), "the FQDN comes first");
         let (der,) = parse(&pki.ca.cert_pem);
         let (_, ca) = X509Certificate::from_der(&der).unwrap();
         assert!(ca.validity().is_valid(), "the CA stays valid");
