@@ -106,6 +106,16 @@ pub struct UnitStatus {
     pub restarts: u32,
 }
 
+/// One phase of bringing a lab up.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PhaseTiming {
+    pub phase: String,
+    pub millis: u64,
+    /// Summed resident memory of the lab's processes when the phase ended (for the `up`
+    /// process itself: its peak so far), KiB.
+    pub rss_kib: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LabStatus {
     /// `starting`, `running`, `stopping` or `failed: <why>`.
@@ -114,8 +124,8 @@ pub struct LabStatus {
     /// What is not yet healthy, in words.
     pub problems: Vec<String>,
     pub nodes: Vec<NodeStatus>,
-    /// Milliseconds each setup phase took inside the supervisor.
-    pub timings: Vec<(String, u64)>,
+    /// How long each setup phase took inside the supervisor, and the memory after it.
+    pub timings: Vec<PhaseTiming>,
     /// Sum of the resident memory of the supervisor and every node process, KiB.
     pub rss_kib: u64,
     pub process_count: usize,

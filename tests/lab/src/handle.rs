@@ -2,7 +2,7 @@
 //! `lab down`: prepare the directory (PKI, node files, outputs), start the detached
 //! supervisor, wait for health, and tear everything down again.
 
-use crate::control::{self, Fault, LabStatus, Request};
+use crate::control::{self, Fault, LabStatus, PhaseTiming, Request};
 use crate::error::LabError;
 use crate::outputs::{self, Identity};
 use crate::spec::{host_subnets_in_use, LabSpec, Layout};
@@ -26,8 +26,9 @@ pub struct UpOptions {
 /// How long `up` took and how much memory the lab used, per phase.
 #[derive(Debug, Clone, Default)]
 pub struct UpReport {
-    /// (phase, milliseconds) in order, for the `up` side and the supervisor's side.
-    pub phases: Vec<(String, u64)>,
+    /// Phases in order: the `up` side (memory = its own peak) and the supervisor's side
+    /// (memory = supervisor plus node processes after the phase).
+    pub phases: Vec<PhaseTiming>,
     pub total: Duration,
     /// Peak of the summed resident memory of lab processes seen while waiting, KiB.
     pub peak_rss_kib: u64,
@@ -95,7 +96,8 @@ impl Lab {
         let mut phases = Vec::new();
         let mut since = Instant::now();
         let mut mark = |name: &str, since: &mut Instant| {
-            phases.push((name.to_string(), since.elapsed().as_millis() as u64));
+            let rss_kib = crate::nsexec::own_peak_rss_kib();
+            phases.push(PhaseTiming { phase: name.to_string(), millis: since.elapsed().as_millis() as u64, rss_kib });
             *since = Instant::now();
         };
         let used = host_subnets_in_use();
@@ -142,7 +144,7 @@ impl Lab {
         let timeout = options.timeout.unwrap_or(Duration::from_secs(60 + layout.nodes.len() as u64));
         let (status, peak) = wait_healthy(&layout, timeout)?;
         mark("healthy", &mut since);
-        phases.extend(status.timings.iter().map(|(name, ms)| (format!("supervisor:{name}"), *ms)));
+        phases.extend(status.timings.iter().map(|t| PhaseTiming { phase: format!("supervisor:{}", t.phase), ..t.clone() }));
         Ok(Lab {
             identity,
             report: UpReport { phases, total: started.elapsed(), peak_rss_kib: peak, process_count: status.process_count },
@@ -169,6 +171,15 @@ impl Lab {
     /// Every LAB_* value of lab.env.
     pub fn env(&self) -> BTreeMap<&'static str, String> {
         outputs::env_vars(&self.layout, &self.identity).into_iter().collect()
+    }
+
+    /// How many SSH logins a node has accepted (sshd's log, `LogLevel VERBOSE`): lets tests
+    /// assert how many connections a tool opened per node.
+    pub fn ssh_logins(&self, node: &str) -> Result<usize, LabError> {
+        let info = self.layout.node(node)?;
+        let log = crate::nodefiles::sshd_log(&self.layout, info);
+        let text = std::fs::read_to_string(&log).map_err(LabError::io(format!("reading {}", log.display())))?;
+        Ok(text.matches("Accepted publickey for ").count())
     }
 
     /// Wait until the lab reports healthy again (after a fault is undone, a reboot...).

@@ -227,8 +227,9 @@ fn run(cli: Cli) -> Result<ExitCode, lab::error::LabError> {
             lab.release();
             println!("lab is up: {} nodes; source {}", lab.layout.nodes.len(), env_path.display());
             if timings {
-                for (phase, ms) in &report.phases {
-                    println!("  {phase:<28} {ms:>7} ms");
+                println!("  {:<28} {:>7}    {}", "phase", "time", "memory after (up: own peak; supervisor: all lab processes)");
+                for t in &report.phases {
+                    println!("  {:<28} {:>7} ms {:>10}", t.phase, t.millis, mib(t.rss_kib));
                 }
                 println!("  {:<28} {:>7} ms", "total", report.total.as_millis());
                 println!("  peak memory of lab processes: {} in {} processes", mib(report.peak_rss_kib), report.process_count);

@@ -263,6 +263,32 @@ pub fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Peak resident memory of this process so far, KiB.
+pub fn own_peak_rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// This process plus every process in the given network namespaces: (KiB, count).
+pub fn lab_rss_kib(net_inodes: &[u64]) -> (u64, usize) {
+    let mut total = rss_kib(std::process::id());
+    let mut count = 1;
+    for inode in net_inodes {
+        for pid in pids_in_netns(*inode) {
+            total += rss_kib(pid);
+            count += 1;
+        }
+    }
+    (total, count)
+}
+
 /// Send `signal` to every pid in `pids`, ignoring those already gone.
 pub fn signal_all(pids: &[u32], signal: libc::c_int) {
     for pid in pids {

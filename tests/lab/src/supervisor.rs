@@ -3,7 +3,7 @@
 //! control socket (status, faults, the nodes' systemctl and reboot), and on `down` removes
 //! every process, namespace, veth and the bridge it made.
 
-use crate::control::{Fault, LabStatus, NodeStatus, Power, Request, Response, SystemctlAction, Unit};
+use crate::control::{PhaseTiming, Fault, LabStatus, NodeStatus, Power, Request, Response, SystemctlAction, Unit};
 use crate::error::LabError;
 use crate::nodefiles::{self, CERT_DIR, ETCD_UID};
 use crate::nsexec::{self, Enter, NodeMount, NodeNamespaces};
@@ -83,7 +83,7 @@ pub struct Supervisor {
     layout: Layout,
     nodes: Vec<Arc<NodeRuntime>>,
     phase: Mutex<String>,
-    timings: Mutex<Vec<(String, u64)>>,
+    timings: Mutex<Vec<PhaseTiming>>,
     shutdown: Notify,
     started: Instant,
 }
@@ -158,13 +158,14 @@ impl Supervisor {
     async fn bring_up(layout: Layout, lab_binary: PathBuf) -> Result<Arc<Supervisor>, LabError> {
         let started = Instant::now();
         let mut timings = Vec::new();
-        let mut mark = |phase: &str, since: &mut Instant| {
-            timings.push((phase.to_string(), since.elapsed().as_millis() as u64));
+        let mut mark = |phase: &str, since: &mut Instant, net_inodes: &[u64]| {
+            let (rss_kib, _) = nsexec::lab_rss_kib(net_inodes);
+            timings.push(PhaseTiming { phase: phase.to_string(), millis: since.elapsed().as_millis() as u64, rss_kib });
             *since = Instant::now();
         };
         let mut since = Instant::now();
         crate::net::create_bridge(&layout)?;
-        mark("bridge", &mut since);
+        mark("bridge", &mut since, &[]);
 
         let mut holders = Vec::new();
         let mut records = Vec::new();
@@ -178,7 +179,8 @@ impl Supervisor {
         }
         let records_json = serde_json::to_string_pretty(&records).expect("records serialise");
         crate::fsutil::write_file(&holders_file(&layout.dir), records_json.as_bytes(), 0o644, 0, 0)?;
-        mark("namespaces", &mut since);
+        let inodes: Vec<u64> = records.iter().map(|r| r.net_inode).collect();
+        mark("namespaces", &mut since, &inodes);
 
         let plugs: Vec<(&NodeInfo, u32)> = holders.iter().map(|(n, c, _, _)| (n, c.id())).collect();
         crate::net::plug_nodes(&layout, &plugs)?;
@@ -194,7 +196,7 @@ impl Supervisor {
                 .collect();
             handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(LabError::Spec("network setup panicked".into()))))
         })?;
-        mark("network", &mut since);
+        mark("network", &mut since, &inodes);
 
         let mut nodes = Vec::new();
         for (info, child, ns, net_inode) in holders {
@@ -228,7 +230,7 @@ impl Supervisor {
         for result in futures_join_all(starts).await {
             result?;
         }
-        mark("services", &mut since);
+        mark("services", &mut since, &inodes);
         let supervisor = Arc::new(Supervisor {
             layout,
             nodes,
@@ -429,15 +431,8 @@ impl Supervisor {
     }
 
     fn memory(&self) -> (u64, usize) {
-        let mut total = nsexec::rss_kib(std::process::id());
-        let mut count = 1;
-        for rt in &self.nodes {
-            for pid in nsexec::pids_in_netns(rt.net_inode) {
-                total += nsexec::rss_kib(pid);
-                count += 1;
-            }
-        }
-        (total, count)
+        let inodes: Vec<u64> = self.nodes.iter().map(|n| n.net_inode).collect();
+        nsexec::lab_rss_kib(&inodes)
     }
 
     /// Stop every service, kill every node process, remove veths (with the namespaces) and
@@ -660,7 +655,12 @@ pub async fn run(dir: &Path, owner_pid: Option<u32>) -> Result<(), LabError> {
                 if healthy.iter().all(|h| *h) {
                     match put_proxy_certs(&layout).await {
                         Ok(()) => {
-                            me.timings.lock().unwrap_or_else(|p| p.into_inner()).push(("etcd-healthy".into(), start.elapsed().as_millis() as u64));
+                            let (rss_kib, _) = me.memory();
+                            me.timings.lock().unwrap_or_else(|p| p.into_inner()).push(PhaseTiming {
+                                phase: "etcd-healthy".into(),
+                                millis: start.elapsed().as_millis() as u64,
+                                rss_kib,
+                            });
                             log("etcd healthy; /proxycerts stored");
                         }
                         Err(e) => log(format!("storing /proxycerts failed: {e}")),
