@@ -104,6 +104,8 @@ pub struct UnitStatus {
     pub wanted: bool,
     pub active: bool,
     pub restarts: u32,
+    /// The unit has nothing to run yet (its stand-in is not wired); only its state is kept.
+    pub placeholder: bool,
 }
 
 /// One phase of bringing a lab up.

@@ -131,7 +131,11 @@ fn print_status(status: &control::LabStatus) {
         let units: Vec<String> = node
             .units
             .iter()
-            .map(|(unit, s)| format!("{unit:?}={}", if s.active { "active" } else if s.wanted { "starting" } else { "stopped" }).to_lowercase())
+            .map(|(unit, s)| {
+                let state = if s.active { "active" } else if s.wanted { "starting" } else { "stopped" };
+                let note = if s.placeholder { "(placeholder)" } else { "" };
+                format!("{unit:?}={state}{note}").to_lowercase()
+            })
             .collect();
         let etcd = match node.etcd_healthy {
             Some(true) => " etcd=healthy",

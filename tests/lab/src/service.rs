@@ -78,7 +78,8 @@ impl Service {
     /// Spawn the task. `launcher` None makes a virtual unit.
     pub fn spawn(name: String, launcher: Option<Launcher>) -> Service {
         let (commands, mut inbox) = mpsc::channel::<Command>(16);
-        let (status_tx, status) = watch::channel(UnitStatus { wanted: false, active: false, restarts: 0 });
+        let placeholder = launcher.is_none();
+        let (status_tx, status) = watch::channel(UnitStatus { wanted: false, active: false, restarts: 0, placeholder });
         let task_name = name.clone();
         tokio::spawn(async move {
             let mut wanted = false;
@@ -94,7 +95,7 @@ impl Service {
             };
             loop {
                 let active = child.is_some() || (launcher.is_none() && wanted);
-                let _ = status_tx.send(UnitStatus { wanted, active, restarts });
+                let _ = status_tx.send(UnitStatus { wanted, active, restarts, placeholder });
                 let retry_due = wanted && child.is_none() && launcher.is_some();
                 tokio::select! {
                     command = inbox.recv() => match command {
