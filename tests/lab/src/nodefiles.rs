@@ -218,14 +218,30 @@ fn shim_script(node: &NodeInfo) -> String {
     )
 }
 
-/// Where the shim lands in the node's view: over systemctl when the host has one (reboot is a
-/// symlink to it on Debian), else in the node's own /usr/local/bin.
-pub fn shim_targets() -> Vec<&'static str> {
-    if Path::new("/usr/bin/systemctl").exists() {
-        vec!["/usr/bin/systemctl"]
+/// Where the shim lands in the node's view, as (source, target) bind mounts: over the host's
+/// systemctl when there is one (Debian's reboot is a symlink to it), else the node gets its
+/// own /usr/local/bin holding `systemctl` and `reboot` (first on PATH and in sudo's
+/// secure_path); a reboot binary that is not systemctl's is covered too.
+/// `LAB_SHIMS_IN_USR_LOCAL=1` forces the second form (to test it on hosts with systemd).
+pub fn shim_mounts(layout: &Layout, node: &NodeInfo) -> Vec<(PathBuf, PathBuf)> {
+    let shim = shim_path(layout, node);
+    let systemctl = Path::new("/usr/bin/systemctl");
+    let forced = std::env::var_os("LAB_SHIMS_IN_USR_LOCAL").is_some_and(|v| v == "1");
+    let mut mounts = Vec::new();
+    if systemctl.exists() && !forced {
+        mounts.push((shim.clone(), systemctl.to_path_buf()));
     } else {
-        vec![]
+        mounts.push((shim.parent().expect("shim has a dir").to_path_buf(), PathBuf::from("/usr/local/bin")));
     }
+    let systemctl_real = systemctl.canonicalize().ok();
+    for reboot in ["/usr/sbin/reboot", "/sbin/reboot"] {
+        let path = Path::new(reboot);
+        let real = path.canonicalize().ok();
+        if real.is_some() && (real != systemctl_real || forced) && !mounts.iter().any(|(_, t)| Some(t) == real.as_ref()) {
+            mounts.push((shim.clone(), real.expect("checked")));
+        }
+    }
+    mounts
 }
 
 fn cert_pair(dir: &Path, name: &str, pair: &certrotate::pki::KeyCertPair, key_owner: u32) -> Result<(), LabError> {
@@ -313,6 +329,10 @@ pub fn write_node(
     ssh_keygen(&host_key_path(layout, node), &node.name, false)?;
     write_file(&sshd_config_path(layout, node), sshd_config(layout, node).as_bytes(), 0o644, 0, 0)?;
     write_file(&shim_path(layout, node), shim_script(node).as_bytes(), 0o755, 0, 0)?;
+    let reboot_link = shim_path(layout, node).with_file_name("reboot");
+    if std::fs::symlink_metadata(&reboot_link).is_err() {
+        std::os::unix::fs::symlink("systemctl", &reboot_link).map_err(LabError::io(format!("linking {}", reboot_link.display())))?;
+    }
     Ok(())
 }
 

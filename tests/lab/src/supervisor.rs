@@ -109,8 +109,8 @@ fn node_mounts(layout: &Layout, node: &NodeInfo, lab_binary: &Path) -> Vec<NodeM
         NodeMount::MakeFile { path: nodefiles::NODE_LAB_BINARY.into() },
         NodeMount::Bind { source: lab_binary.to_path_buf(), target: nodefiles::NODE_LAB_BINARY.into() },
     ];
-    for target in nodefiles::shim_targets() {
-        mounts.push(NodeMount::Bind { source: nodefiles::shim_path(layout, node), target: target.into() });
+    for (source, target) in nodefiles::shim_mounts(layout, node) {
+        mounts.push(NodeMount::Bind { source, target });
     }
     mounts
 }
