@@ -77,6 +77,16 @@ fn canonical_dir(dir: &Path) -> Result<PathBuf, LabError> {
     Ok(dir)
 }
 
+/// `preferred` if 127.0.0.1 can listen on it, else the next free port (the ARM stand-in's
+/// endpoint is written into apimodel.json before the supervisor binds it).
+fn free_local_port(preferred: u16) -> u16 {
+    let free = |port: u16| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok();
+    (preferred..preferred.saturating_add(200))
+        .find(|p| free(*p))
+        .or_else(|| std::net::TcpListener::bind(("127.0.0.1", 0)).ok().and_then(|l| l.local_addr().ok()).map(|a| a.port()))
+        .unwrap_or(preferred)
+}
+
 fn supervisor_alive(layout: &Layout) -> bool {
     control::call(&layout.socket(), &Request::Status, Duration::from_secs(5)).is_ok()
 }
@@ -101,7 +111,8 @@ impl Lab {
             *since = Instant::now();
         };
         let used = host_subnets_in_use();
-        let layout = Layout::derive(&dir, spec, |s| used.contains(&s))?;
+        let mut layout = Layout::derive(&dir, spec, |s| used.contains(&s))?;
+        layout.arm_port = free_local_port(layout.arm_port);
         std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755))
             .map_err(LabError::io("chmod the lab dir"))?;
         let state = serde_json::to_string_pretty(&layout).expect("layouts serialise");
