@@ -665,11 +665,14 @@ impl PlanFile {
         temp.write_all(text.as_bytes()).map_err(io)?;
         temp.as_file().sync_all().map_err(io)?;
         temp.persist(path).map_err(|e| io(e.error))?;
+        // The rename is durable only once the directory entry is on disk.
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         Ok(())
     }
 
     /// Reads a saved plan and refuses it unless its format is known, its digest matches its
-    /// content, its profile digest matches its profile and its graph is well formed.
+    /// content, its profile digest matches its profile, its summary matches what it counts
+    /// and its graph is well formed.
     pub fn read(path: &Path) -> Result<PlanFile, InputError> {
         let source = SourceFile::read(path, "saved plan")?;
         Self::from_source(&source)
@@ -729,6 +732,14 @@ impl PlanFile {
                 source,
                 "profileDigest",
                 "the plan's profileDigest does not match the profile it contains",
+                format!("do not apply it; {remake}"),
+            ));
+        }
+        if plan.summary != Summary::tally(&plan.changes, &plan.graph, &plan.findings) {
+            return Err(error_at_top_level_key(
+                source,
+                "summary",
+                "the plan's summary does not count what its changes, graph and findings hold",
                 format!("do not apply it; {remake}"),
             ));
         }
