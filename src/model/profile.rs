@@ -489,6 +489,23 @@ impl CertId {
         }
     }
 
+    /// The profile id of a catalogue entry (every etcd peer is `etcdpeer`).
+    pub fn of_kind(kind: &crate::pki::catalogue::CertKind) -> CertId {
+        use crate::pki::catalogue::CertKind;
+        match kind {
+            CertKind::Ca => CertId::Ca,
+            CertKind::Apiserver => CertId::Apiserver,
+            CertKind::Client => CertId::Client,
+            CertKind::Kubeconfig => CertId::Kubeconfig,
+            CertKind::EtcdServer => CertId::EtcdServer,
+            CertKind::EtcdClient => CertId::EtcdClient,
+            CertKind::EtcdPeer(_) => CertId::EtcdPeer,
+            CertKind::ProxyCa => CertId::ProxyCa,
+            CertKind::Proxy => CertId::Proxy,
+            CertKind::KubeletServer => CertId::KubeletServer,
+        }
+    }
+
     fn known_list() -> String {
         CertId::ALL.iter().map(|id| id.as_str()).collect::<Vec<_>>().join(", ")
     }
@@ -1589,6 +1606,28 @@ mod tests {
         let r = locate_yaml_path(commented, &["gates", "timeout"]).unwrap();
         assert_eq!(&commented[r], "5s");
         assert!(locate_yaml_path(text, &["gates", "timeout"]).is_none());
+    }
+
+    #[test]
+    fn ids_agree_with_the_catalogue() {
+        use crate::pki::catalogue::{CertKind, SCOPE_IDS};
+        let ours: Vec<&str> = CertId::ALL.iter().map(|id| id.as_str()).collect();
+        assert_eq!(ours, SCOPE_IDS);
+        let kinds = [
+            CertKind::Ca,
+            CertKind::Apiserver,
+            CertKind::Client,
+            CertKind::Kubeconfig,
+            CertKind::EtcdServer,
+            CertKind::EtcdClient,
+            CertKind::EtcdPeer(2),
+            CertKind::ProxyCa,
+            CertKind::Proxy,
+            CertKind::KubeletServer,
+        ];
+        for kind in kinds {
+            assert_eq!(CertId::of_kind(&kind).as_str(), kind.scope_id());
+        }
     }
 
     #[test]

@@ -503,6 +503,17 @@ impl Sha256Digest {
         Self(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
     }
 
+    /// From bare lowercase or uppercase hex, as `pki::inspect` and the inventory record
+    /// fingerprints; `None` unless it is 64 hex digits.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        Self::try_from(format!("sha256:{}", hex.to_ascii_lowercase())).ok()
+    }
+
+    /// The 64 hex digits without the `sha256:` prefix.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
     /// Digest of a value's canonical JSON (see `canonical_json`).
     pub fn of_canonical_json<T: Serialize + ?Sized>(value: &T) -> Self {
         Self::of_bytes(canonical_json(value).as_bytes())
@@ -846,6 +857,15 @@ mod tests {
         assert!(!contains_secret("publicKeyFingerprint: sha256:00ff"));
         assert!(!contains_secret("-----BEGIN CERTIFICATE-----\nMIIFazCCA1OgAwIBAgIUb"));
         assert!(!contains_secret("message: the clientSecret comes from AZURE_CLIENT_SECRET"));
+    }
+
+    #[test]
+    fn digests_convert_from_bare_hex_and_refuse_anything_else() {
+        let d = Sha256Digest::of_bytes(b"x");
+        assert_eq!(Sha256Digest::from_hex(d.hex()), Some(d.clone()));
+        assert_eq!(Sha256Digest::from_hex(&d.hex().to_ascii_uppercase()), Some(d));
+        assert_eq!(Sha256Digest::from_hex("abc"), None);
+        assert_eq!(Sha256Digest::from_hex(&"g".repeat(64)), None);
     }
 
     #[test]
