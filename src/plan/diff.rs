@@ -1025,7 +1025,7 @@ fn after_attributes(
         IssuerRef::FrontProxyCa => "CN=proxyClientCA".into(),
     };
     out.insert("issuer".into(), AttrValue::Text(issuer));
-    match (signer, signer_changes) {
+    match (signer, signer_changes && entry.issuer != IssuerRef::SelfSigned) {
         (Some(ca), false) => {
             out.insert("issuerFingerprint".into(), AttrValue::Text(fingerprint(&ca.facts.sha256_fingerprint)));
         }

@@ -317,11 +317,37 @@ impl ActionGraph {
         }
     }
 
-    /// Steps in an order apply may run them one by one.
+    /// Steps in an order apply may run them one by one: among the steps that are ready, the
+    /// one added first goes first, so the order reads like the rotation and a graph rebuilt
+    /// from its saved form (added in this order) yields the same order again.
     pub fn topological_order(&self) -> Result<Vec<&Step>, GraphError> {
-        petgraph::algo::toposort(&self.graph, None)
-            .map(|order| order.into_iter().map(|ix| &self.graph[ix]).collect())
-            .map_err(|cycle| GraphError::Cycle(self.graph[cycle.node_id()].id.clone()))
+        self.ordered_indices().map(|order| order.into_iter().map(|ix| &self.graph[ix]).collect())
+    }
+
+    fn ordered_indices(&self) -> Result<Vec<NodeIndex>, GraphError> {
+        use std::cmp::Reverse;
+        use std::collections::BinaryHeap;
+        let mut pending: Vec<usize> =
+            self.graph.node_indices().map(|ix| self.graph.neighbors_directed(ix, petgraph::Direction::Incoming).count()).collect();
+        let mut ready: BinaryHeap<Reverse<NodeIndex>> =
+            self.graph.node_indices().filter(|ix| pending[ix.index()] == 0).map(Reverse).collect();
+        let mut order = Vec::with_capacity(self.graph.node_count());
+        while let Some(Reverse(ix)) = ready.pop() {
+            order.push(ix);
+            for next in self.graph.neighbors_directed(ix, petgraph::Direction::Outgoing) {
+                pending[next.index()] -= 1;
+                if pending[next.index()] == 0 {
+                    ready.push(Reverse(next));
+                }
+            }
+        }
+        if order.len() < self.graph.node_count() {
+            return match petgraph::algo::toposort(&self.graph, None) {
+                Err(cycle) => Err(GraphError::Cycle(self.graph[cycle.node_id()].id.clone())),
+                Ok(_) => Err(GraphError::Cycle(String::from("?"))),
+            };
+        }
+        Ok(order)
     }
 
     /// Number of nodes on which something restarts (service restart or VM reboot).
@@ -375,7 +401,7 @@ impl ActionGraph {
 
     /// The graph in the saved-plan vocabulary: steps in topological order, edges sorted.
     pub fn to_saved(&self) -> file::ActionGraph {
-        let order: Vec<NodeIndex> = petgraph::algo::toposort(&self.graph, None).unwrap_or_else(|_| self.graph.node_indices().collect());
+        let order: Vec<NodeIndex> = self.ordered_indices().unwrap_or_else(|_| self.graph.node_indices().collect());
         let nodes = order
             .iter()
             .map(|ix| {
@@ -669,6 +695,10 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
         staged.insert(node.name.clone(), k);
     }
 
+    // The front-proxy pair is installed in its own phase, after etcd holds it.
+    let main_phase_ids = |node: &str| -> Vec<String> {
+        diff.changed_on(node).into_iter().filter(|id| id != "proxy" && id != "proxy-ca").collect()
+    };
     let kubeconfig_changes = |node: &str| diff.changed_on(node).iter().any(|id| id == "kubeconfig");
     let removal = |node: &str| diff.kubelet_client_current_removals.iter().any(|n| n == node);
 
@@ -679,7 +709,7 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
         MasterPlan::Rolling => {
             let apiserver_changes = diff.apiserver_key_changes();
             for m in &masters_main {
-                let ids = diff.changed_on(&m.name);
+                let ids = main_phase_ids(&m.name);
                 let mut requires = master_end.clone();
                 requires.extend(preflight.iter().copied());
                 let install = b.action(
@@ -759,7 +789,7 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
         MasterPlan::AllAtOnce { .. } => {
             let mut reboots = Vec::new();
             for m in &masters_main {
-                let ids = diff.changed_on(&m.name);
+                let ids = main_phase_ids(&m.name);
                 let install = b.action(
                     Operation::InstallCerts,
                     Some(&m.name),

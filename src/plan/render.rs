@@ -226,6 +226,16 @@ fn change_block(out: &mut String, paint: &Paint, change: &CertificateChange) {
     }
 }
 
+/// The explanation as a sentence: capitalised, without a trailing full stop (added by the caller).
+fn sentence(text: &str) -> String {
+    let text = text.trim().trim_end_matches('.');
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(first) => first.to_uppercase().chain(chars).collect(),
+        None => String::new(),
+    }
+}
+
 fn downtime_label(d: &ApiDowntime) -> String {
     match (d.kind, d.estimate) {
         (DowntimeKind::None, _) => "none".into(),
@@ -281,7 +291,8 @@ pub fn human(view: &PlanView<'_>, colour: bool) -> String {
                 change_block(&mut out, &paint, change);
             }
             if unchanged > 0 {
-                let _ = writeln!(out, "      {}", paint.dim(&format!("# ({unchanged} certificates unchanged)")));
+                let noun = if unchanged == 1 { "certificate" } else { "certificates" };
+                let _ = writeln!(out, "      {}", paint.dim(&format!("# ({unchanged} {noun} unchanged)")));
             }
             let _ = writeln!(out);
         }
@@ -309,7 +320,7 @@ pub fn human(view: &PlanView<'_>, colour: bool) -> String {
     if summary.has_changes() {
         let gates = view.graph.nodes.iter().filter(|n| n.kind == StepKind::Gate).count();
         let _ = writeln!(out, "Apply walks {} steps, {gates} of them gates.", view.graph.nodes.len());
-        let _ = writeln!(out, "API downtime: {}. {}\n", downtime_label(view.downtime), view.downtime.explanation);
+        let _ = writeln!(out, "API downtime: {}. {}.\n", downtime_label(view.downtime), sentence(&view.downtime.explanation));
     }
     let _ = writeln!(out, "{}", paint.bold(&summary_line(view)));
     out
