@@ -330,3 +330,45 @@ fn key_policy_change_reissues_ecdsa_leaves_under_an_rsa_profile() {
     let ch = change(&d, &m0, CertId::EtcdServer, "etcdserver.crt");
     assert!(ch.reasons.iter().any(|r| r.code == ReasonCode::KeySpecChanged && r.message == "key is ECDSA P-256 256, profile wants RSA 2048"), "{:?}", ch.reasons);
 }
+
+#[test]
+fn a_front_proxy_client_that_is_wrong_brings_a_new_front_proxy_ca() {
+    let mut c = cluster(3, 2, Age::Healthy);
+    let m1 = c.master(1);
+    let stranger = certrotate::pki::issue::generate_key(certrotate::pki::KeySpec::EcdsaP256).unwrap().to_pem().unwrap();
+    *c.file_mut(&m1, "/etc/kubernetes/certs/proxy.key") = plan_fixture::key_file("/etc/kubernetes/certs/proxy.key", "root", &stranger);
+    let d = c.diff(&shipped("renew-expiring"));
+    // Its CA's key exists nowhere, so the client cannot be reissued under the old front-proxy CA.
+    assert_eq!(d.decision("proxy-ca").unwrap().action, ChangeAction::Replace);
+    assert_eq!(d.decision("proxy").unwrap().action, ChangeAction::Replace);
+    assert!(!d.cluster_ca_changes());
+    assert!(has_finding(&d, "key-mismatch", Some(&m1)));
+    assert!(has_finding(&d, "front-proxy-etcd-differs", Some(&m1)), "proxy.key differs from the key in etcd: {:?}", d.findings);
+}
+
+#[test]
+fn rotate_when_expiring_replaces_the_ca_inside_its_window_and_masters_go_together() {
+    use certrotate::diag::SourceFile;
+    use certrotate::model::profile::Profile;
+    let yaml = |within: &str| {
+        Profile::from_source(&SourceFile::from_text(
+            "custom.yaml",
+            format!("name: custom\nca:\n  policy: rotateWhenExpiring\n  within: {within}\nmasters:\n  strategy: rolling\n"),
+        ))
+        .unwrap()
+    };
+    let c = cluster(3, 2, Age::Healthy);
+    // The fixture's CA has 28 years left.
+    let d = c.diff(&yaml("29y"));
+    let ca = change(&d, &c.master(0), CertId::Ca, "ca.crt");
+    assert_eq!(ca.action, ChangeAction::Replace);
+    assert!(ca.reasons[0].message.starts_with("cluster CA expires in ") && ca.reasons[0].message.ends_with("< rotateWhenExpiring within 29y"), "{:?}", ca.reasons);
+    let p = yaml("29y");
+    let g = graph::build(&d, &c.topo, &p);
+    assert!(matches!(g.masters, graph::MasterPlan::AllAtOnce { .. }), "a new CA overrides the rolling strategy");
+    g.validate().unwrap();
+
+    let d = c.diff(&yaml("1y"));
+    assert!(!d.cluster_ca_changes());
+    assert!(!d.has_changes());
+}

@@ -16,7 +16,7 @@ const PROFILES: [&str; 3] = ["rotate-all", "renew-expiring", "rotate-ca"];
 const SHAPES: [(usize, usize); 3] = [(1, 0), (3, 2), (5, 50)];
 const AGES: [Age; 3] = [Age::Healthy, Age::ExpiringInDays(20), Age::ExpiredDaysAgo(3)];
 
-fn ids_of<'a>(g: &'a ActionGraph, op: Operation) -> Vec<&'a str> {
+fn ids_of(g: &ActionGraph, op: Operation) -> Vec<&str> {
     g.steps().filter(|s| s.operation == op).map(|s| s.id.as_str()).collect()
 }
 

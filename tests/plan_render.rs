@@ -110,7 +110,7 @@ fn dot_draws_gates_as_diamonds() {
     assert_eq!(dot.matches("shape=diamond").count(), gates);
     assert_eq!(dot.matches("shape=box").count(), g.len() - gates);
     assert_eq!(dot.matches(" -> ").count(), parts.graph.edges.len());
-    assert!(dot.contains(&format!("subgraph cluster_")));
+    assert!(dot.contains("subgraph cluster_"));
     assert!(dot.contains("\"etcdHealthy@preflight\" [label=\"etcdHealthy\\n(timeout 10m)\", shape=diamond"));
 }
 

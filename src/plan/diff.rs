@@ -286,25 +286,18 @@ fn ca_policy_reason(policy: &CaPolicy, facts: Option<&CertFacts>, now: OffsetDat
     let Some(facts) = facts else {
         return Some(reason(ReasonCode::Missing, format!("{what} missing on every node")));
     };
-    let remaining = facts.not_after - now;
-    let remaining_std = std::time::Duration::try_from(remaining).unwrap_or_default();
-    if !policy.requires_rotation(remaining_std) {
-        return None;
+    // An expired CA has no time left: a negative span counts as zero.
+    let remaining = std::time::Duration::try_from(facts.not_after - now).unwrap_or_default();
+    match policy {
+        CaPolicy::Keep => None,
+        CaPolicy::Always => Some(reason(ReasonCode::CaPolicy, format!("{what} rotation requested (policy: always)"))),
+        CaPolicy::RotateWhenExpiring { within } => policy.requires_rotation(remaining).then(|| {
+            reason(
+                ReasonCode::CaPolicy,
+                format!("{what} expires {} < rotateWhenExpiring within {within}", relative(facts.not_after, now)),
+            )
+        }),
     }
-    Some(match policy {
-        CaPolicy::Always => reason(ReasonCode::CaPolicy, format!("{what} rotation requested (policy: always)")),
-        CaPolicy::RotateWhenExpiring { within } => reason(
-            ReasonCode::CaPolicy,
-            format!("{what} expires {} < rotateWhenExpiring within {within}", relative(facts.not_after, now)),
-        ),
-        CaPolicy::Keep => unreachable_keep(),
-    })
-}
-
-/// `CaPolicy::Keep::requires_rotation` is always false; kept out of line so the match above
-/// stays total without a panic path.
-fn unreachable_keep() -> Reason {
-    reason(ReasonCode::CaPolicy, "CA kept")
 }
 
 /// Reasons a present copy of a leaf is due, from its own content.
@@ -473,13 +466,26 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
         if let Some(entry) = proxy_entry {
             let desired = desired_entry(entry, profile);
             let mut scratch = Vec::new();
-            let due = entry.holders.iter().filter_map(|h| inv_of(h)).any(|inv| match inv.file(&entry.cert_file.path).map(|f| &f.content) {
-                Some(ObservedContent::Certificate { facts, .. }) => {
-                    !own_reasons(entry, &desired, facts, "", profile, now, &mut scratch).is_empty()
-                        || profile.leaves == LeafPolicy::Always
-                }
-                _ => true,
-            });
+            let mut fingerprints = std::collections::BTreeSet::new();
+            let mut due = false;
+            for inv in entry.holders.iter().filter_map(|h| inv_of(h)) {
+                let key_public = entry.key_file.as_ref().and_then(|k| match inv.file(&k.path).map(|f| &f.content) {
+                    Some(ObservedContent::PrivateKey { public_key_sha256, .. }) => Some(public_key_sha256.as_str()),
+                    _ => None,
+                });
+                due |= match inv.file(&entry.cert_file.path).map(|f| &f.content) {
+                    Some(ObservedContent::Certificate { facts, pem }) => {
+                        fingerprints.insert(facts.sha256_fingerprint.clone());
+                        profile.leaves == LeafPolicy::Always
+                            || !own_reasons(entry, &desired, facts, "", profile, now, &mut scratch).is_empty()
+                            || key_public != Some(facts.public_key_sha256.as_str())
+                            || proxy_ca.as_ref().is_none_or(|ca| !matches!(inspect::chains_to(pem, &ca.pem), Ok(true)))
+                    }
+                    _ => true,
+                };
+            }
+            // Masters holding different front-proxy clients need one new client too.
+            due |= fingerprints.len() > 1;
             if due {
                 if profile.in_scope(CertId::ProxyCa) {
                     proxy_ca_reason = Some(reason(

@@ -341,11 +341,11 @@ impl ActionGraph {
                 }
             }
         }
-        if order.len() < self.graph.node_count() {
-            return match petgraph::algo::toposort(&self.graph, None) {
-                Err(cycle) => Err(GraphError::Cycle(self.graph[cycle.node_id()].id.clone())),
-                Ok(_) => Err(GraphError::Cycle(String::from("?"))),
-            };
+        if let Some(stuck) = self.graph.node_indices().find(|ix| pending[ix.index()] > 0) {
+            // Steps left waiting are on a cycle or downstream of one; name one on the cycle
+            // when petgraph finds it, else the first step left waiting.
+            let on_cycle = petgraph::algo::toposort(&self.graph, None).err().map(|c| c.node_id()).unwrap_or(stuck);
+            return Err(GraphError::Cycle(self.graph[on_cycle].id.clone()));
         }
         Ok(order)
     }
