@@ -273,3 +273,30 @@ async fn broken_etcd_client_certificates_break_the_apiserver() {
     assert!(!out.success);
     assert!(out.stderr.contains("etcd") || out.stderr.contains("Service"), "{}", out.stderr);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_rs_watches_see_changes() {
+    use futures::{StreamExt, TryStreamExt};
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{PostParams, WatchEvent, WatchParams};
+    let cluster = Cluster::start().await;
+    let client = cluster.kube_client().await;
+    let namespaces: Api<Namespace> = Api::all(client);
+    let listed = namespaces.list(&ListParams::default()).await.unwrap();
+    let version = listed.metadata.resource_version.clone().unwrap();
+    let mut stream = namespaces.watch(&WatchParams::default().timeout(20), &version).await.unwrap().boxed();
+    let created: Namespace = serde_json::from_value(json!({ "metadata": { "name": "certrotate-watch" } })).unwrap();
+    namespaces.create(&PostParams::default(), &created).await.unwrap();
+    cluster.kubectl.ok(&["delete", "namespace", "certrotate-watch"]).await;
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.try_next()).await.expect("an event in time").unwrap().expect("stream open");
+        match event {
+            WatchEvent::Added(ns) => seen.push(("ADDED", ns.metadata.name.unwrap())),
+            WatchEvent::Deleted(ns) => seen.push(("DELETED", ns.metadata.name.unwrap())),
+            WatchEvent::Modified(ns) => seen.push(("MODIFIED", ns.metadata.name.unwrap())),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(seen, [("ADDED", "certrotate-watch".to_owned()), ("DELETED", "certrotate-watch".to_owned())]);
+}

@@ -148,3 +148,39 @@ async fn pods_are_not_ready_after_the_signing_key_changes_until_rolled_out() {
     assert_eq!(deployment["status"]["readyReplicas"], 1);
     assert_eq!(deployment["status"]["observedGeneration"], deployment["metadata"]["generation"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_master_takes_over_the_controllers() {
+    let mut cluster = Cluster::start().await;
+    let mut second_config = apiserver_config(&cluster.pki, &cluster.etcd, "127.0.0.1:0".parse().unwrap());
+    second_config.node_name = "k8s-master-12345678-1".to_owned();
+    let second = Apiserver::start(second_config).await;
+    let kubeconfig = cluster.dir.path().join("second.kubeconfig");
+    write(&kubeconfig, &kubeconfig_text(&second, &cluster.pki));
+    let kubectl = Kubectl::new(kubeconfig);
+    // Both masters serve the same objects from the shared etcd.
+    let via_second = kubectl.json(&["get", "serviceaccounts", "-n", "kube-system"]).await;
+    assert!(via_second["items"].as_array().unwrap().iter().any(|sa| sa["metadata"]["name"] == "kube-proxy"));
+
+    // The first master dies without handing over its lease (aborted, as in a crash).
+    drop(cluster.apiserver.take());
+    let lease = |cluster: &Cluster| {
+        let ca = cluster.pki.path("ca.crt");
+        let etcd = lab::kube::etcd::EtcdClient::new(vec![cluster.etcd.endpoint.clone()], &ca, &cluster.pki.path("etcdclient.crt"), &cluster.pki.path("etcdclient.key")).unwrap();
+        async move {
+            let kv = etcd.get("/registry/leases/kube-system/kube-controller-manager").await.unwrap()?;
+            let lease: serde_json::Value = serde_json::from_slice(&kv.value).unwrap();
+            lease["spec"]["holderIdentity"].as_str().map(str::to_owned)
+        }
+    };
+    assert_eq!(lease(&cluster).await.as_deref(), Some("k8s-master-12345678-0"), "the first master led");
+    kubectl.ok(&["delete", "secrets", "-n", "kube-system", "--field-selector", "type=kubernetes.io/service-account-token"]).await;
+    eventually("the second master's controllers recreate the token secrets", Duration::from_secs(20), || async {
+        let list = kubectl.json(&["get", "secrets", "-n", "kube-system", "--field-selector", "type=kubernetes.io/service-account-token"]).await;
+        let names: Vec<String> = list["items"].as_array()?.iter().filter_map(|s| s["metadata"]["annotations"]["kubernetes.io/service-account.name"].as_str().map(str::to_owned)).collect();
+        ["default", "kube-proxy", "coredns", "cluster-autoscaler"].iter().all(|sa| names.iter().any(|n| n == sa)).then_some(())
+    })
+    .await;
+    assert_eq!(lease(&cluster).await.as_deref(), Some("k8s-master-12345678-1"), "leadership moved to the survivor");
+    drop(second);
+}

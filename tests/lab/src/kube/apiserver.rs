@@ -660,3 +660,50 @@ async fn watch(state: Arc<ApiState>, req: &ApiRequest, rt: ResourceType, ns: Opt
         .body(BodyExt::boxed(StreamBody::new(stream)))
         .expect("static response parts are valid"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_from_the_json_lab_infra_writes() {
+        let text = r#"{
+            "bind_address": "10.255.255.5:443",
+            "node_name": "k8s-master-12345678-0",
+            "tls_cert_file": "/etc/kubernetes/certs/apiserver.crt",
+            "tls_private_key_file": "/etc/kubernetes/certs/apiserver.key",
+            "client_ca_file": "/etc/kubernetes/certs/ca.crt",
+            "etcd_servers": ["https://10.255.255.5:2379", "https://10.255.255.6:2379"],
+            "etcd_cafile": "/etc/kubernetes/certs/ca.crt",
+            "etcd_certfile": "/etc/kubernetes/certs/etcdclient.crt",
+            "etcd_keyfile": "/etc/kubernetes/certs/etcdclient.key",
+            "controllers": { "node_monitor_grace_period": "5s", "resync_period": "500ms" }
+        }"#;
+        let config: ApiserverConfig = serde_json::from_str(text).unwrap();
+        assert_eq!(config.bind_address.port(), 443);
+        assert_eq!(config.etcd_servers.len(), 2);
+        assert!(config.service_account_key_file.is_none(), "defaults to the serving key");
+        assert_eq!(config.controllers.node_monitor_grace_period, Duration::from_secs(5));
+        assert_eq!(config.controllers.resync_period, Duration::from_millis(500));
+        assert!(config.controllers.enabled && config.controllers.seed);
+
+        let typo = text.replace("node_name", "nodename");
+        assert!(serde_json::from_str::<ApiserverConfig>(&typo).is_err(), "unknown fields are refused");
+        let bad_duration = text.replace("\"5s\"", "\"soon\"");
+        let error = serde_json::from_str::<ApiserverConfig>(&bad_duration).unwrap_err().to_string();
+        assert!(error.contains("soon"), "{error}");
+    }
+
+    #[test]
+    fn resource_paths_name_namespaces_and_subresources() {
+        let t = parse_target("", "v1", &["namespaces", "kube-system", "pods", "p", "status"]).unwrap();
+        assert_eq!((t.rt.plural, t.namespace.as_deref(), t.name.as_deref(), t.subresource.as_deref()), ("pods", Some("kube-system"), Some("p"), Some("status")));
+        let t = parse_target("", "v1", &["namespaces", "kube-system"]).unwrap();
+        assert_eq!((t.rt.plural, t.name.as_deref()), ("namespaces", Some("kube-system")));
+        let t = parse_target("apps", "v1", &["namespaces", "kube-system", "deployments", "d", "scale"]).unwrap();
+        assert_eq!(t.subresource.as_deref(), Some("scale"));
+        assert!(parse_target("apps", "v1", &["namespaces", "kube-system", "daemonsets", "d", "scale"]).is_err(), "no scale on daemonsets");
+        assert!(parse_target("", "v1", &["namespaces", "x", "nodes"]).is_err(), "nodes are not namespaced");
+        assert!(parse_target("", "v1", &["configmaps"]).is_err(), "unserved resources are 404");
+    }
+}

@@ -666,22 +666,41 @@ async fn reconcile_workloads(state: &ApiState, snapshot: &Snapshot, node_ready: 
 // ---------------------------------------------------------------------------------------
 // Pod readiness
 
-async fn pod_token_valid(state: &ApiState, pod: &Value, secrets: &[Value]) -> Result<bool, ApiError> {
-    let key = format!("{POD_TOKEN_PREFIX}{}/{}", namespace_of(pod), name_of(pod));
-    let token = match state.store.etcd().get(&key).await? {
-        Some(kv) => kv.value,
-        // Started while its token secret was missing: the kubelet retries the mount.
+/// The tokens pods started with, by "namespace/name", read in one range.
+async fn mounted_tokens(state: &ApiState) -> Result<HashMap<String, Vec<u8>>, ApiError> {
+    let range = state.store.etcd().range(POD_TOKEN_PREFIX, true).await?;
+    Ok(range.kvs.into_iter().map(|kv| (kv.key.trim_start_matches(POD_TOKEN_PREFIX).to_owned(), kv.value)).collect())
+}
+
+/// Whether the token a pod started with verifies against the current signing key. Pods
+/// that started while their token secret was missing get it now (the kubelet retries the
+/// mount). `verdicts` remembers tokens already checked: many pods share one token.
+async fn pod_token_valid(
+    state: &ApiState,
+    pod: &Value,
+    secrets: &[Value],
+    mounted: &HashMap<String, Vec<u8>>,
+    verdicts: &mut HashMap<Vec<u8>, bool>,
+) -> Result<bool, ApiError> {
+    let id = format!("{}/{}", namespace_of(pod), name_of(pod));
+    let token = match mounted.get(&id) {
+        Some(token) => token.clone(),
         None => {
             if !mount_token(state, pod, secrets).await? {
                 return Ok(false);
             }
-            match state.store.etcd().get(&key).await? {
+            match state.store.etcd().get(&format!("{POD_TOKEN_PREFIX}{id}")).await? {
                 Some(kv) => kv.value,
                 None => return Ok(false),
             }
         }
     };
-    Ok(std::str::from_utf8(&token).is_ok_and(|t| state.signer.verify(t).is_ok()))
+    if let Some(verdict) = verdicts.get(&token) {
+        return Ok(*verdict);
+    }
+    let verdict = std::str::from_utf8(&token).is_ok_and(|t| state.signer.verify(t).is_ok());
+    verdicts.insert(token, verdict);
+    Ok(verdict)
 }
 
 fn set_pod_ready(pod: &mut Value, ready: bool, reason: &str) -> bool {
@@ -718,6 +737,8 @@ fn set_pod_ready(pod: &mut Value, ready: bool, reason: &str) -> bool {
 
 async fn reconcile_pod_readiness(state: &ApiState, pods: &[Value], node_ready: &HashMap<String, bool>) -> Result<(), ApiError> {
     let secrets = state.store.list(&SECRETS, None).await?.0;
+    let mounted = mounted_tokens(state).await?;
+    let mut verdicts = HashMap::new();
     for pod in pods {
         let Some(node) = pod["spec"]["nodeName"].as_str() else { continue };
         let node_is_ready = node_ready.get(node).copied().unwrap_or(false);
@@ -725,7 +746,7 @@ async fn reconcile_pod_readiness(state: &ApiState, pods: &[Value], node_ready: &
         let (ready, reason) = if !node_is_ready {
             (false, "NodeNotReady")
         } else if managed {
-            if pod_token_valid(state, pod, &secrets).await? { (true, "") } else { (false, "ServiceAccountTokenInvalid") }
+            if pod_token_valid(state, pod, &secrets, &mounted, &mut verdicts).await? { (true, "") } else { (false, "ServiceAccountTokenInvalid") }
         } else {
             // Static pods: their kubelet reports readiness itself.
             continue;

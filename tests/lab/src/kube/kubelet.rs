@@ -453,3 +453,40 @@ async fn report_static_pods(config: &KubeletConfig, client: &kube::Client) -> Re
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_from_json_with_defaults() {
+        let config: KubeletConfig = serde_json::from_str(
+            r#"{ "node_name": "k8s-agentpool1-12345678-0", "role": "agent", "root": "/lab/nodes/a0", "node_ip": "10.240.0.4" }"#,
+        )
+        .unwrap();
+        assert_eq!(config.kubeconfig, PathBuf::from("/var/lib/kubelet/kubeconfig"));
+        assert_eq!(config.heartbeat_interval, Duration::from_secs(2));
+        assert_eq!(config.role, NodeRole::Agent);
+        assert!(serde_json::from_str::<KubeletConfig>(r#"{ "node_name": "n", "role": "worker", "root": "/", "node_ip": "10.0.0.1" }"#).is_err());
+    }
+
+    #[test]
+    fn node_paths_resolve_under_the_root() {
+        let root = Path::new("/lab/nodes/m0");
+        assert_eq!(node_path(root, Path::new("/etc/kubernetes/certs/ca.crt")), PathBuf::from("/lab/nodes/m0/etc/kubernetes/certs/ca.crt"));
+        assert_eq!(node_path(root, Path::new("relative/file")), PathBuf::from("/lab/nodes/m0/relative/file"));
+    }
+
+    #[test]
+    fn masters_are_labelled_and_tainted_like_aks_engine_masters() {
+        let config: KubeletConfig = serde_json::from_str(
+            r#"{ "node_name": "k8s-master-12345678-0", "role": "master", "root": "/", "node_ip": "10.255.255.5", "labels": { "agentpool": "master" } }"#,
+        )
+        .unwrap();
+        let node = serde_json::to_value(new_node(&config).unwrap()).unwrap();
+        assert_eq!(node["metadata"]["labels"]["node-role.kubernetes.io/master"], "");
+        assert_eq!(node["metadata"]["labels"]["kubernetes.io/role"], "master");
+        assert_eq!(node["metadata"]["labels"]["agentpool"], "master");
+        assert_eq!(node["spec"]["taints"][0]["key"], "node-role.kubernetes.io/master");
+    }
+}
