@@ -146,6 +146,13 @@ async fn pods_are_not_ready_after_the_signing_key_changes_until_rolled_out() {
     .await;
     let deployment = cluster.kubectl.json(&["get", "deployment", "coredns", "-n", "kube-system"]).await;
     assert_eq!(deployment["status"]["readyReplicas"], 1);
+    // kubectl's own rollout check agrees (it watches the workload and reads its status).
+    for workload in ["deployment/coredns", "daemonset/kube-proxy"] {
+        let out = cluster.kubectl.ok(&["rollout", "status", workload, "-n", "kube-system", "--timeout=20s"]).await;
+        assert!(out.contains("successfully rolled out"), "{out}");
+    }
+    let described = cluster.kubectl.ok(&["describe", "node", MASTER]).await;
+    assert!(described.contains("Ready") && described.contains("kube-proxy-"), "{described}");
     assert_eq!(deployment["status"]["observedGeneration"], deployment["metadata"]["generation"]);
 }
 

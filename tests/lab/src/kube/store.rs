@@ -71,6 +71,8 @@ pub const NODES: ResourceType = ResourceType { short_names: &["no"], storage: "m
 pub const PODS: ResourceType = ResourceType { short_names: &["po"], has_status: true, ..core("Pod", "pods", "pod", true) };
 pub const SERVICE_ACCOUNTS: ResourceType = ResourceType { short_names: &["sa"], ..core("ServiceAccount", "serviceaccounts", "serviceaccount", true) };
 pub const SECRETS: ResourceType = core("Secret", "secrets", "secret", true);
+/// Served (and empty unless someone writes some) because `kubectl describe` lists them.
+pub const EVENTS: ResourceType = ResourceType { short_names: &["ev"], ..core("Event", "events", "event", true) };
 pub const DEPLOYMENTS: ResourceType = ResourceType {
     group: "apps",
     short_names: &["deploy"],
@@ -86,7 +88,7 @@ pub const DAEMON_SETS: ResourceType = ResourceType {
 };
 
 /// Every resource type served.
-pub const RESOURCE_TYPES: &[ResourceType] = &[NAMESPACES, NODES, PODS, SERVICE_ACCOUNTS, SECRETS, DEPLOYMENTS, DAEMON_SETS];
+pub const RESOURCE_TYPES: &[ResourceType] = &[NAMESPACES, NODES, PODS, SERVICE_ACCOUNTS, SECRETS, EVENTS, DEPLOYMENTS, DAEMON_SETS];
 
 /// Finds a served resource by group, version and plural.
 pub fn resource_type(group: &str, version: &str, plural: &str) -> Option<ResourceType> {
