@@ -3,8 +3,10 @@
 //! needed; the client against a live stand-in is tested in tests/lab/tests/arm_client.rs).
 
 use certrotate::cloud::azure::{
-    AzureCredentials, AzureError, AzureInputs, AzureSettings, CertificateCredential, ClientSecret, IdentitySystem,
+    AuthMethod, AzureCredentials, AzureError, AzureInputs, AzureSettings, CertificateCredential, ClientSecret,
+    IdentitySystem,
 };
+use certrotate::model::apimodel::ApiModel;
 use std::sync::Arc;
 
 /// The customCloudProfile part of a real `aks-engine generate` output for an ASDK stamp.
@@ -14,6 +16,7 @@ const API_MODEL: &str = r#"{
   "properties": {
     "orchestratorProfile": {"orchestratorType": "Kubernetes", "orchestratorVersion": "1.21.14"},
     "masterProfile": {"count": 3, "dnsPrefix": "lab41772389", "vmSize": "Standard_D2_v2", "firstConsecutiveStaticIP": "10.255.255.5"},
+    "linuxProfile": {"adminUsername": "azureuser", "ssh": {"publicKeys": [{"keyData": "ssh-rsa AAAA lab"}]}},
     "servicePrincipalProfile": {"clientId": "6a2d4c1e-0b9f-4e8d-a7c6-5b4a3f2e1d0c", "secret": "apimodel-secret-value"},
     "customCloudProfile": {
       "portalURL": "https://portal.local.azurestack.external/",
@@ -105,4 +108,49 @@ fn client_certificate_material_is_checked_before_use() {
     let credential = CertificateCredential::load(http, token_url, "app", &cert_path, &key_path).unwrap();
     let shown = format!("{credential:?}");
     assert!(shown.contains("x5t") && !shown.contains("PRIVATE"), "{shown}");
+}
+
+#[test]
+fn a_loaded_api_model_and_command_line_flags_resolve_together() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("apimodel.json");
+    std::fs::write(&path, API_MODEL).unwrap();
+    let model = ApiModel::load(&path).unwrap();
+    let settings = AzureSettings::from_api_model(&model, inputs()).unwrap();
+    assert_eq!(settings.credentials.client_id(), "6a2d4c1e-0b9f-4e8d-a7c6-5b4a3f2e1d0c");
+
+    // --identity-system and --auth-method override the model; a certificate then needs paths.
+    let err = AzureSettings::from_api_model(
+        &model,
+        AzureInputs { auth_method: Some(AuthMethod::ClientCertificate), ..inputs() },
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("no certificate"), "{err}");
+    let settings = AzureSettings::from_api_model(
+        &model,
+        AzureInputs { identity_system: Some(IdentitySystem::AzureAd), tenant_id: Some("t-1".into()), ..inputs() },
+    )
+    .unwrap();
+    assert_eq!((settings.identity_system, settings.tenant_id.as_str()), (IdentitySystem::AzureAd, "t-1"));
+}
+
+#[test]
+fn the_client_secret_file_is_read_by_its_first_line() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        azure: certrotate::cli::args::AzureArgs,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("secret");
+    std::fs::write(&file, "from-file-secret\nignored\n").unwrap();
+    let cli = Cli::parse_from(["x", "--client-secret-file", file.to_str().unwrap(), "--auth-method", "client_secret"]);
+    let inputs = AzureInputs::from_args(&cli.azure).unwrap();
+    assert_eq!(inputs.client_secret, Some(ClientSecret::new("from-file-secret")));
+    assert_eq!(inputs.auth_method, Some(AuthMethod::ClientSecret));
+
+    std::fs::write(&file, "\n").unwrap();
+    let err = AzureInputs::from_args(&cli.azure).unwrap_err();
+    assert!(err.to_string().contains("empty"), "{err}");
 }

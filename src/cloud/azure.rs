@@ -54,6 +54,14 @@ pub enum IdentitySystem {
     Adfs,
 }
 
+/// How the service principal signs in (the API model's `authenticationMethod`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    ClientSecret,
+    ClientCertificate,
+}
+
 /// A client secret. `Debug` and `Display` never show it.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ClientSecret(String);
@@ -153,6 +161,56 @@ pub struct AzureInputs {
     pub client_secret: Option<ClientSecret>,
     pub certificate_path: Option<PathBuf>,
     pub private_key_path: Option<PathBuf>,
+    /// `--identity-system`; defaults to the API model's `customCloudProfile.identitySystem`.
+    pub identity_system: Option<IdentitySystem>,
+    /// `--auth-method`; defaults to the API model's `customCloudProfile.authenticationMethod`.
+    pub auth_method: Option<AuthMethod>,
+}
+
+impl AzureInputs {
+    /// The command line's Azure flags; reads `--client-secret-file` (its first line).
+    pub fn from_args(args: &crate::cli::args::AzureArgs) -> Result<Self, AzureError> {
+        use crate::cli::args;
+        let client_secret = match (&args.client_secret, &args.client_secret_file) {
+            (Some(secret), _) => Some(ClientSecret::new(secret.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    AzureError::settings(
+                        format!("cannot read the client secret file {}: {e}", path.display()),
+                        "pass a readable file whose first line is the service principal's secret",
+                    )
+                })?;
+                let first = text.lines().next().unwrap_or("").trim();
+                if first.is_empty() {
+                    return Err(AzureError::settings(
+                        format!("the client secret file {} is empty", path.display()),
+                        "write the service principal's secret on its first line",
+                    ));
+                }
+                Some(ClientSecret::new(first))
+            }
+            (None, None) => None,
+        };
+        Ok(Self {
+            azure_env: args.azure_env.clone(),
+            ca_bundle: args.ca_bundle.clone(),
+            tenant_id: args.tenant_id.clone(),
+            subscription_id: args.subscription_id.clone(),
+            resource_group: args.resource_group.clone(),
+            client_id: args.client_id.clone(),
+            client_secret,
+            certificate_path: args.certificate_path.clone(),
+            private_key_path: args.private_key_path.clone(),
+            identity_system: args.identity_system.map(|i| match i {
+                args::IdentitySystem::AzureAd => IdentitySystem::AzureAd,
+                args::IdentitySystem::Adfs => IdentitySystem::Adfs,
+            }),
+            auth_method: args.auth_method.map(|m| match m {
+                args::AuthMethod::ClientSecret => AuthMethod::ClientSecret,
+                args::AuthMethod::ClientCertificate => AuthMethod::ClientCertificate,
+            }),
+        })
+    }
 }
 
 /// The Azure clouds AKS Engine knows by name, with their ARM endpoints.
@@ -165,6 +223,15 @@ const NAMED_CLOUDS: &[(&str, &str)] = &[
 const AZURE_STACK_CLOUD: &str = "AzureStackCloud";
 
 impl AzureSettings {
+    /// [`AzureSettings::resolve`] on a loaded API model (its whole document, so that
+    /// `servicePrincipalProfile` is seen too).
+    pub fn from_api_model(model: &crate::model::apimodel::ApiModel, inputs: AzureInputs) -> Result<Self, AzureError> {
+        let document: Value = serde_json::from_str(&model.source.text).map_err(|e| {
+            AzureError::settings(format!("the API model {} is not JSON: {e}", model.path().display()), "pass the apimodel.json aks-engine wrote")
+        })?;
+        Self::resolve(&document, inputs)
+    }
+
     /// Reads the cloud, identity system and authentication method from the API model
     /// (`properties.customCloudProfile`, `properties.servicePrincipalProfile`) and completes
     /// them with the command line. Azure Stack Hub gets compute api-version 2020-06-01.
@@ -209,17 +276,23 @@ impl AzureSettings {
             AzureError::settings(format!("the resourceManagerEndpoint {endpoint} is not a URL: {e}"), "fix it in apimodel.json")
         })?;
 
-        let identity_system = match custom.and_then(|c| c.get("identitySystem")).and_then(Value::as_str) {
-            None | Some("") | Some("azure_ad") => IdentitySystem::AzureAd,
-            Some("adfs") => IdentitySystem::Adfs,
-            Some(other) => {
+        let identity_system = match (inputs.identity_system, custom.and_then(|c| c.get("identitySystem")).and_then(Value::as_str)) {
+            (Some(flag), _) => flag,
+            (None, None | Some("") | Some("azure_ad")) => IdentitySystem::AzureAd,
+            (None, Some("adfs")) => IdentitySystem::Adfs,
+            (None, Some(other)) => {
                 return Err(AzureError::settings(
                     format!("customCloudProfile.identitySystem {other} is not known"),
-                    "it must be azure_ad or adfs",
+                    "it must be azure_ad or adfs (or pass --identity-system)",
                 ))
             }
         };
-        let auth_method = custom.and_then(|c| c.get("authenticationMethod")).and_then(Value::as_str).unwrap_or("client_secret");
+        let auth_method = match (inputs.auth_method, custom.and_then(|c| c.get("authenticationMethod")).and_then(Value::as_str)) {
+            (Some(AuthMethod::ClientSecret), _) => "client_secret",
+            (Some(AuthMethod::ClientCertificate), _) => "client_certificate",
+            (None, Some(method)) if !method.is_empty() => method,
+            (None, _) => "client_secret",
+        };
         let sp = properties.get("servicePrincipalProfile");
         let client_id = inputs
             .client_id

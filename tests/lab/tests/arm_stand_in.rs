@@ -22,6 +22,10 @@ struct Lab {
 }
 
 async fn start(identity: IdentitySystem) -> Lab {
+    start_with(identity, None).await
+}
+
+async fn start_with(identity: IdentitySystem, admin_token: Option<&str>) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let tls = write_arm_tls(dir.path()).unwrap();
     let mut config = ArmConfig::azure_stack(dir.path(), identity);
@@ -35,6 +39,7 @@ async fn start(identity: IdentitySystem) -> Lab {
         computer_name_prefix: "k8s-master-41772389-vmss".into(),
         instance_ids: vec!["0".into(), "1".into()],
     }];
+    config.admin_token = admin_token.map(|t| SecretString(t.into()));
     let vms = SimulatedVms::new(RestartTimings::default());
     let server = ArmServer::start(config, Arc::new(vms.clone())).await.unwrap();
     let root = reqwest::Certificate::from_pem(&std::fs::read(&tls.ca_bundle).unwrap()).unwrap();
@@ -360,4 +365,44 @@ async fn faults_answer_instead_of_the_server_and_the_call_log_records_everything
     assert!(calls.windows(2).all(|w| w[0].seq < w[1].seq && w[0].at <= w[1].at));
     let json = serde_json::to_string(&calls).unwrap();
     assert!(!json.contains(SECRET) && !json.contains(&token), "the call log carries no secrets");
+}
+
+#[tokio::test]
+async fn the_admin_surface_injects_faults_and_reads_calls_from_another_process() {
+    let admin = "lab-admin-token-1";
+    let lab = start_with(IdentitySystem::AzureAd, Some(admin)).await;
+    let token = lab.v1_token().await;
+
+    let (status, _, _, _) = lab.send(lab.http.get(lab.url("/_lab/calls"))).await;
+    assert_eq!(status, 401, "no admin token, no access");
+    let (status, _, body, text) = lab
+        .send(
+            lab.http
+                .post(lab.url("/_lab/faults"))
+                .header("x-lab-admin-token", admin)
+                .body(r#"{"path":"*/restart","status":503,"times":1,"retry_after_secs":2}"#),
+        )
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let id = body["id"].as_u64().unwrap();
+
+    let (status, headers, _, _) =
+        lab.send(lab.http.post(lab.url(&lab.vm_path(VM, "/restart?api-version=2020-06-01"))).bearer_auth(&token)).await;
+    assert_eq!((status, headers["retry-after"].to_str().unwrap()), (503, "2"));
+
+    let (_, _, faults, _) = lab.send(lab.http.get(lab.url("/_lab/faults")).header("x-lab-admin-token", admin)).await;
+    assert_eq!(faults[0]["id"].as_u64(), Some(id));
+    assert_eq!(faults[0]["fired"].as_u64(), Some(1));
+    let (_, _, calls, _) = lab.send(lab.http.get(lab.url("/_lab/calls")).header("x-lab-admin-token", admin)).await;
+    let calls: Vec<lab::arm::CallRecord> = serde_json::from_value(calls).unwrap();
+    assert_eq!(calls.iter().map(|c| c.status).collect::<Vec<_>>(), vec![200, 503], "admin calls are not logged");
+    let (status, _, _, _) =
+        lab.send(lab.http.delete(lab.url(&format!("/_lab/faults/{id}"))).header("x-lab-admin-token", admin)).await;
+    assert_eq!(status, 204);
+    assert!(lab.server.faults().list().is_empty());
+
+    // Without a configured token the surface does not exist.
+    let closed = start(IdentitySystem::AzureAd).await;
+    let (status, _, _, _) = closed.send(closed.http.get(closed.url("/_lab/calls")).header("x-lab-admin-token", "")).await;
+    assert_eq!(status, 404);
 }

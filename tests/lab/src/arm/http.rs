@@ -265,6 +265,10 @@ async fn handle(state: Arc<ServerState>, req: hyper::Request<Incoming>) -> hyper
         host,
     };
 
+    // The lab's own control surface is neither faulted nor logged: it is not ARM.
+    if request.segments.first().is_some_and(|s| s == "_lab") {
+        return into_response(super::admin::handle(&state, &request));
+    }
     let (reply, injected) = match state.faults.hit(&request.method, &request.path) {
         Some(hit) => (fault_reply(&hit), true),
         None => (route(&state, &request).await, false),

@@ -15,6 +15,7 @@
 //! [`VmControl`] that takes the node's services down and brings them back. Tests can inject
 //! throttling and server errors ([`Faults`]) and read back every call ([`CallLog`]).
 
+mod admin;
 mod compute;
 mod faults;
 mod http;
@@ -118,6 +119,11 @@ pub struct ArmConfig {
     pub operation_retry_after_secs: u64,
     /// Lifetime of issued access tokens.
     pub token_lifetime_secs: u64,
+    /// When set, `/_lab/faults` and `/_lab/calls` accept requests carrying this value in
+    /// `x-lab-admin-token`, so a CLI in another process can inject faults and read the call
+    /// log over the same HTTPS endpoint. Absent: those paths answer 404.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_token: Option<SecretString>,
 }
 
 impl ArmConfig {
@@ -150,6 +156,7 @@ impl ArmConfig {
             scale_sets: Vec::new(),
             operation_retry_after_secs: 1,
             token_lifetime_secs: 3599,
+            admin_token: None,
         }
     }
 }
