@@ -54,26 +54,15 @@ async fn start(identity: IdentitySystem) -> Lab {
 }
 
 impl Lab {
-    /// The API model as aks-engine writes it for this stamp (the parts the client reads).
+    /// The API model as aks-engine writes it for this stamp (the parts the client reads),
+    /// with the customCloudProfile the lab writes into a cluster's apimodel.json.
     fn api_model(&self, auth_method: &str) -> serde_json::Value {
-        let identity = match self.server.config().identity_system {
-            IdentitySystem::Adfs => "adfs",
-            IdentitySystem::AzureAd => "azure_ad",
-        };
         json!({
             "apiVersion": "vlabs",
             "location": "local",
             "properties": {
                 "servicePrincipalProfile": {"clientId": SECRET_APP},
-                "customCloudProfile": {
-                    "environment": {
-                        "name": "AzureStackCloud",
-                        "resourceManagerEndpoint": self.server.endpoint(),
-                        "serviceManagementEndpoint": self.server.config().audiences[0],
-                    },
-                    "identitySystem": identity,
-                    "authenticationMethod": auth_method,
-                }
+                "customCloudProfile": lab::arm::custom_cloud_profile(self.server.config(), &self.server.endpoint(), auth_method),
             }
         })
     }

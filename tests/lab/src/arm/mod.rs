@@ -13,7 +13,22 @@
 //!
 //! What a restart does to a node is not decided here: the lab supervisor passes a
 //! [`VmControl`] that takes the node's services down and brings them back. Tests can inject
-//! throttling and server errors ([`Faults`]) and read back every call ([`CallLog`]).
+//! throttling and server errors ([`Faults`]) and read back every call ([`CallLog`]); a CLI
+//! in another process can do both through `/_lab/*` when `admin_token` is set.
+//!
+//! Running it from the lab supervisor:
+//!
+//! ```text
+//! let tls = arm::write_arm_tls(&dir.join("arm"))?;            // once, at `lab up`
+//! let mut config = arm::ArmConfig::azure_stack(&tls.dir, arm::IdentitySystem::AzureAd);
+//! config.service_principals.push(ServicePrincipal { client_id, credential: ClientCredential::Secret { .. } });
+//! config.virtual_machines = master and agent VM names;     // computer names = node hostnames
+//! let server = arm::ArmServer::start(config, Arc::new(my_vm_control)).await?;
+//! apimodel["properties"]["customCloudProfile"] =
+//!     arm::custom_cloud_profile(server.config(), &server.endpoint(), "client_secret");
+//! // lab.env: LAB_ARM_ENDPOINT=server.endpoint(), LAB_ARM_CA_BUNDLE=tls.ca_bundle,
+//! //          LAB_AZURE_ENV=AzureStackCloud, LAB_TENANT_ID/SUBSCRIPTION_ID/RESOURCE_GROUP from config
+//! ```
 
 mod admin;
 mod compute;
@@ -323,6 +338,36 @@ pub async fn serve(
     http::accept_loop(listener, acceptor, state.clone(), shutdown).await;
     state.abort_operations();
     Ok(())
+}
+
+/// The API model's `customCloudProfile` for a cluster on this stand-in, shaped as
+/// `aks-engine deploy` writes it for Azure Stack Hub, with every endpoint pointing at
+/// `endpoint` (the stand-in's `https://<addr>/`, which also plays the identity provider).
+/// `authentication_method` is `client_secret` or `client_certificate`.
+pub fn custom_cloud_profile(config: &ArmConfig, endpoint: &str, authentication_method: &str) -> serde_json::Value {
+    let base = endpoint.trim_end_matches('/');
+    let (identity, login) = match config.identity_system {
+        IdentitySystem::Adfs => ("adfs", format!("{base}/adfs")),
+        IdentitySystem::AzureAd => ("azure_ad", format!("{base}/")),
+    };
+    serde_json::json!({
+        "environment": {
+            "name": "AzureStackCloud",
+            "managementPortalURL": "https://portal.local.azurestack.external/",
+            "serviceManagementEndpoint": config.audiences[0],
+            "resourceManagerEndpoint": format!("{base}/"),
+            "activeDirectoryEndpoint": login,
+            "galleryEndpoint": "https://providers.local.azurestack.external:30016/",
+            "graphEndpoint": "https://graph.local.azurestack.external/",
+            "storageEndpointSuffix": "local.azurestack.external",
+            "keyVaultDNSSuffix": "vault.local.azurestack.external",
+            "resourceManagerVMDNSSuffix": "cloudapp.azurestack.external",
+            "tokenAudience": config.audiences[0],
+        },
+        "identitySystem": identity,
+        "authenticationMethod": authentication_method,
+        "portalURL": "https://portal.local.azurestack.external/",
+    })
 }
 
 /// How long an access token is valid, as `Duration`.
