@@ -2,6 +2,7 @@
 //! miette report and an exit code (0 ok, 1 error, 2 changes or findings where asked).
 
 pub mod args;
+mod status;
 mod validate;
 
 use args::{Cli, Command};
@@ -39,7 +40,7 @@ fn run(cli: Cli) -> miette::Result<Outcome> {
     match cli.command {
         Command::Validate(a) => validate::run(&a),
         Command::Status(a) if a.offline => validate::status_offline(&a),
-        Command::Status(_) => not_built("status", "reading live certificates over SSH comes with the planner (issue #4); use `status --offline` to read the API model's certificates"),
+        Command::Status(a) => status::run(&a),
         Command::Plan(_) => not_built("plan", "planning against a live cluster comes with issue #4"),
         Command::Apply(_) => not_built("apply", "applying a plan comes with issue #5"),
         Command::Show(_) => not_built("show", "rendering saved plans comes with issue #4"),

@@ -4,9 +4,10 @@
 use super::args::{StatusArgs, ValidateArgs};
 use super::Outcome;
 use crate::model::apimodel::{ApiModel, CertificateProfile};
+use crate::model::profile::Profile;
 use crate::model::topology::{Role, Topology};
 use crate::pki::audit::{self, Finding, Severity};
-use crate::pki::catalogue::{self, CertEntry};
+use crate::pki::catalogue::{self, ApiModelField, CertEntry};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -25,6 +26,7 @@ pub fn run(a: &ValidateArgs) -> miette::Result<Outcome> {
     let model = ApiModel::load(&a.api_model)?;
     let suffix = crate::model::topology::resolve_name_suffix(&model, a.name_suffix.as_deref())?;
     let topo = Topology::derive_with_suffix(&model, &suffix.value)?;
+    let profile = Profile::load(&a.profile)?;
     let cat = catalogue::catalogue(&topo);
     let now = time::OffsetDateTime::now_utc();
     let mut findings = audit::audit_certificate_profile(&model, &cat, now)?.findings;
@@ -36,7 +38,7 @@ pub fn run(a: &ValidateArgs) -> miette::Result<Outcome> {
         api_model: a.api_model.display().to_string(),
         name_suffix_from: suffix.from,
         topology: topo,
-        profile: a.profile.clone(),
+        profile: format!("{} ({})", profile.name, profile.description.lines().next().unwrap_or("")),
         certificates: cat,
         findings,
     };
@@ -126,7 +128,7 @@ pub fn status_offline(a: &StatusArgs) -> miette::Result<Outcome> {
         .iter()
         .map(|(id, facts)| ExpiryRow {
             certificate: id.clone(),
-            location: "apimodel.json".into(),
+            location: format!("apimodel.json:{}", apimodel_location(&cat, id)),
             expires: facts.not_after.date().to_string(),
             residual_days: (facts.not_after - now).whole_days(),
             issuer: facts.issuer.clone(),
@@ -143,26 +145,38 @@ pub fn status_offline(a: &StatusArgs) -> miette::Result<Outcome> {
 }
 
 pub fn render_expiry_table(rows: &[ExpiryRow]) -> String {
-    let mut s = String::new();
-    let _ = writeln!(s, "{:<14} {:<16} {:<12} {:<10} {:<20} FINDINGS", "CERTIFICATE", "LOCATION", "EXPIRES", "RESIDUAL", "ISSUER");
-    for r in rows {
-        let residual = if r.residual_days < 0 {
+    let residual = |r: &ExpiryRow| {
+        if r.expires == "-" {
+            "-".to_string()
+        } else if r.residual_days < 0 {
             "expired".to_string()
         } else if r.residual_days >= 365 {
             format!("{}y", r.residual_days / 365)
         } else {
             format!("{}d", r.residual_days)
-        };
-        let _ = writeln!(
-            s,
-            "{:<14} {:<16} {:<12} {:<10} {:<20} {}",
-            r.certificate,
-            r.location,
-            r.expires,
-            residual,
-            r.issuer,
-            if r.findings.is_empty() { "-".to_string() } else { r.findings.join("; ") }
-        );
+        }
+    };
+    let width = |f: &dyn Fn(&ExpiryRow) -> usize, title: &str| rows.iter().map(f).max().unwrap_or(0).max(title.len());
+    let (wc, wl, wi) = (
+        width(&|r| r.certificate.len(), "CERTIFICATE"),
+        width(&|r| r.location.len(), "LOCATION"),
+        width(&|r| r.issuer.len(), "ISSUER"),
+    );
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<wc$}  {:<wl$}  {:<10}  {:<8}  {:<wi$}  FINDINGS", "CERTIFICATE", "LOCATION", "EXPIRES", "RESIDUAL", "ISSUER");
+    for r in rows {
+        let findings = if r.findings.is_empty() { "-".to_string() } else { r.findings.join("; ") };
+        let _ = writeln!(s, "{:<wc$}  {:<wl$}  {:<10}  {:<8}  {:<wi$}  {}", r.certificate, r.location, r.expires, residual(r), r.issuer, findings);
     }
     s
+}
+
+
+/// The certificateProfile field a catalogue certificate is kept in, e.g. `etcdPeerCertificates[1]`.
+fn apimodel_location(cat: &[CertEntry], id: &str) -> String {
+    match cat.iter().find(|e| e.id() == id).and_then(|e| e.apimodel_field.as_ref()) {
+        Some(ApiModelField::Pair { cert, .. }) => cert.clone(),
+        Some(ApiModelField::PeerIndex(i)) => format!("etcdPeerCertificates[{i}]"),
+        None => id.to_string(),
+    }
 }

@@ -258,11 +258,7 @@ pub fn cert_facts_from_der(der: &[u8]) -> Result<CertFacts, InspectError> {
     let is_ca = cert.basic_constraints().map_err(bad)?.is_some_and(|bc| bc.value.ca);
 
     let spki = cert.public_key();
-    let (key_algorithm, key_bits) = match spki.parsed() {
-        Ok(PublicKey::RSA(rsa)) => ("RSA".to_owned(), unsigned_bit_length(rsa.modulus)),
-        Ok(PublicKey::EC(_)) => ec_algorithm_of_spki(spki),
-        _ => (spki.algorithm.algorithm.to_id_string(), 0),
-    };
+    let (key_algorithm, key_bits) = algorithm_and_bits(spki);
 
     Ok(CertFacts {
         subject: rfc4514_name(cert.subject()),
@@ -444,6 +440,22 @@ fn derive_ec_public_point(sec1_der: &[u8], curve: pkcs8::ObjectIdentifier) -> Re
     let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8_der.as_slice().into(), signature_algorithm)
         .map_err(|e| InspectError::KeyDer(e.to_string()))?;
     Ok(key_pair.public_key_raw().to_vec())
+}
+
+fn algorithm_and_bits(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> (String, u32) {
+    match spki.parsed() {
+        Ok(PublicKey::RSA(rsa)) => ("RSA".to_owned(), unsigned_bit_length(rsa.modulus)),
+        Ok(PublicKey::EC(_)) => ec_algorithm_of_spki(spki),
+        _ => (spki.algorithm.algorithm.to_id_string(), 0),
+    }
+}
+
+/// Algorithm and size of a public key given as SubjectPublicKeyInfo DER (what
+/// `openssl pkey -pubout -outform DER` prints on a node).
+pub fn public_key_facts_from_spki_der(der: &[u8]) -> Result<(String, u32), InspectError> {
+    use x509_parser::prelude::FromDer;
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(der).map_err(|e| InspectError::KeyDer(e.to_string()))?;
+    Ok(algorithm_and_bits(&spki))
 }
 
 fn ec_algorithm_of_spki(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> (String, u32) {
