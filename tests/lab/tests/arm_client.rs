@@ -284,3 +284,20 @@ async fn without_the_stamp_root_the_endpoint_is_not_trusted() {
     let err = AzureCompute::connect(settings).await.unwrap_err();
     assert!(matches!(err, AzureError::CaBundle { .. }), "{err:?}");
 }
+
+#[tokio::test]
+async fn client_certificate_on_adfs_and_a_failed_restart_names_the_vm() {
+    let lab = start(IdentitySystem::Adfs).await;
+    let azure = AzureCompute::connect(lab.certificate_settings()).await.unwrap();
+    assert!(azure.token_endpoint().ends_with("/adfs/oauth2/v2.0/token"), "{}", azure.token_endpoint());
+    lab.vms.fail_restarts(Some("the host could not start the VM".into()));
+    let err = azure.restart_vm("k8s-master-41772389-1").await.unwrap_err();
+    assert!(matches!(err, AzureError::OperationFailed { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(text.contains("k8s-master-41772389-1") && text.contains("the host could not start the VM"), "{text}");
+    let err = azure.wait_running_vm("k8s-master-41772389-1", Duration::from_millis(300)).await.unwrap_err();
+    assert!(matches!(err, AzureError::Timeout { .. }), "{err:?}");
+    assert!(err.to_string().contains("stopped"), "{err}");
+    let calls = lab.server.calls().snapshot();
+    assert!(calls.iter().any(|c| c.path == "/adfs/oauth2/v2.0/token" && c.client_id.as_deref() == Some(CERT_APP) && c.status == 200));
+}
