@@ -2,6 +2,7 @@
 //! miette report and an exit code (0 ok, 1 error, 2 changes or findings where asked).
 
 pub mod args;
+mod plan;
 mod status;
 mod validate;
 
@@ -41,10 +42,10 @@ fn run(cli: Cli) -> miette::Result<Outcome> {
         Command::Validate(a) => validate::run(&a),
         Command::Status(a) if a.offline => validate::status_offline(&a),
         Command::Status(a) => status::run(&a),
-        Command::Plan(_) => not_built("plan", "planning against a live cluster comes with issue #4"),
+        Command::Plan(a) => plan::run_plan(&a),
         Command::Apply(_) => not_built("apply", "applying a plan comes with issue #5"),
-        Command::Show(_) => not_built("show", "rendering saved plans comes with issue #4"),
-        Command::Graph(_) => not_built("graph", "the action graph comes with issue #4"),
+        Command::Show(a) => plan::run_show(&a),
+        Command::Graph(a) => plan::run_graph(&a),
         Command::Rollback(_) => not_built("rollback", "rollback comes with issue #5"),
     }
 }
