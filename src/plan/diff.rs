@@ -145,18 +145,13 @@ pub fn diff(topo: &Topology, catalogue: &[CertEntry], inventory: &Inventory, pro
 
 /// The id the saved plan uses for a catalogue kind.
 pub fn cert_id(kind: CertKind) -> CertId {
-    match kind {
-        CertKind::Ca => CertId::Ca,
-        CertKind::Apiserver => CertId::Apiserver,
-        CertKind::Client => CertId::Client,
-        CertKind::Kubeconfig => CertId::Kubeconfig,
-        CertKind::EtcdServer => CertId::EtcdServer,
-        CertKind::EtcdClient => CertId::EtcdClient,
-        CertKind::EtcdPeer(_) => CertId::EtcdPeer,
-        CertKind::ProxyCa => CertId::ProxyCa,
-        CertKind::Proxy => CertId::Proxy,
-        CertKind::KubeletServer => CertId::KubeletServer,
-    }
+    CertId::of_kind(&kind)
+}
+
+/// The two CAs, decided by their policies. Kubelet serving certificates carry CA:TRUE too
+/// (openssl's defaults), but they sign nothing and are decided like leaves.
+fn is_authority(kind: CertKind) -> bool {
+    matches!(kind, CertKind::Ca | CertKind::ProxyCa)
 }
 
 fn reason(code: ReasonCode, message: impl Into<String>) -> Reason {
@@ -340,7 +335,7 @@ fn own_reasons(
         };
         out.push(reason(code, m.to_string()));
     }
-    if !entry.is_ca {
+    if !is_authority(entry.kind) {
         let want = profile.key_for(cert_id(entry.kind));
         let weaker_or_other = match profile.key.algorithm {
             KeyAlgorithm::Rsa => facts.key_algorithm != "RSA" || facts.key_bits < profile.key.size.bits(),
@@ -562,7 +557,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                 }
                 Some(ObservedContent::Certificate { facts, pem }) => {
                     let mut warnings = Vec::new();
-                    if !entry.is_ca {
+                    if !is_authority(entry.kind) {
                         reasons.extend(own_reasons(entry, &desired, facts, path, profile, now, &mut warnings));
                     } else {
                         for f in audit::compare(&desired, facts, path, now) {
@@ -686,7 +681,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
             match facts {
                 Some(f) => {
                     let mut warnings = Vec::new();
-                    if !entry.is_ca {
+                    if !is_authority(entry.kind) {
                         reasons.extend(own_reasons(entry, &desired, f, &location, profile, now, &mut warnings));
                     }
                     let node_fps: Vec<&str> =
@@ -736,7 +731,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
             let _ = sr;
             all_reasons.insert(0, reason(ReasonCode::SignerReplaced, format!("signed by the {what}, which is being replaced")));
             ChangeAction::Replace
-        } else if entry.is_ca {
+        } else if is_authority(entry.kind) {
             ChangeAction::Noop
         } else if profile.leaves == LeafPolicy::Always {
             // No ReasonCode names the leaf policy; CaPolicy is the closest ("the profile says so").

@@ -80,8 +80,8 @@ fn self_signed_leaf(entry: &CertEntry, key: &GeneratedKey, not_before: OffsetDat
     params.distinguished_name.push(rcgen::DnType::CommonName, entry.common_name.clone());
     params.not_before = not_before;
     params.not_after = not_after;
-    params.is_ca = rcgen::IsCa::NoCa;
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    // As `openssl req -x509` makes it on AKS Engine nodes: CA:TRUE, no extended key usage.
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let cert = params.self_signed(&key_pair).expect("self-signed kubelet certificate");
     KeyCertPair { cert_pem: cert.pem(), key_pem: key.to_pem().unwrap() }
 }
