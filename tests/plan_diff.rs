@@ -372,3 +372,39 @@ fn rotate_when_expiring_replaces_the_ca_inside_its_window_and_masters_go_togethe
     assert!(!d.cluster_ca_changes());
     assert!(!d.has_changes());
 }
+
+#[test]
+fn garbled_refresh_data_gives_findings_not_panics() {
+    use certrotate::plan::render::{self, PlanParts};
+    let mut c = cluster(3, 2, Age::ExpiringInDays(20));
+    let (m0, m1, a0) = (c.master(0), c.master(1), c.agent(0));
+    // Fingerprints that are short, empty or not even ASCII; a file that is not PEM; a node
+    // that reported no files at all; etcd state that names nothing real.
+    if let ObservedContent::Certificate { facts, .. } = &mut c.file_mut(&m0, "/etc/kubernetes/certs/apiserver.crt").content {
+        facts.sha256_fingerprint = "é".into();
+        facts.public_key_sha256 = String::new();
+    }
+    c.file_mut(&m0, "/etc/kubernetes/certs/etcdserver.crt").content = ObservedContent::Unparseable { error: "no PEM block".into() };
+    if let ObservedContent::PrivateKey { public_key_sha256, .. } = &mut c.file_mut(&m1, "/etc/kubernetes/certs/client.key").content {
+        *public_key_sha256 = "ab".into();
+    }
+    c.node_mut(&a0).files.clear();
+    c.node_mut(&m1).etcd_proxy = Some(certrotate::model::inventory::EtcdProxyState { ca_sha256: Some("zz".into()), client_cert_sha256: None, client_key_public_sha256: None });
+    c.apimodel.clear();
+    for name in ["rotate-all", "renew-expiring", "rotate-ca"] {
+        let p = shipped(name);
+        let d = c.diff(&p);
+        let g = graph::build(&d, &c.topo, &p);
+        g.validate().unwrap();
+        let parts = PlanParts::assemble(&d, &g);
+        assert!(!render::human(&parts.view(), false).is_empty());
+        assert!(has_finding(&d, "unreadable-certificate", Some(&m0)));
+        assert!(has_finding(&d, "key-mismatch", Some(&m1)));
+        assert_eq!(change(&d, &a0, CertId::Client, "client.crt").action, if name == "renew-expiring" { ChangeAction::Create } else { ChangeAction::Replace });
+    }
+    // Nothing observed at all: every node is named, nothing is planned on a node.
+    c.inventory.nodes.clear();
+    let d = c.diff(&shipped("renew-expiring"));
+    assert_eq!(d.findings.iter().filter(|f| f.code == "node-not-observed").count(), 5);
+    assert!(d.changes.iter().all(|t| !matches!(t.target, ChangeTarget::Node { .. })));
+}

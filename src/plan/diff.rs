@@ -190,6 +190,12 @@ fn fingerprint(hex: &str) -> String {
     format!("sha256:{hex}")
 }
 
+/// The first 12 hex digits, enough to tell certificates apart in a message. Refresh data is
+/// input: a short or non-ASCII value is shown whole rather than sliced.
+fn short_fingerprint(hex: &str) -> String {
+    fingerprint(hex.get(..12).unwrap_or(hex))
+}
+
 /// Attributes of an existing certificate, as plan output shows them.
 pub fn attributes(facts: &CertFacts, issuer_fingerprint: Option<&str>) -> BTreeMap<String, AttrValue> {
     let mut out = BTreeMap::new();
@@ -577,7 +583,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                             let ca_path = if entry.issuer == IssuerRef::FrontProxyCa { "proxy-ca.crt" } else { "ca.crt" };
                             reasons.push(reason(
                                 ReasonCode::NotSignedByCa,
-                                format!("not signed by the CA in {ca_path} ({})", &fingerprint(&ca.facts.sha256_fingerprint)[..19]),
+                                format!("not signed by the CA in {ca_path} ({})", short_fingerprint(&ca.facts.sha256_fingerprint)),
                             ));
                             if matches!(entry.kind, CertKind::EtcdPeer(_)) {
                                 findings.push(finding(
@@ -611,7 +617,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                                 "drift-between-nodes",
                                 Some(node),
                                 Some(path),
-                                format!("{} on {node} differs from {against} (fingerprint {})", entry.id(), &fingerprint(&facts.sha256_fingerprint)[..19]),
+                                format!("{} on {node} differs from {against} (fingerprint {})", entry.id(), short_fingerprint(&facts.sha256_fingerprint)),
                             ));
                         }
                     }
@@ -629,8 +635,8 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                                         format!(
                                             "{} holds a key whose public half ({}) is not the certificate's ({})",
                                             key_spec.path,
-                                            &fingerprint(public_key_sha256)[..19],
-                                            &fingerprint(&facts.public_key_sha256)[..19]
+                                            short_fingerprint(public_key_sha256),
+                                            short_fingerprint(&facts.public_key_sha256)
                                         ),
                                     ));
                                 }
@@ -695,7 +701,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                             Some(&location),
                             format!(
                                 "apimodel.json {location} ({}) is not the certificate the nodes hold: aks-engine upgrade or scale would install it",
-                                &fingerprint(&f.sha256_fingerprint)[..19]
+                                short_fingerprint(&f.sha256_fingerprint)
                             ),
                         ));
                     }

@@ -1139,7 +1139,8 @@ fn notes(masters: &MasterPlan, why_ssh: Option<&str>, lanes: usize, agents: usiz
         ));
     }
     if agents > 0 {
-        out.push(note("agent-parallelism", format!("{agents} agents change at most {} at a time", lanes.min(agents))));
+        let noun = if agents == 1 { "agent changes" } else { "agents change" };
+        out.push(note("agent-parallelism", format!("{agents} {noun} at most {} at a time", lanes.min(agents))));
     }
     out
 }
