@@ -408,3 +408,15 @@ fn garbled_refresh_data_gives_findings_not_panics() {
     assert_eq!(d.findings.iter().filter(|f| f.code == "node-not-observed").count(), 5);
     assert!(d.changes.iter().all(|t| !matches!(t.target, ChangeTarget::Node { .. })));
 }
+
+#[test]
+fn a_kubelet_kubeconfig_pointing_elsewhere_is_a_finding() {
+    let mut c = cluster(1, 1, Age::Healthy);
+    let a0 = c.agent(0);
+    let kc = c.node_mut(&a0).kubeconfigs.iter_mut().find(|k| k.path == "/var/lib/kubelet/kubeconfig").unwrap();
+    kc.client_certificate = Some("/var/lib/kubelet/pki/kubelet-client-current.pem".into());
+    let d = c.diff(&shipped("renew-expiring"));
+    let f = d.findings.iter().find(|f| f.code == "kubelet-kubeconfig-reference").expect("finding");
+    assert_eq!(f.node.as_deref(), Some(a0.as_str()));
+    assert!(f.message.contains("kubelet-client-current.pem instead of /etc/kubernetes/certs/client.crt"), "{}", f.message);
+}

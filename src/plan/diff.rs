@@ -732,9 +732,8 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
         } else if let Some(r) = own_ca_reason {
             all_reasons.insert(0, r.clone());
             if nothing_observed { ChangeAction::Create } else { ChangeAction::Replace }
-        } else if let Some(sr) = signer_reason {
+        } else if signer_reason.is_some() {
             let what = if entry.issuer == IssuerRef::FrontProxyCa { "front-proxy CA" } else { "cluster CA" };
-            let _ = sr;
             all_reasons.insert(0, reason(ReasonCode::SignerReplaced, format!("signed by the {what}, which is being replaced")));
             ChangeAction::Replace
         } else if is_authority(entry.kind) {

@@ -10,7 +10,7 @@ use certrotate::model::apimodel::ApiModel;
 use certrotate::model::inventory::{EtcdProxyState, Inventory, NodeInventory, ObservedContent, ObservedFile, ObservedKubeconfig};
 use certrotate::model::profile::Profile;
 use certrotate::model::topology::{Role, Topology};
-use certrotate::pki::catalogue::{catalogue, holds_key, ApiModelField, CertEntry, CertKind, IssuerRef, KUBELET_KUBECONFIG};
+use certrotate::pki::catalogue::{catalogue, holds_key, CertEntry, CertKind, IssuerRef, KUBELET_KUBECONFIG};
 use certrotate::pki::inspect::{self, CertFacts};
 use certrotate::pki::issue::{self, CertificateAuthority, GeneratedKey};
 use certrotate::pki::{CertTemplate, KeyCertPair, KeySpec};
@@ -199,7 +199,6 @@ pub fn cluster(masters: usize, agents: usize, age: Age) -> Cluster {
         .filter(|e| e.apimodel_field.is_some())
         .map(|e| (e.id(), inspect::parse_cert_pem(&issued[&entry_key(e)].cert_pem).unwrap()))
         .collect();
-    let _ = ApiModelField::PeerIndex(0);
     Cluster {
         topo,
         catalogue: cat,
