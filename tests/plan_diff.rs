@@ -420,3 +420,24 @@ fn a_kubelet_kubeconfig_pointing_elsewhere_is_a_finding() {
     assert_eq!(f.node.as_deref(), Some(a0.as_str()));
     assert!(f.message.contains("kubelet-client-current.pem instead of /etc/kubernetes/certs/client.crt"), "{}", f.message);
 }
+
+#[test]
+fn extra_sans_from_the_profile_are_wanted_and_unknown_extra_sans_are_only_reported() {
+    use certrotate::diag::SourceFile;
+    use certrotate::model::profile::Profile;
+    let mut c = cluster(1, 0, Age::Healthy);
+    let extra = c.issue_variant("apiserver", |t| t.dns_sans.push("old-name.contoso.local".into()));
+    let m0 = c.master(0);
+    *c.file_mut(&m0, "/etc/kubernetes/certs/apiserver.crt") = plan_fixture::cert_file("/etc/kubernetes/certs/apiserver.crt", "root", 0o644, &extra.cert_pem);
+    *c.file_mut(&m0, "/etc/kubernetes/certs/apiserver.key") = plan_fixture::key_file("/etc/kubernetes/certs/apiserver.key", "root", &extra.key_pem);
+    c.apimodel.iter_mut().find(|(id, _)| id == "apiserver").unwrap().1 = certrotate::pki::inspect::parse_cert_pem(&extra.cert_pem).unwrap();
+    let d = c.diff(&shipped("renew-expiring"));
+    assert!(!d.has_changes());
+    assert!(d.findings.iter().any(|f| f.code == "catalogue-mismatch" && f.message.contains("old-name.contoso.local present but not derived")), "{:?}", d.findings);
+
+    let wants_name = Profile::from_source(&SourceFile::from_text("sans.yaml", "name: sans\nextraSans:\n  dns: [api.contoso.local]\n")).unwrap();
+    let d = c.diff(&wants_name);
+    let api = change(&d, &m0, CertId::Apiserver, "apiserver.crt");
+    assert_eq!(api.action, ChangeAction::Reissue);
+    assert!(api.reasons.iter().any(|r| r.code == ReasonCode::SanMismatch && r.message == "DNS SAN api.contoso.local missing"), "{:?}", api.reasons);
+}

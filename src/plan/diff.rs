@@ -11,7 +11,7 @@
 use crate::model::inventory::{Inventory, NodeInventory, ObservedContent, ObservedFile};
 use crate::model::profile::{CaPolicy, CertId, KeyAlgorithm, LeafPolicy, Profile};
 use crate::model::topology::{Node, Role, Topology};
-use crate::pki::audit::{self, Severity as AuditSeverity};
+use crate::pki::audit;
 use crate::pki::catalogue::{holds_key, ApiModelField, CertEntry, CertKind, IssuerRef, CERT_DIR};
 use crate::pki::inspect::{self, CertFacts};
 use crate::plan::file::{
@@ -334,9 +334,8 @@ fn own_reasons(
         } else if m.starts_with("extended key usage") || m.starts_with("basicConstraints") {
             ReasonCode::UsageMismatch
         } else {
-            if f.severity == AuditSeverity::Warning || f.severity == AuditSeverity::Error {
-                warnings.push(m.to_string());
-            }
+            // Extra SANs and the like: worth a finding, not a new certificate.
+            warnings.push(m.to_string());
             continue;
         };
         out.push(reason(code, m.to_string()));
