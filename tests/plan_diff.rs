@@ -372,3 +372,72 @@ fn rotate_when_expiring_replaces_the_ca_inside_its_window_and_masters_go_togethe
     assert!(!d.cluster_ca_changes());
     assert!(!d.has_changes());
 }
+
+#[test]
+fn garbled_refresh_data_gives_findings_not_panics() {
+    use certrotate::plan::render::{self, PlanParts};
+    let mut c = cluster(3, 2, Age::ExpiringInDays(20));
+    let (m0, m1, a0) = (c.master(0), c.master(1), c.agent(0));
+    // Fingerprints that are short, empty or not even ASCII; a file that is not PEM; a node
+    // that reported no files at all; etcd state that names nothing real.
+    if let ObservedContent::Certificate { facts, .. } = &mut c.file_mut(&m0, "/etc/kubernetes/certs/apiserver.crt").content {
+        facts.sha256_fingerprint = "é".into();
+        facts.public_key_sha256 = String::new();
+    }
+    c.file_mut(&m0, "/etc/kubernetes/certs/etcdserver.crt").content = ObservedContent::Unparseable { error: "no PEM block".into() };
+    if let ObservedContent::PrivateKey { public_key_sha256, .. } = &mut c.file_mut(&m1, "/etc/kubernetes/certs/client.key").content {
+        *public_key_sha256 = "ab".into();
+    }
+    c.node_mut(&a0).files.clear();
+    c.node_mut(&m1).etcd_proxy = Some(certrotate::model::inventory::EtcdProxyState { ca_sha256: Some("zz".into()), client_cert_sha256: None, client_key_public_sha256: None });
+    c.apimodel.clear();
+    for name in ["rotate-all", "renew-expiring", "rotate-ca"] {
+        let p = shipped(name);
+        let d = c.diff(&p);
+        let g = graph::build(&d, &c.topo, &p);
+        g.validate().unwrap();
+        let parts = PlanParts::assemble(&d, &g);
+        assert!(!render::human(&parts.view(), false).is_empty());
+        assert!(has_finding(&d, "unreadable-certificate", Some(&m0)));
+        assert!(has_finding(&d, "key-mismatch", Some(&m1)));
+        assert_eq!(change(&d, &a0, CertId::Client, "client.crt").action, if name == "renew-expiring" { ChangeAction::Create } else { ChangeAction::Replace });
+    }
+    // Nothing observed at all: every node is named, nothing is planned on a node.
+    c.inventory.nodes.clear();
+    let d = c.diff(&shipped("renew-expiring"));
+    assert_eq!(d.findings.iter().filter(|f| f.code == "node-not-observed").count(), 5);
+    assert!(d.changes.iter().all(|t| !matches!(t.target, ChangeTarget::Node { .. })));
+}
+
+#[test]
+fn a_kubelet_kubeconfig_pointing_elsewhere_is_a_finding() {
+    let mut c = cluster(1, 1, Age::Healthy);
+    let a0 = c.agent(0);
+    let kc = c.node_mut(&a0).kubeconfigs.iter_mut().find(|k| k.path == "/var/lib/kubelet/kubeconfig").unwrap();
+    kc.client_certificate = Some("/var/lib/kubelet/pki/kubelet-client-current.pem".into());
+    let d = c.diff(&shipped("renew-expiring"));
+    let f = d.findings.iter().find(|f| f.code == "kubelet-kubeconfig-reference").expect("finding");
+    assert_eq!(f.node.as_deref(), Some(a0.as_str()));
+    assert!(f.message.contains("kubelet-client-current.pem instead of /etc/kubernetes/certs/client.crt"), "{}", f.message);
+}
+
+#[test]
+fn extra_sans_from_the_profile_are_wanted_and_unknown_extra_sans_are_only_reported() {
+    use certrotate::diag::SourceFile;
+    use certrotate::model::profile::Profile;
+    let mut c = cluster(1, 0, Age::Healthy);
+    let extra = c.issue_variant("apiserver", |t| t.dns_sans.push("old-name.contoso.local".into()));
+    let m0 = c.master(0);
+    *c.file_mut(&m0, "/etc/kubernetes/certs/apiserver.crt") = plan_fixture::cert_file("/etc/kubernetes/certs/apiserver.crt", "root", 0o644, &extra.cert_pem);
+    *c.file_mut(&m0, "/etc/kubernetes/certs/apiserver.key") = plan_fixture::key_file("/etc/kubernetes/certs/apiserver.key", "root", &extra.key_pem);
+    c.apimodel.iter_mut().find(|(id, _)| id == "apiserver").unwrap().1 = certrotate::pki::inspect::parse_cert_pem(&extra.cert_pem).unwrap();
+    let d = c.diff(&shipped("renew-expiring"));
+    assert!(!d.has_changes());
+    assert!(d.findings.iter().any(|f| f.code == "catalogue-mismatch" && f.message.contains("old-name.contoso.local present but not derived")), "{:?}", d.findings);
+
+    let wants_name = Profile::from_source(&SourceFile::from_text("sans.yaml", "name: sans\nextraSans:\n  dns: [api.contoso.local]\n")).unwrap();
+    let d = c.diff(&wants_name);
+    let api = change(&d, &m0, CertId::Apiserver, "apiserver.crt");
+    assert_eq!(api.action, ChangeAction::Reissue);
+    assert!(api.reasons.iter().any(|r| r.code == ReasonCode::SanMismatch && r.message == "DNS SAN api.contoso.local missing"), "{:?}", api.reasons);
+}

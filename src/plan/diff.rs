@@ -11,7 +11,7 @@
 use crate::model::inventory::{Inventory, NodeInventory, ObservedContent, ObservedFile};
 use crate::model::profile::{CaPolicy, CertId, KeyAlgorithm, LeafPolicy, Profile};
 use crate::model::topology::{Node, Role, Topology};
-use crate::pki::audit::{self, Severity as AuditSeverity};
+use crate::pki::audit;
 use crate::pki::catalogue::{holds_key, ApiModelField, CertEntry, CertKind, IssuerRef, CERT_DIR};
 use crate::pki::inspect::{self, CertFacts};
 use crate::plan::file::{
@@ -145,18 +145,13 @@ pub fn diff(topo: &Topology, catalogue: &[CertEntry], inventory: &Inventory, pro
 
 /// The id the saved plan uses for a catalogue kind.
 pub fn cert_id(kind: CertKind) -> CertId {
-    match kind {
-        CertKind::Ca => CertId::Ca,
-        CertKind::Apiserver => CertId::Apiserver,
-        CertKind::Client => CertId::Client,
-        CertKind::Kubeconfig => CertId::Kubeconfig,
-        CertKind::EtcdServer => CertId::EtcdServer,
-        CertKind::EtcdClient => CertId::EtcdClient,
-        CertKind::EtcdPeer(_) => CertId::EtcdPeer,
-        CertKind::ProxyCa => CertId::ProxyCa,
-        CertKind::Proxy => CertId::Proxy,
-        CertKind::KubeletServer => CertId::KubeletServer,
-    }
+    CertId::of_kind(&kind)
+}
+
+/// The two CAs, decided by their policies. Kubelet serving certificates carry CA:TRUE too
+/// (openssl's defaults), but they sign nothing and are decided like leaves.
+fn is_authority(kind: CertKind) -> bool {
+    matches!(kind, CertKind::Ca | CertKind::ProxyCa)
 }
 
 fn reason(code: ReasonCode, message: impl Into<String>) -> Reason {
@@ -193,6 +188,12 @@ fn relative(at: OffsetDateTime, now: OffsetDateTime) -> String {
 
 fn fingerprint(hex: &str) -> String {
     format!("sha256:{hex}")
+}
+
+/// The first 12 hex digits, enough to tell certificates apart in a message. Refresh data is
+/// input: a short or non-ASCII value is shown whole rather than sliced.
+fn short_fingerprint(hex: &str) -> String {
+    fingerprint(hex.get(..12).unwrap_or(hex))
 }
 
 /// Attributes of an existing certificate, as plan output shows them.
@@ -333,14 +334,13 @@ fn own_reasons(
         } else if m.starts_with("extended key usage") || m.starts_with("basicConstraints") {
             ReasonCode::UsageMismatch
         } else {
-            if f.severity == AuditSeverity::Warning || f.severity == AuditSeverity::Error {
-                warnings.push(m.to_string());
-            }
+            // Extra SANs and the like: worth a finding, not a new certificate.
+            warnings.push(m.to_string());
             continue;
         };
         out.push(reason(code, m.to_string()));
     }
-    if !entry.is_ca {
+    if !is_authority(entry.kind) {
         let want = profile.key_for(cert_id(entry.kind));
         let weaker_or_other = match profile.key.algorithm {
             KeyAlgorithm::Rsa => facts.key_algorithm != "RSA" || facts.key_bits < profile.key.size.bits(),
@@ -562,7 +562,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                 }
                 Some(ObservedContent::Certificate { facts, pem }) => {
                     let mut warnings = Vec::new();
-                    if !entry.is_ca {
+                    if !is_authority(entry.kind) {
                         reasons.extend(own_reasons(entry, &desired, facts, path, profile, now, &mut warnings));
                     } else {
                         for f in audit::compare(&desired, facts, path, now) {
@@ -582,7 +582,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                             let ca_path = if entry.issuer == IssuerRef::FrontProxyCa { "proxy-ca.crt" } else { "ca.crt" };
                             reasons.push(reason(
                                 ReasonCode::NotSignedByCa,
-                                format!("not signed by the CA in {ca_path} ({})", &fingerprint(&ca.facts.sha256_fingerprint)[..19]),
+                                format!("not signed by the CA in {ca_path} ({})", short_fingerprint(&ca.facts.sha256_fingerprint)),
                             ));
                             if matches!(entry.kind, CertKind::EtcdPeer(_)) {
                                 findings.push(finding(
@@ -616,7 +616,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                                 "drift-between-nodes",
                                 Some(node),
                                 Some(path),
-                                format!("{} on {node} differs from {against} (fingerprint {})", entry.id(), &fingerprint(&facts.sha256_fingerprint)[..19]),
+                                format!("{} on {node} differs from {against} (fingerprint {})", entry.id(), short_fingerprint(&facts.sha256_fingerprint)),
                             ));
                         }
                     }
@@ -634,8 +634,8 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                                         format!(
                                             "{} holds a key whose public half ({}) is not the certificate's ({})",
                                             key_spec.path,
-                                            &fingerprint(public_key_sha256)[..19],
-                                            &fingerprint(&facts.public_key_sha256)[..19]
+                                            short_fingerprint(public_key_sha256),
+                                            short_fingerprint(&facts.public_key_sha256)
                                         ),
                                     ));
                                 }
@@ -686,7 +686,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
             match facts {
                 Some(f) => {
                     let mut warnings = Vec::new();
-                    if !entry.is_ca {
+                    if !is_authority(entry.kind) {
                         reasons.extend(own_reasons(entry, &desired, f, &location, profile, now, &mut warnings));
                     }
                     let node_fps: Vec<&str> =
@@ -700,7 +700,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                             Some(&location),
                             format!(
                                 "apimodel.json {location} ({}) is not the certificate the nodes hold: aks-engine upgrade or scale would install it",
-                                &fingerprint(&f.sha256_fingerprint)[..19]
+                                short_fingerprint(&f.sha256_fingerprint)
                             ),
                         ));
                     }
@@ -731,12 +731,11 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
         } else if let Some(r) = own_ca_reason {
             all_reasons.insert(0, r.clone());
             if nothing_observed { ChangeAction::Create } else { ChangeAction::Replace }
-        } else if let Some(sr) = signer_reason {
+        } else if signer_reason.is_some() {
             let what = if entry.issuer == IssuerRef::FrontProxyCa { "front-proxy CA" } else { "cluster CA" };
-            let _ = sr;
             all_reasons.insert(0, reason(ReasonCode::SignerReplaced, format!("signed by the {what}, which is being replaced")));
             ChangeAction::Replace
-        } else if entry.is_ca {
+        } else if is_authority(entry.kind) {
             ChangeAction::Noop
         } else if profile.leaves == LeafPolicy::Always {
             // No ReasonCode names the leaf policy; CaPolicy is the closest ("the profile says so").

@@ -1112,14 +1112,21 @@ fn downtime(diff: &Diff, topo: &Topology, profile: &Profile, masters: &MasterPla
             estimate: Some(profile.gates.timing(GateKind::ControlPlanePodsReady).timeout),
             explanation: "the cluster has a single master: the API is down while its apiserver restarts".into(),
         },
-        _ if apiserver_restarts => ApiDowntime {
-            kind: DowntimeKind::None,
-            estimate: None,
-            explanation: format!(
-                "the CA is kept and masters restart one at a time behind the internal load balancer ({}), each gated on etcd and its apiserver, so the API stays reachable",
-                topo.internal_lb_ip
-            ),
-        },
+        _ if apiserver_restarts => {
+            let tokens = if diff.apiserver_key_changes() {
+                "; the apiserver key changes, so service-account tokens are recreated and workloads rolled out at the end, and pods may see token errors until their rollout"
+            } else {
+                ""
+            };
+            ApiDowntime {
+                kind: DowntimeKind::None,
+                estimate: None,
+                explanation: format!(
+                    "the CA is kept and masters restart one at a time behind the internal load balancer ({}), each gated on etcd and its apiserver, so the API stays reachable{tokens}",
+                    topo.internal_lb_ip
+                ),
+            }
+        }
         _ => ApiDowntime::default(),
     }
 }
@@ -1139,7 +1146,8 @@ fn notes(masters: &MasterPlan, why_ssh: Option<&str>, lanes: usize, agents: usiz
         ));
     }
     if agents > 0 {
-        out.push(note("agent-parallelism", format!("{agents} agents change at most {} at a time", lanes.min(agents))));
+        let noun = if agents == 1 { "agent changes" } else { "agents change" };
+        out.push(note("agent-parallelism", format!("{agents} {noun} at most {} at a time", lanes.min(agents))));
     }
     out
 }

@@ -138,9 +138,9 @@ const ATTRIBUTE_ORDER: [&str; 10] =
 
 fn short(value: &str) -> String {
     // Full digests are in the JSON; 16 hex digits identify a certificate for a reviewer.
-    match value.strip_prefix("sha256:") {
-        Some(hex) if hex.len() > 16 => format!("sha256:{}…", &hex[..16]),
-        _ => value.to_string(),
+    match value.strip_prefix("sha256:").and_then(|hex| hex.get(..16).filter(|_| hex.len() > 16)) {
+        Some(prefix) => format!("sha256:{prefix}…"),
+        None => value.to_string(),
     }
 }
 

@@ -10,7 +10,7 @@ use certrotate::model::apimodel::ApiModel;
 use certrotate::model::inventory::{EtcdProxyState, Inventory, NodeInventory, ObservedContent, ObservedFile, ObservedKubeconfig};
 use certrotate::model::profile::Profile;
 use certrotate::model::topology::{Role, Topology};
-use certrotate::pki::catalogue::{catalogue, holds_key, ApiModelField, CertEntry, CertKind, IssuerRef, KUBELET_KUBECONFIG};
+use certrotate::pki::catalogue::{catalogue, holds_key, CertEntry, CertKind, IssuerRef, KUBELET_KUBECONFIG};
 use certrotate::pki::inspect::{self, CertFacts};
 use certrotate::pki::issue::{self, CertificateAuthority, GeneratedKey};
 use certrotate::pki::{CertTemplate, KeyCertPair, KeySpec};
@@ -80,8 +80,8 @@ fn self_signed_leaf(entry: &CertEntry, key: &GeneratedKey, not_before: OffsetDat
     params.distinguished_name.push(rcgen::DnType::CommonName, entry.common_name.clone());
     params.not_before = not_before;
     params.not_after = not_after;
-    params.is_ca = rcgen::IsCa::NoCa;
-    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    // As `openssl req -x509` makes it on AKS Engine nodes: CA:TRUE, no extended key usage.
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
     let cert = params.self_signed(&key_pair).expect("self-signed kubelet certificate");
     KeyCertPair { cert_pem: cert.pem(), key_pem: key.to_pem().unwrap() }
 }
@@ -199,7 +199,6 @@ pub fn cluster(masters: usize, agents: usize, age: Age) -> Cluster {
         .filter(|e| e.apimodel_field.is_some())
         .map(|e| (e.id(), inspect::parse_cert_pem(&issued[&entry_key(e)].cert_pem).unwrap()))
         .collect();
-    let _ = ApiModelField::PeerIndex(0);
     Cluster {
         topo,
         catalogue: cat,
