@@ -1,16 +1,36 @@
 #!/usr/bin/env bash
-# The main job on a fresh machine (README "Set-up"): installs what is needed, builds
-# certrotate, and runs it on the bundled example cluster definition (3 masters, 2 agents,
-# Azure Stack Hub). Plan and apply on a live lab cluster join here when they are built.
+# The main job on a fresh machine (README "Set-up"): installs what is needed, builds certrotate
+# and the lab, brings up a local lab cluster (3 masters, 2 agents, certificates expiring in 20
+# days), and runs certrotate against it: status, plan with a saved plan, show and graph of that
+# plan. The lab is taken down at the end, whatever happens. `apply` is not built yet (issue #5).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/install-deps.sh
-cargo build --release --locked --bin certrotate
-bin=target/release/certrotate
-example=tests/fixtures/azurestack-3m2a/apimodel.json
+cargo build --locked --workspace --bins
+bin=target/debug/certrotate
+labdir=$(mktemp -d /tmp/certrotate-demo.XXXXXX)
+trap 'target/debug/lab down --dir "$labdir" >/dev/null 2>&1 || true; rm -rf "$labdir"' EXIT
 
-echo "== certrotate validate --api-model $example --profile rotate-all"
-"$bin" validate --api-model "$example" --profile rotate-all
-echo
-echo "== certrotate status --offline --api-model $example"
-"$bin" status --offline --api-model "$example"
+echo "== offline: validate the bundled example cluster definition"
+"$bin" validate --api-model tests/fixtures/azurestack-3m2a/apimodel.json --profile rotate-all | tail -3
+
+echo "== lab up --masters 3 --agents 2 --expires-in 20d"
+target/debug/lab up --masters 3 --agents 2 --expires-in 20d --dir "$labdir"
+# shellcheck disable=SC1091
+source "$labdir/lab.env"
+cluster=(--api-model "$LAB_API_MODEL" --ssh-host "$LAB_SSH_HOST" --linux-ssh-private-key "$LAB_SSH_KEY" --known-hosts "$LAB_KNOWN_HOSTS")
+
+echo "== certrotate status"
+"$bin" status "${cluster[@]}"
+
+echo "== certrotate plan --profile renew-expiring --out $labdir/renew.plan.yaml"
+code=0
+"$bin" plan "${cluster[@]}" --profile renew-expiring --out "$labdir/renew.plan.yaml" --detailed-exitcode || code=$?
+[ "$code" = 2 ] || { echo "expected changes (exit 2), got $code"; exit 1; }
+
+echo "== certrotate show $labdir/renew.plan.yaml (summary)"
+"$bin" show "$labdir/renew.plan.yaml" | tail -1
+echo "== certrotate graph (first lines of DOT)"
+"$bin" graph "$labdir/renew.plan.yaml" | head -5
+echo "== certrotate apply: not built yet (issue #5)"
+"$bin" apply "$labdir/renew.plan.yaml" "${cluster[@]}" 2>&1 | head -3 || true

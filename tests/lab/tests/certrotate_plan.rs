@@ -1,0 +1,109 @@
+//! `certrotate plan` against live lab clusters (3 masters + 2 agents): healthy 30-year certs,
+//! certs expiring in 20 days, and already-expired certs, with each shipped profile. Saved
+//! plans carry no secret and are refused when tampered with. Needs root and the certrotate
+//! binary built beside this test (`cargo build --workspace`, as tests/run.sh does).
+
+use lab::spec::{Expiry, LabSpec};
+use lab::{Lab, UpOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn certrotate_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("certrotate");
+    assert!(bin.is_file(), "build certrotate first: cargo build --workspace (looked for {})", bin.display());
+    bin
+}
+
+fn up(dir: &Path, expiry: Expiry) -> Lab {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the lab tests need root");
+    Lab::up(
+        dir,
+        LabSpec { expiry, ..LabSpec::default() },
+        UpOptions {
+            lab_binary: Some(env!("CARGO_BIN_EXE_lab").into()),
+            owner_pid: Some(std::process::id()),
+            timeout: Some(Duration::from_secs(120)),
+        },
+    )
+    .expect("lab up")
+}
+
+fn plan(lab: &Lab, profile: &str, extra: &[&str]) -> Output {
+    let env = lab.env();
+    Command::new(certrotate_bin())
+        .args(["plan", "--api-model", &env["LAB_API_MODEL"], "--ssh-host", &env["LAB_SSH_HOST"]])
+        .args(["--linux-ssh-private-key", &env["LAB_SSH_KEY"], "--known-hosts", &env["LAB_KNOWN_HOSTS"]])
+        .args(["--profile", profile, "--detailed-exitcode"])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("exit {:?}\n{}\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+fn summary(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).lines().rev().find(|l| l.starts_with("Plan:") || l.starts_with("No changes")).unwrap_or("").to_string()
+}
+
+#[test]
+fn healthy_cluster_needs_nothing_from_renew_expiring_and_everything_from_rotate_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up(dir.path(), Expiry::Default);
+
+    let out = plan(&lab, "renew-expiring", &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(summary(&out).starts_with("No changes"), "{}", text(&out));
+
+    let saved = dir.path().join("rotate-all.plan.yaml");
+    let out = plan(&lab, "rotate-all", &["--out", saved.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let line = summary(&out);
+    assert!(line.contains("0 to reissue") && !line.contains(" 0 to replace"), "rotate-all must replace everything: {line}");
+    assert!(line.contains("API downtime: outage"), "a new CA takes the API down and the plan says so: {line}");
+
+    let plan_text = std::fs::read_to_string(&saved).unwrap();
+    assert!(!plan_text.contains("PRIVATE KEY"), "a private key reached the plan file");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&saved).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let show = Command::new(certrotate_bin()).arg("show").arg(&saved).env("NO_COLOR", "1").output().unwrap();
+    assert!(show.status.success(), "{}", text(&show));
+    assert_eq!(summary(&show), line, "show renders the saved plan as plan did");
+    let dot = Command::new(certrotate_bin()).arg("graph").arg(&saved).output().unwrap();
+    assert!(String::from_utf8_lossy(&dot.stdout).starts_with("digraph"), "{}", text(&dot));
+
+    std::fs::write(&saved, plan_text.replacen("dnsPrefix: ", "dnsPrefix: x", 1)).unwrap();
+    let show = Command::new(certrotate_bin()).arg("show").arg(&saved).env("NO_COLOR", "1").output().unwrap();
+    assert_eq!(show.status.code(), Some(1), "a tampered plan must be refused: {}", text(&show));
+    assert!(String::from_utf8_lossy(&show.stderr).contains("modified after it was written"), "{}", text(&show));
+    lab.down().unwrap();
+}
+
+#[test]
+fn expiring_cluster_is_renewed_without_downtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up(dir.path(), Expiry::In(20 * 86_400));
+    let out = plan(&lab, "renew-expiring", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("expires in 19 days < renew-before 90d") || stdout.contains("expires in 20 days < renew-before 90d"), "{}", text(&out));
+    assert!(summary(&out).ends_with("API downtime: none"), "{}", text(&out));
+    lab.down().unwrap();
+}
+
+#[test]
+fn expired_cluster_is_planned_without_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up(dir.path(), Expiry::Expired);
+    let out = plan(&lab, "renew-expiring", &["--json"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    let findings = json["findings"].as_array().unwrap();
+    assert!(findings.iter().any(|f| f["code"] == "cluster-expired"), "{json:#}");
+    lab.down().unwrap();
+}
