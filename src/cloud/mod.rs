@@ -1,2 +1,5 @@
-//! Talks to Azure Resource Manager (VM restarts) and to the Kubernetes API.
-//! Not built yet (issues: plan, apply).
+//! Talks to the clouds a cluster lives in: Azure Resource Manager (VM restarts through the
+//! Compute API, Azure Stack Hub endpoints and identities) and, later, the Kubernetes API.
+//! Only `apply` calls into here; plan never needs the cloud.
+
+pub mod azure;

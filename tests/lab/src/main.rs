@@ -101,6 +101,21 @@ enum FaultCommand {
     ReplaceHostKey { node: String },
     ReadOnlyKubernetes { node: String },
     WritableKubernetes { node: String },
+    /// Make the ARM stand-in fail matching requests (e.g. --status 429 --times 2).
+    ArmError {
+        #[arg(long)]
+        status: u16,
+        /// Fail this many requests, then serve again (default: every one until cleared).
+        #[arg(long)]
+        times: Option<u32>,
+        /// Request path glob (`*` matches anything), case-insensitive.
+        #[arg(long, default_value = "*")]
+        path: String,
+        /// Only this HTTP method (GET, POST...).
+        #[arg(long)]
+        method: Option<String>,
+    },
+    ClearArmErrors,
 }
 
 impl FaultCommand {
@@ -117,6 +132,12 @@ impl FaultCommand {
             FaultCommand::ReplaceHostKey { node } => Fault::ReplaceHostKey { node },
             FaultCommand::ReadOnlyKubernetes { node } => Fault::ReadOnlyKubernetes { node },
             FaultCommand::WritableKubernetes { node } => Fault::WritableKubernetes { node },
+            FaultCommand::ArmError { status, times, path, method } => {
+                let mut rule = lab::arm::FaultRule::new(path, status, times);
+                rule.method = method;
+                Fault::ArmError { rule }
+            }
+            FaultCommand::ClearArmErrors => Fault::ClearArmErrors,
         }
     }
 }

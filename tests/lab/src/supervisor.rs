@@ -86,6 +86,8 @@ pub struct Supervisor {
     timings: Mutex<Vec<PhaseTiming>>,
     shutdown: Notify,
     started: Instant,
+    /// The ARM stand-in (lab::arm), once started.
+    arm: Mutex<Option<crate::arm::ArmServer>>,
 }
 
 fn log(message: impl std::fmt::Display) {
@@ -238,6 +240,7 @@ impl Supervisor {
             timings: Mutex::new(timings),
             shutdown: Notify::new(),
             started,
+            arm: Mutex::new(None),
         });
         Ok(supervisor)
     }
@@ -247,7 +250,13 @@ impl Supervisor {
         Ok(self.nodes.iter().find(|n| n.info.name == name).expect("layout and runtime agree"))
     }
 
-    async fn reboot(self: &Arc<Self>, name: &str) -> Result<(), LabError> {
+    /// Power state of a node, `None` when there is no such node.
+    pub fn power_of(&self, name: &str) -> Option<Power> {
+        self.nodes.iter().find(|n| n.info.name == name).map(|n| *n.power.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reboot a node: everything down for its reboot delay, then back up from disk.
+    pub async fn reboot(self: &Arc<Self>, name: &str) -> Result<(), LabError> {
         let node = self.node(name)?.clone();
         let _guard = node.power_lock.lock().await;
         log(format!("rebooting {name}"));
@@ -344,6 +353,20 @@ impl Supervisor {
                 self.in_node(&node, "umount", vec!["/etc/kubernetes".into()]).await?;
                 Ok(format!("/etc/kubernetes is writable on {node}"))
             }
+            Fault::ArmError { rule } => {
+                let guard = self.arm.lock().unwrap_or_else(|p| p.into_inner());
+                let arm = guard.as_ref().ok_or_else(|| LabError::Refused("the ARM stand-in is not running".into()))?;
+                let described = format!("ARM answers {} {} {} on {}", rule.status, rule.method.as_deref().unwrap_or("to every method"),
+                    rule.times.map(|n| format!("{n} times")).unwrap_or_else(|| "always".into()), rule.path);
+                arm.faults().add(rule);
+                Ok(described)
+            }
+            Fault::ClearArmErrors => {
+                let guard = self.arm.lock().unwrap_or_else(|p| p.into_inner());
+                let arm = guard.as_ref().ok_or_else(|| LabError::Refused("the ARM stand-in is not running".into()))?;
+                arm.faults().clear();
+                Ok("ARM errors cleared".into())
+            }
         }
     }
 
@@ -376,10 +399,12 @@ impl Supervisor {
             }
             SystemctlAction::IsActive => {
                 let active = service.status().active;
-                return Ok(Response { ok: active, message: if active { "active".into() } else { "inactive".into() }, status: None });
+                let mut response = Response::ok(if active { "active" } else { "inactive" });
+                response.ok = active;
+                return Ok(response);
             }
         }
-        Ok(Response { ok: true, message: String::new(), status: None })
+        Ok(Response::ok(""))
     }
 
     async fn status(&self) -> LabStatus {
@@ -417,6 +442,9 @@ impl Supervisor {
                 problems.push(format!("{}: etcd is not healthy", node.name));
             }
         }
+        if self.arm.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            problems.push("the ARM stand-in is not serving".into());
+        }
         let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (rss_kib, process_count) = self.memory();
         LabStatus {
@@ -427,6 +455,7 @@ impl Supervisor {
             timings: self.timings.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             rss_kib,
             process_count,
+            arm_endpoint: self.arm.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| a.endpoint()),
         }
     }
 
@@ -439,6 +468,10 @@ impl Supervisor {
     /// the bridge.
     async fn tear_down(&self) {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = "stopping".into();
+        let arm = self.arm.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(arm) = arm {
+            arm.shutdown().await;
+        }
         let kills = self.nodes.iter().flat_map(|rt| rt.units.values().cloned()).map(|unit| async move {
             let _ = unit.kill().await;
         });
@@ -474,24 +507,28 @@ impl Supervisor {
 
     async fn handle(self: &Arc<Self>, request: Request) -> Response {
         let result = match request {
-            Request::Status => Ok(Response { ok: true, message: String::new(), status: Some(self.status().await) }),
+            Request::Status => Ok(Response { status: Some(self.status().await), ..Response::ok("") }),
             Request::Down => {
                 self.shutdown.notify_one();
-                Ok(Response { ok: true, message: "stopping".into(), status: None })
+                Ok(Response::ok("stopping"))
             }
             Request::Systemctl { node, action, unit } => self.systemctl(&node, action, &unit).await,
             Request::Reboot { node } => self
                 .fault(Fault::RebootNode { node })
                 .await
-                .map(|message| Response { ok: true, message, status: None }),
-            Request::Fault(fault) => self.fault(fault).await.map(|message| Response { ok: true, message, status: None }),
+                .map(Response::ok),
+            Request::Fault(fault) => self.fault(fault).await.map(Response::ok),
+            Request::ArmCalls => match self.arm.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                Some(arm) => Ok(Response { arm_calls: Some(arm.calls().snapshot()), ..Response::ok("") }),
+                None => Err(LabError::Refused("the ARM stand-in is not running".into())),
+            },
         };
         result.unwrap_or_else(|e| {
             let message = match e {
                 LabError::Refused(why) => why,
                 other => other.to_string(),
             };
-            Response { ok: false, message, status: None }
+            Response::refused(message)
         })
     }
 }
@@ -604,8 +641,8 @@ async fn serve_connection(supervisor: Arc<Supervisor>, stream: tokio::net::UnixS
     while let Ok(Some(line)) = lines.next_line().await {
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(request) if allowed_for(peer_uid, &request) => supervisor.handle(request).await,
-            Ok(_) => Response { ok: false, message: "Access denied (run it as root: sudo)".into(), status: None },
-            Err(e) => Response { ok: false, message: format!("unreadable request: {e}"), status: None },
+            Ok(_) => Response::refused("Access denied (run it as root: sudo)"),
+            Err(e) => Response::refused(format!("unreadable request: {e}")),
         };
         let mut text = serde_json::to_string(&response).expect("responses serialise");
         text.push('\n');
@@ -645,6 +682,15 @@ pub async fn run(dir: &Path, owner_pid: Option<u32>) -> Result<(), LabError> {
         }
     };
     log("services started");
+    let identity = crate::outputs::load_identity(&layout)?;
+    let control = Arc::new(crate::armhost::SupervisorVms(Arc::downgrade(&supervisor)));
+    match crate::arm::ArmServer::start(crate::armhost::config(&layout, &identity), control).await {
+        Ok(server) => {
+            log(format!("ARM stand-in serving {}", server.endpoint()));
+            *supervisor.arm.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+        }
+        Err(e) => log(format!("the ARM stand-in could not start: {e}")),
+    }
     if layout.spec.expiry != Expiry::Expired {
         let layout = layout.clone();
         let me = supervisor.clone();

@@ -79,6 +79,51 @@ fn link_exists(name: &str) -> bool {
     Command::new("ip").args(["link", "show", "dev", name]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
+fn arm_restart_takes_a_master_down_and_back(lab: &Lab, master: &str) {
+    use certrotate::cloud::azure::{AzureCompute, AzureInputs, AzureSettings, PowerState};
+    let env = lab.env();
+    lab.fault(Fault::RebootDelay { node: Some(master.to_string()), millis: 2000 }).unwrap();
+    let mut throttle = lab::arm::FaultRule::new("*/restart", 429, Some(1));
+    throttle.method = Some("POST".into());
+    lab.fault(Fault::ArmError { rule: throttle }).unwrap();
+    let model = certrotate::model::apimodel::ApiModel::load(Path::new(&env["LAB_API_MODEL"])).expect("lab apimodel loads");
+    let inputs = AzureInputs {
+        ca_bundle: Some(env["LAB_ARM_CA_BUNDLE"].clone().into()),
+        tenant_id: Some(env["LAB_TENANT_ID"].clone()),
+        subscription_id: Some(env["LAB_SUBSCRIPTION_ID"].clone()),
+        resource_group: Some(env["LAB_RESOURCE_GROUP"].clone()),
+        ..Default::default()
+    };
+    let settings = AzureSettings::from_api_model(&model, inputs).expect("Azure settings from the lab's apimodel");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let compute = AzureCompute::connect(settings).await.expect("connect to the ARM stand-in");
+        assert_eq!(compute.power_state_vm(master).await.unwrap(), PowerState::Running);
+        let restart = compute.restart_vm(master);
+        let watch = async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let status = tokio::task::block_in_place(|| lab.status()).unwrap();
+                if status.nodes.iter().any(|n| n.name == master && n.power == Power::Rebooting) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        };
+        let (restarted, went_down) = tokio::join!(restart, watch);
+        restarted.expect("ARM restart completes");
+        assert!(went_down, "the restart took {master} down");
+        assert_eq!(compute.power_state_vm(master).await.unwrap(), PowerState::Running);
+    });
+    lab.wait_healthy(Duration::from_secs(60)).expect("healthy after the ARM restart");
+    assert!(ssh(lab, master, "true").status.success(), "{master} answers ssh after the restart");
+    let calls = lab.arm_calls().unwrap();
+    assert!(calls.iter().any(|c| c.injected && c.status == 429), "the injected 429 was served");
+    assert!(calls.iter().any(|c| c.method == "POST" && c.path.ends_with("/restart") && !c.injected && c.status < 300));
+    lab.fault(Fault::ClearArmErrors).unwrap();
+}
+
 #[test]
 fn three_masters_two_agents() {
     let temp = tempfile::tempdir().expect("temp dir");
@@ -133,6 +178,10 @@ fn three_masters_two_agents() {
     assert!(!ssh(&lab, &master2.name, "true").status.success(), "ssh must fail while the node reboots");
     lab.wait_healthy(Duration::from_secs(60)).expect("healthy after reboot");
     assert!(ssh(&lab, &master2.name, "true").status.success());
+
+    // An ARM restart through certrotate's real Azure client (token, VM restart, long-running
+    // operation) takes a master down and brings it back; an injected 429 is retried.
+    arm_restart_takes_a_master_down_and_back(&lab, &lab.layout.nodes[1].name);
 
     // A cut network makes the node unreachable; restoring heals it.
     let agent = lab.layout.nodes.iter().find(|n| n.role == Role::Agent).unwrap().clone();
