@@ -139,6 +139,8 @@ pub struct LabStatus {
     pub process_count: usize,
     /// The ARM stand-in's endpoint while it serves.
     pub arm_endpoint: Option<String>,
+    /// Nodes the apiserver reports Ready (None: not asked, or it did not answer).
+    pub kube_ready_nodes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -41,6 +41,45 @@ fn ssh(lab: &Lab, node: &str, command: &str) -> Output {
         .expect("running ssh")
 }
 
+fn ssh_with_input(lab: &Lab, node: &str, command: &str, input: &str) -> Output {
+    use std::io::Write;
+    let env = lab.env();
+    let mut child = Command::new("ssh")
+        .arg("-F")
+        .arg(&env["LAB_SSH_CONFIG"])
+        .args(["-J", &env["LAB_SSH_HOST"], node, command])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running ssh");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Node names the apiserver reports Ready, asked with the real kubectl and the admin kubeconfig.
+fn ready_nodes(lab: &Lab) -> Vec<String> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&lab.env()["LAB_KUBECONFIG"])
+        .args(["get", "nodes", "-o", "json", "--request-timeout=5s"])
+        .output()
+        .expect("running kubectl");
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ready: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+        .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    ready.sort_by_key(|name| lab.layout.nodes.iter().position(|n| &n.name == name));
+    ready
+}
+
 fn text(output: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",
@@ -159,6 +198,38 @@ fn three_masters_two_agents() {
         let out = etcd_health(&lab, &master.ip.to_string());
         assert!(out.status.success(), "etcd on {}: {}", master.name, text(&out));
     }
+
+    // The real kubectl with the admin kubeconfig lists every node Ready.
+    let all: Vec<String> = lab.layout.nodes.iter().map(|n| n.name.clone()).collect();
+    wait_for("every node Ready in kubectl", Duration::from_secs(60), || ready_nodes(&lab) == all);
+
+    // A foreign ca.crt on one agent makes it NotReady; the real one heals it.
+    let agent0 = lab.layout.nodes.iter().find(|n| n.role == Role::Agent).unwrap().name.clone();
+    let now = time::OffsetDateTime::now_utc();
+    let foreign = certrotate::pki::issue::issue_ca(&certrotate::pki::CertTemplate {
+        common_name: "ca".into(),
+        organization: None,
+        dns_sans: vec![],
+        ip_sans: vec![],
+        is_ca: true,
+        extended_usages: vec![],
+        key: certrotate::pki::KeySpec::Rsa2048,
+        not_before: now - time::Duration::hours(1),
+        not_after: now + time::Duration::days(1),
+    })
+    .unwrap();
+    let out = ssh_with_input(
+        &lab,
+        &agent0,
+        "sudo cp -p /etc/kubernetes/certs/ca.crt /var/tmp/ca.crt.orig && sudo tee /etc/kubernetes/certs/ca.crt >/dev/null && sudo systemctl restart kubelet",
+        &foreign.cert_pem,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the agent with a foreign CA to go NotReady", Duration::from_secs(90), || !ready_nodes(&lab).contains(&agent0));
+    assert!(ready_nodes(&lab).len() == all.len() - 1, "only that agent is NotReady");
+    let out = ssh(&lab, &agent0, "sudo cp -p /var/tmp/ca.crt.orig /etc/kubernetes/certs/ca.crt && sudo systemctl restart kubelet");
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the agent Ready again", Duration::from_secs(60), || ready_nodes(&lab).contains(&agent0));
 
     // systemctl inside a node acts on the supervisor.
     let master2 = lab.layout.nodes[2].clone();
