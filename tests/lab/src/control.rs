@@ -64,6 +64,10 @@ pub enum Fault {
     /// Remount the node's /etc/kubernetes read-only (or writable again).
     ReadOnlyKubernetes { node: String },
     WritableKubernetes { node: String },
+    /// Make the ARM stand-in answer matching requests with an error (429, 500...).
+    ArmError { rule: crate::arm::FaultRule },
+    /// Remove every injected ARM error.
+    ClearArmErrors,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,6 +78,8 @@ pub enum Request {
     Systemctl { node: String, action: SystemctlAction, unit: String },
     Reboot { node: String },
     Fault(Fault),
+    /// Every call the ARM stand-in answered so far.
+    ArmCalls,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +137,10 @@ pub struct LabStatus {
     /// Sum of the resident memory of the supervisor and every node process, KiB.
     pub rss_kib: u64,
     pub process_count: usize,
+    /// The ARM stand-in's endpoint while it serves.
+    pub arm_endpoint: Option<String>,
+    /// Nodes the apiserver reports Ready (None: not asked, or it did not answer).
+    pub kube_ready_nodes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -138,6 +148,17 @@ pub struct Response {
     pub ok: bool,
     pub message: String,
     pub status: Option<LabStatus>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arm_calls: Option<Vec<crate::arm::CallRecord>>,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Response {
+        Response { ok: true, message: message.into(), status: None, arm_calls: None }
+    }
+    pub fn refused(message: impl Into<String>) -> Response {
+        Response { ok: false, message: message.into(), status: None, arm_calls: None }
+    }
 }
 
 /// Send one request and read its response.

@@ -120,6 +120,7 @@ impl Lab {
 
         let public_key = crate::nodefiles::write_operator_key(&layout)?;
         let identity = Identity::generate(&layout);
+        crate::armhost::write_tls(&layout)?;
         outputs::write_model_skeleton(&layout, &identity, &public_key)?;
         let topology = crate::pki::topology_of(&layout, &outputs::apimodel_path(&layout))?;
         let pki = crate::pki::issue_cluster_pki(&layout, &certrotate::pki::catalogue::catalogue(&topology))?;
@@ -177,6 +178,12 @@ impl Lab {
 
     pub fn fault(&self, fault: Fault) -> Result<String, LabError> {
         Ok(control::call_ok(&self.layout.socket(), &Request::Fault(fault), Duration::from_secs(120))?.message)
+    }
+
+    /// Every call the ARM stand-in answered, oldest first.
+    pub fn arm_calls(&self) -> Result<Vec<crate::arm::CallRecord>, LabError> {
+        let response = control::call_ok(&self.layout.socket(), &Request::ArmCalls, Duration::from_secs(30))?;
+        Ok(response.arm_calls.unwrap_or_default())
     }
 
     /// Every LAB_* value of lab.env.

@@ -7,6 +7,7 @@
 //! [`supervisor`] runs them, [`control`] is how anything talks to a running lab.
 
 pub mod arm;
+pub mod armhost;
 pub mod cleanup;
 pub mod control;
 pub mod error;

@@ -69,6 +69,12 @@ enum Command {
         #[arg(long)]
         owner_pid: Option<u32>,
     },
+    /// The apiserver stand-in of one master (run by the supervisor inside the node).
+    #[command(hide = true)]
+    Apiserver {
+        #[arg(long)]
+        config: PathBuf,
+    },
     /// Called by the shims inside a node (systemctl, reboot).
     #[command(hide = true)]
     NodeCtl {
@@ -101,6 +107,21 @@ enum FaultCommand {
     ReplaceHostKey { node: String },
     ReadOnlyKubernetes { node: String },
     WritableKubernetes { node: String },
+    /// Make the ARM stand-in fail matching requests (e.g. --status 429 --times 2).
+    ArmError {
+        #[arg(long)]
+        status: u16,
+        /// Fail this many requests, then serve again (default: every one until cleared).
+        #[arg(long)]
+        times: Option<u32>,
+        /// Request path glob (`*` matches anything), case-insensitive.
+        #[arg(long, default_value = "*")]
+        path: String,
+        /// Only this HTTP method (GET, POST...).
+        #[arg(long)]
+        method: Option<String>,
+    },
+    ClearArmErrors,
 }
 
 impl FaultCommand {
@@ -117,6 +138,12 @@ impl FaultCommand {
             FaultCommand::ReplaceHostKey { node } => Fault::ReplaceHostKey { node },
             FaultCommand::ReadOnlyKubernetes { node } => Fault::ReadOnlyKubernetes { node },
             FaultCommand::WritableKubernetes { node } => Fault::WritableKubernetes { node },
+            FaultCommand::ArmError { status, times, path, method } => {
+                let mut rule = lab::arm::FaultRule::new(path, status, times);
+                rule.method = method;
+                Fault::ArmError { rule }
+            }
+            FaultCommand::ClearArmErrors => Fault::ClearArmErrors,
         }
     }
 }
@@ -274,12 +301,32 @@ fn run(cli: Cli) -> Result<ExitCode, lab::error::LabError> {
             Ok(ExitCode::SUCCESS)
         }
         Command::NodeCtl { socket, node, args } => Ok(node_ctl(socket, node, args)),
+        Command::Apiserver { config } => {
+            let text = std::fs::read_to_string(&config).map_err(lab::error::LabError::io(format!("reading {}", config.display())))?;
+            let config: lab::kube::ApiserverConfig = serde_json::from_str(&text)
+                .map_err(|e| lab::error::LabError::Spec(format!("{} is not an apiserver config: {e}", config.display())))?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(lab::error::LabError::io("starting the async runtime"))?;
+            runtime.block_on(async {
+                let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .map_err(lab::error::LabError::io("installing the SIGTERM handler"))?;
+                lab::kube::apiserver::run(config, async move {
+                    terminate.recv().await;
+                })
+                .await
+                .map_err(|e| lab::error::LabError::Refused(format!("apiserver: {e}")))
+            })?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Supervise { .. }) {
+    if !matches!(cli.command, Command::Supervise { .. } | Command::Apiserver { .. }) {
         // Die quietly when stdout is a closed pipe (`lab status | head`), as CLI tools do.
         // The supervisor keeps Rust's default (ignored) so a vanished client cannot kill it.
         // SAFETY: setting a signal disposition before any thread is started.

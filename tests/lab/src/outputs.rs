@@ -67,7 +67,7 @@ pub fn arm_endpoint(layout: &Layout) -> String {
     format!("https://127.0.0.1:{}/", layout.arm_port)
 }
 pub fn arm_ca_bundle(layout: &Layout) -> PathBuf {
-    layout.dir.join("arm").join("ca.pem")
+    crate::armhost::ca_bundle(layout)
 }
 pub fn apimodel_path(layout: &Layout) -> PathBuf {
     layout.output_dir().join("apimodel.json")
@@ -116,7 +116,6 @@ pub fn admin_kubeconfig(layout: &Layout, pki: &ClusterPki) -> String {
 
 /// The vlabs API model; without a PKI (before issuance) it has no certificateProfile.
 pub fn apimodel(layout: &Layout, pki: Option<&ClusterPki>, identity: &Identity, ssh_public_key: &str) -> serde_json::Value {
-    let arm = arm_endpoint(layout);
     let mut model = json!({
         "apiVersion": "vlabs",
         "location": layout.spec.location,
@@ -158,19 +157,7 @@ pub fn apimodel(layout: &Layout, pki: Option<&ClusterPki>, identity: &Identity, 
                 "secret": identity.client_secret,
             },
             "certificateProfile": null,
-            "customCloudProfile": {
-                "environment": {
-                    "name": AZURE_ENV,
-                    "managementPortalURL": format!("https://portal.{}.azurestack.external/", layout.spec.location),
-                    "serviceManagementEndpoint": format!("https://management.azurestack.external/{}", identity.tenant_id),
-                    "resourceManagerEndpoint": arm,
-                    "activeDirectoryEndpoint": format!("{arm}login/"),
-                    "resourceManagerVMDNSSuffix": VM_DNS_SUFFIX,
-                },
-                "identitySystem": "azure_ad",
-                "authenticationMethod": "client_secret",
-                "portalURL": format!("https://portal.{}.azurestack.external/", layout.spec.location),
-            }
+            "customCloudProfile": crate::armhost::custom_cloud_profile(layout, identity),
         }
     });
     let properties = model["properties"].as_object_mut().expect("properties is an object");

@@ -86,6 +86,8 @@ pub struct Supervisor {
     timings: Mutex<Vec<PhaseTiming>>,
     shutdown: Notify,
     started: Instant,
+    /// The ARM stand-in (lab::arm), once started.
+    arm: Mutex<Option<crate::arm::ArmServer>>,
 }
 
 fn log(message: impl std::fmt::Display) {
@@ -147,6 +149,80 @@ fn etcd_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>) -> Launcher {
     })
 }
 
+/// The apiserver stand-in's configuration on a master, with the paths the node sees (it runs
+/// inside the node), flags as AKS Engine sets them (etcd on 127.0.0.1).
+fn apiserver_config(node: &NodeInfo) -> crate::kube::ApiserverConfig {
+    let cert = |name: &str| PathBuf::from(format!("{CERT_DIR}/{name}"));
+    crate::kube::ApiserverConfig {
+        bind_address: std::net::SocketAddr::from((node.ip, 443)),
+        node_name: node.name.clone(),
+        tls_cert_file: cert("apiserver.crt"),
+        tls_private_key_file: cert("apiserver.key"),
+        client_ca_file: cert("ca.crt"),
+        etcd_servers: vec!["https://127.0.0.1:2379".into()],
+        etcd_cafile: cert("ca.crt"),
+        etcd_certfile: cert("etcdclient.crt"),
+        etcd_keyfile: cert("etcdclient.key"),
+        service_account_key_file: None,
+        advertise_address: None,
+        controllers: Default::default(),
+    }
+}
+
+/// The apiserver stand-in as a process inside the master (`lab apiserver --config FILE`),
+/// reading its certificates from the node's disk at every start.
+fn apiserver_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>, lab_binary: PathBuf) -> Result<Launcher, LabError> {
+    let config_path = layout.node_dir(&node.info).join("apiserver.json");
+    let text = serde_json::to_string_pretty(&apiserver_config(&node.info)).expect("config serialises");
+    crate::fsutil::write_file(&config_path, text.as_bytes(), 0o644, 0, 0)?;
+    let log_file = nodefiles::log_dir(layout, &node.info).join("apiserver.log");
+    Ok(Arc::new(move || {
+        let mut command = std::process::Command::new(&lab_binary);
+        command.arg("apiserver").arg("--config").arg(&config_path);
+        command.stdin(std::process::Stdio::null()).stdout(append_log(&log_file)?).stderr(append_log(&log_file)?);
+        node.ns.enter(&mut command, Enter::ALL);
+        tokio::process::Command::from(command).spawn().map(Running::Process).map_err(LabError::io("starting the apiserver stand-in"))
+    }))
+}
+
+/// The kubelet stand-in as a task on a thread inside the node's network namespace (53
+/// kubelets as processes would cost too much memory), reading the node's files through
+/// their host paths (the node's upper layers).
+fn kubelet_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>) -> Launcher {
+    let mut labels = BTreeMap::new();
+    if node.info.role == Role::Agent {
+        labels.insert("agentpool".to_string(), crate::spec::AGENT_POOL.to_string());
+    }
+    let config = crate::kube::KubeletConfig {
+        node_name: node.info.name.clone(),
+        role: match node.info.role {
+            Role::Master => crate::kube::NodeRole::Master,
+            Role::Agent => crate::kube::NodeRole::Agent,
+        },
+        root: layout.node_fs(&node.info),
+        kubeconfig: PathBuf::from("/var/lib/kubelet/kubeconfig"),
+        server: None,
+        tls_server_name: None,
+        node_ip: node.info.ip.into(),
+        local_apiserver: None,
+        labels,
+        heartbeat_interval: Duration::from_secs(2),
+    };
+    Arc::new(move || {
+        let config = config.clone();
+        let name = config.node_name.clone();
+        node.ns.spawn_net_task(format!("kubelet-{}", node.info.index), move |stop| async move {
+            if let Err(e) = crate::kube::kubelet::run(config, async {
+                let _ = stop.await;
+            })
+            .await
+            {
+                eprintln!("lab: {name}/kubelet: {e}");
+            }
+        })
+    })
+}
+
 /// The part of a node that exists before its services: what launchers need.
 struct NodeRuntimeSeed {
     info: NodeInfo,
@@ -204,12 +280,11 @@ impl Supervisor {
             let mut units = BTreeMap::new();
             let label = |unit: &str| format!("{}/{unit}", info.name);
             units.insert(Unit::Sshd, Service::spawn(label("sshd"), Some(sshd_launcher(&layout, seed.clone()))));
-            // TODO(lab-kube): launch the kubelet stand-in (lab::kube::kubelet) here, and on
-            // masters the apiserver stand-in (`lab apiserver --config FILE` inside the node).
-            units.insert(Unit::Kubelet, Service::spawn(label("kubelet"), None));
+            units.insert(Unit::Kubelet, Service::spawn(label("kubelet"), Some(kubelet_launcher(&layout, seed.clone()))));
             if info.role == Role::Master {
                 units.insert(Unit::Etcd, Service::spawn(label("etcd"), Some(etcd_launcher(&layout, seed.clone()))));
-                units.insert(Unit::Apiserver, Service::spawn(label("apiserver"), None));
+                let apiserver = apiserver_launcher(&layout, seed.clone(), lab_binary.clone())?;
+                units.insert(Unit::Apiserver, Service::spawn(label("apiserver"), Some(apiserver)));
             }
             nodes.push(Arc::new(NodeRuntime {
                 info,
@@ -238,6 +313,7 @@ impl Supervisor {
             timings: Mutex::new(timings),
             shutdown: Notify::new(),
             started,
+            arm: Mutex::new(None),
         });
         Ok(supervisor)
     }
@@ -247,7 +323,13 @@ impl Supervisor {
         Ok(self.nodes.iter().find(|n| n.info.name == name).expect("layout and runtime agree"))
     }
 
-    async fn reboot(self: &Arc<Self>, name: &str) -> Result<(), LabError> {
+    /// Power state of a node, `None` when there is no such node.
+    pub fn power_of(&self, name: &str) -> Option<Power> {
+        self.nodes.iter().find(|n| n.info.name == name).map(|n| *n.power.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Reboot a node: everything down for its reboot delay, then back up from disk.
+    pub async fn reboot(self: &Arc<Self>, name: &str) -> Result<(), LabError> {
         let node = self.node(name)?.clone();
         let _guard = node.power_lock.lock().await;
         log(format!("rebooting {name}"));
@@ -344,6 +426,20 @@ impl Supervisor {
                 self.in_node(&node, "umount", vec!["/etc/kubernetes".into()]).await?;
                 Ok(format!("/etc/kubernetes is writable on {node}"))
             }
+            Fault::ArmError { rule } => {
+                let guard = self.arm.lock().unwrap_or_else(|p| p.into_inner());
+                let arm = guard.as_ref().ok_or_else(|| LabError::Refused("the ARM stand-in is not running".into()))?;
+                let described = format!("ARM answers {} {} {} on {}", rule.status, rule.method.as_deref().unwrap_or("to every method"),
+                    rule.times.map(|n| format!("{n} times")).unwrap_or_else(|| "always".into()), rule.path);
+                arm.faults().add(rule);
+                Ok(described)
+            }
+            Fault::ClearArmErrors => {
+                let guard = self.arm.lock().unwrap_or_else(|p| p.into_inner());
+                let arm = guard.as_ref().ok_or_else(|| LabError::Refused("the ARM stand-in is not running".into()))?;
+                arm.faults().clear();
+                Ok("ARM errors cleared".into())
+            }
         }
     }
 
@@ -376,10 +472,12 @@ impl Supervisor {
             }
             SystemctlAction::IsActive => {
                 let active = service.status().active;
-                return Ok(Response { ok: active, message: if active { "active".into() } else { "inactive".into() }, status: None });
+                let mut response = Response::ok(if active { "active" } else { "inactive" });
+                response.ok = active;
+                return Ok(response);
             }
         }
-        Ok(Response { ok: true, message: String::new(), status: None })
+        Ok(Response::ok(""))
     }
 
     async fn status(&self) -> LabStatus {
@@ -417,6 +515,22 @@ impl Supervisor {
                 problems.push(format!("{}: etcd is not healthy", node.name));
             }
         }
+        if self.arm.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
+            problems.push("the ARM stand-in is not serving".into());
+        }
+        let kube_ready = if expired { None } else { kube_ready_nodes(&self.layout).await };
+        if !expired {
+            let running: Vec<&str> = nodes.iter().filter(|n| n.power == Power::Running).map(|n| n.name.as_str()).collect();
+            match &kube_ready {
+                None => problems.push("the apiserver does not list nodes (kubectl get nodes failed)".into()),
+                Some(ready) => {
+                    let missing: Vec<&str> = running.iter().copied().filter(|n| !ready.iter().any(|r| r == n)).collect();
+                    if !missing.is_empty() {
+                        problems.push(format!("not Ready in Kubernetes: {}", missing.join(", ")));
+                    }
+                }
+            }
+        }
         let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (rss_kib, process_count) = self.memory();
         LabStatus {
@@ -427,6 +541,8 @@ impl Supervisor {
             timings: self.timings.lock().unwrap_or_else(|p| p.into_inner()).clone(),
             rss_kib,
             process_count,
+            arm_endpoint: self.arm.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| a.endpoint()),
+            kube_ready_nodes: kube_ready,
         }
     }
 
@@ -439,6 +555,10 @@ impl Supervisor {
     /// the bridge.
     async fn tear_down(&self) {
         *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = "stopping".into();
+        let arm = self.arm.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(arm) = arm {
+            arm.shutdown().await;
+        }
         let kills = self.nodes.iter().flat_map(|rt| rt.units.values().cloned()).map(|unit| async move {
             let _ = unit.kill().await;
         });
@@ -474,24 +594,28 @@ impl Supervisor {
 
     async fn handle(self: &Arc<Self>, request: Request) -> Response {
         let result = match request {
-            Request::Status => Ok(Response { ok: true, message: String::new(), status: Some(self.status().await) }),
+            Request::Status => Ok(Response { status: Some(self.status().await), ..Response::ok("") }),
             Request::Down => {
                 self.shutdown.notify_one();
-                Ok(Response { ok: true, message: "stopping".into(), status: None })
+                Ok(Response::ok("stopping"))
             }
             Request::Systemctl { node, action, unit } => self.systemctl(&node, action, &unit).await,
             Request::Reboot { node } => self
                 .fault(Fault::RebootNode { node })
                 .await
-                .map(|message| Response { ok: true, message, status: None }),
-            Request::Fault(fault) => self.fault(fault).await.map(|message| Response { ok: true, message, status: None }),
+                .map(Response::ok),
+            Request::Fault(fault) => self.fault(fault).await.map(Response::ok),
+            Request::ArmCalls => match self.arm.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                Some(arm) => Ok(Response { arm_calls: Some(arm.calls().snapshot()), ..Response::ok("") }),
+                None => Err(LabError::Refused("the ARM stand-in is not running".into())),
+            },
         };
         result.unwrap_or_else(|e| {
             let message = match e {
                 LabError::Refused(why) => why,
                 other => other.to_string(),
             };
-            Response { ok: false, message, status: None }
+            Response::refused(message)
         })
     }
 }
@@ -561,6 +685,40 @@ pub async fn etcd_healthy(layout: &Layout, node: &NodeInfo) -> bool {
     matches!(output, Ok(status) if status.success())
 }
 
+/// Names of the nodes the apiserver reports Ready, asked with the real kubectl and the admin
+/// kubeconfig (as an operator would); `None` when the apiserver does not answer.
+async fn kube_ready_nodes(layout: &Layout) -> Option<Vec<String>> {
+    let output = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio::process::Command::new("kubectl")
+            .arg("--kubeconfig")
+            .arg(crate::outputs::kubeconfig_path(layout))
+            .args(["get", "nodes", "-o", "json", "--request-timeout=4s"])
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .output(),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    if !output.status.success() {
+        return None;
+    }
+    let list: serde_json::Value = serde_json::from_slice(&output.stdout).ok()?;
+    Some(
+        list["items"]
+            .as_array()?
+            .iter()
+            .filter(|node| {
+                node["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+            })
+            .filter_map(|node| node["metadata"]["name"].as_str().map(String::from))
+            .collect(),
+    )
+}
+
 /// Store the front-proxy PKI in etcd as AKS Engine's masters do (/proxycerts/*).
 async fn put_proxy_certs(layout: &Layout) -> Result<(), LabError> {
     let master = layout.first_master();
@@ -604,8 +762,8 @@ async fn serve_connection(supervisor: Arc<Supervisor>, stream: tokio::net::UnixS
     while let Ok(Some(line)) = lines.next_line().await {
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(request) if allowed_for(peer_uid, &request) => supervisor.handle(request).await,
-            Ok(_) => Response { ok: false, message: "Access denied (run it as root: sudo)".into(), status: None },
-            Err(e) => Response { ok: false, message: format!("unreadable request: {e}"), status: None },
+            Ok(_) => Response::refused("Access denied (run it as root: sudo)"),
+            Err(e) => Response::refused(format!("unreadable request: {e}")),
         };
         let mut text = serde_json::to_string(&response).expect("responses serialise");
         text.push('\n');
@@ -645,6 +803,15 @@ pub async fn run(dir: &Path, owner_pid: Option<u32>) -> Result<(), LabError> {
         }
     };
     log("services started");
+    let identity = crate::outputs::load_identity(&layout)?;
+    let control = Arc::new(crate::armhost::SupervisorVms(Arc::downgrade(&supervisor)));
+    match crate::arm::ArmServer::start(crate::armhost::config(&layout, &identity), control).await {
+        Ok(server) => {
+            log(format!("ARM stand-in serving {}", server.endpoint()));
+            *supervisor.arm.lock().unwrap_or_else(|p| p.into_inner()) = Some(server);
+        }
+        Err(e) => log(format!("the ARM stand-in could not start: {e}")),
+    }
     if layout.spec.expiry != Expiry::Expired {
         let layout = layout.clone();
         let me = supervisor.clone();

@@ -41,6 +41,45 @@ fn ssh(lab: &Lab, node: &str, command: &str) -> Output {
         .expect("running ssh")
 }
 
+fn ssh_with_input(lab: &Lab, node: &str, command: &str, input: &str) -> Output {
+    use std::io::Write;
+    let env = lab.env();
+    let mut child = Command::new("ssh")
+        .arg("-F")
+        .arg(&env["LAB_SSH_CONFIG"])
+        .args(["-J", &env["LAB_SSH_HOST"], node, command])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running ssh");
+    child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Node names the apiserver reports Ready, asked with the real kubectl and the admin kubeconfig.
+fn ready_nodes(lab: &Lab) -> Vec<String> {
+    let out = Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&lab.env()["LAB_KUBECONFIG"])
+        .args(["get", "nodes", "-o", "json", "--request-timeout=5s"])
+        .output()
+        .expect("running kubectl");
+    if !out.status.success() {
+        return Vec::new();
+    }
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let mut ready: Vec<String> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|n| n["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+        .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    ready.sort_by_key(|name| lab.layout.nodes.iter().position(|n| &n.name == name));
+    ready
+}
+
 fn text(output: &Output) -> String {
     format!(
         "status {:?}\nstdout: {}\nstderr: {}",
@@ -79,6 +118,51 @@ fn link_exists(name: &str) -> bool {
     Command::new("ip").args(["link", "show", "dev", name]).output().map(|o| o.status.success()).unwrap_or(false)
 }
 
+fn arm_restart_takes_a_master_down_and_back(lab: &Lab, master: &str) {
+    use certrotate::cloud::azure::{AzureCompute, AzureInputs, AzureSettings, PowerState};
+    let env = lab.env();
+    lab.fault(Fault::RebootDelay { node: Some(master.to_string()), millis: 2000 }).unwrap();
+    let mut throttle = lab::arm::FaultRule::new("*/restart", 429, Some(1));
+    throttle.method = Some("POST".into());
+    lab.fault(Fault::ArmError { rule: throttle }).unwrap();
+    let model = certrotate::model::apimodel::ApiModel::load(Path::new(&env["LAB_API_MODEL"])).expect("lab apimodel loads");
+    let inputs = AzureInputs {
+        ca_bundle: Some(env["LAB_ARM_CA_BUNDLE"].clone().into()),
+        tenant_id: Some(env["LAB_TENANT_ID"].clone()),
+        subscription_id: Some(env["LAB_SUBSCRIPTION_ID"].clone()),
+        resource_group: Some(env["LAB_RESOURCE_GROUP"].clone()),
+        ..Default::default()
+    };
+    let settings = AzureSettings::from_api_model(&model, inputs).expect("Azure settings from the lab's apimodel");
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(async {
+        let compute = AzureCompute::connect(settings).await.expect("connect to the ARM stand-in");
+        assert_eq!(compute.power_state_vm(master).await.unwrap(), PowerState::Running);
+        let restart = compute.restart_vm(master);
+        let watch = async {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                let status = tokio::task::block_in_place(|| lab.status()).unwrap();
+                if status.nodes.iter().any(|n| n.name == master && n.power == Power::Rebooting) {
+                    return true;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            false
+        };
+        let (restarted, went_down) = tokio::join!(restart, watch);
+        restarted.expect("ARM restart completes");
+        assert!(went_down, "the restart took {master} down");
+        assert_eq!(compute.power_state_vm(master).await.unwrap(), PowerState::Running);
+    });
+    lab.wait_healthy(Duration::from_secs(60)).expect("healthy after the ARM restart");
+    assert!(ssh(lab, master, "true").status.success(), "{master} answers ssh after the restart");
+    let calls = lab.arm_calls().unwrap();
+    assert!(calls.iter().any(|c| c.injected && c.status == 429), "the injected 429 was served");
+    assert!(calls.iter().any(|c| c.method == "POST" && c.path.ends_with("/restart") && !c.injected && c.status < 300));
+    lab.fault(Fault::ClearArmErrors).unwrap();
+}
+
 #[test]
 fn three_masters_two_agents() {
     let temp = tempfile::tempdir().expect("temp dir");
@@ -115,6 +199,38 @@ fn three_masters_two_agents() {
         assert!(out.status.success(), "etcd on {}: {}", master.name, text(&out));
     }
 
+    // The real kubectl with the admin kubeconfig lists every node Ready.
+    let all: Vec<String> = lab.layout.nodes.iter().map(|n| n.name.clone()).collect();
+    wait_for("every node Ready in kubectl", Duration::from_secs(60), || ready_nodes(&lab) == all);
+
+    // A foreign ca.crt on one agent makes it NotReady; the real one heals it.
+    let agent0 = lab.layout.nodes.iter().find(|n| n.role == Role::Agent).unwrap().name.clone();
+    let now = time::OffsetDateTime::now_utc();
+    let foreign = certrotate::pki::issue::issue_ca(&certrotate::pki::CertTemplate {
+        common_name: "ca".into(),
+        organization: None,
+        dns_sans: vec![],
+        ip_sans: vec![],
+        is_ca: true,
+        extended_usages: vec![],
+        key: certrotate::pki::KeySpec::Rsa2048,
+        not_before: now - time::Duration::hours(1),
+        not_after: now + time::Duration::days(1),
+    })
+    .unwrap();
+    let out = ssh_with_input(
+        &lab,
+        &agent0,
+        "sudo cp -p /etc/kubernetes/certs/ca.crt /var/tmp/ca.crt.orig && sudo tee /etc/kubernetes/certs/ca.crt >/dev/null && sudo systemctl restart kubelet",
+        &foreign.cert_pem,
+    );
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the agent with a foreign CA to go NotReady", Duration::from_secs(90), || !ready_nodes(&lab).contains(&agent0));
+    assert!(ready_nodes(&lab).len() == all.len() - 1, "only that agent is NotReady");
+    let out = ssh(&lab, &agent0, "sudo cp -p /var/tmp/ca.crt.orig /etc/kubernetes/certs/ca.crt && sudo systemctl restart kubelet");
+    assert!(out.status.success(), "{}", text(&out));
+    wait_for("the agent Ready again", Duration::from_secs(60), || ready_nodes(&lab).contains(&agent0));
+
     // systemctl inside a node acts on the supervisor.
     let master2 = lab.layout.nodes[2].clone();
     let out = ssh(&lab, &master2.name, "sudo systemctl stop etcd; systemctl is-active etcd; echo rc=$?");
@@ -133,6 +249,10 @@ fn three_masters_two_agents() {
     assert!(!ssh(&lab, &master2.name, "true").status.success(), "ssh must fail while the node reboots");
     lab.wait_healthy(Duration::from_secs(60)).expect("healthy after reboot");
     assert!(ssh(&lab, &master2.name, "true").status.success());
+
+    // An ARM restart through certrotate's real Azure client (token, VM restart, long-running
+    // operation) takes a master down and brings it back; an injected 429 is retried.
+    arm_restart_takes_a_master_down_and_back(&lab, &lab.layout.nodes[1].name);
 
     // A cut network makes the node unreachable; restoring heals it.
     let agent = lab.layout.nodes.iter().find(|n| n.role == Role::Agent).unwrap().clone();
