@@ -38,8 +38,10 @@ impl SourceFile {
         Self { path: path.into(), text: text.into() }
     }
 
-    fn named(&self) -> NamedSource<String> {
-        NamedSource::new(self.path.display().to_string(), self.text.clone())
+    /// The text shown around an error, with secrets and long PEM blocks shortened so that
+    /// no key or password reaches the terminal; spans are mapped onto it.
+    fn display(&self) -> RedactedText {
+        RedactedText::new(&self.text)
     }
 
     /// An error pointing at a 1-based line and column (what serde_json and serde_yaml report).
@@ -61,14 +63,15 @@ impl SourceFile {
         message: impl Into<String>,
         help: impl Into<String>,
     ) -> InputError {
-        let message = message.into();
+        let shown = self.display();
+        let range = shown.map_range(range);
         InputError {
             file: self.path.clone(),
-            message: message.clone(),
+            message: message.into(),
             help: Some(help.into()),
-            src: Some(self.named()),
+            src: Some(NamedSource::new(self.path.display().to_string(), shown.text)),
             span: Some(SourceSpan::from(range)),
-            label: Some(message),
+            label: None,
         }
     }
 
@@ -116,6 +119,7 @@ pub struct InputError {
     #[source_code]
     pub src: Option<NamedSource<String>>,
     #[label("{}", label.as_deref().unwrap_or("here"))]
+    /// Short text under the marked place; `None` shows "here".
     pub span: Option<SourceSpan>,
     pub label: Option<String>,
 }
@@ -130,6 +134,70 @@ impl InputError {
             src: None,
             span: None,
             label: None,
+        }
+    }
+}
+
+/// A copy of a file's text in which JSON/YAML string values holding PEM blocks or named like
+/// secrets (`secret`, `password`, `...PrivateKey`) are replaced by a short placeholder, with
+/// the replacements recorded so byte ranges of the original can be mapped onto the copy.
+struct RedactedText {
+    text: String,
+    /// (original range, range in `text`) of each replacement, in order.
+    replaced: Vec<(std::ops::Range<usize>, std::ops::Range<usize>)>,
+}
+
+impl RedactedText {
+    fn new(original: &str) -> Self {
+        static SECRET_VALUE: std::sync::OnceLock<regex::Regex> = std::sync::OnceLock::new();
+        let re = SECRET_VALUE.get_or_init(|| {
+            regex::Regex::new(concat!(
+                r#"(?P<pem>"(?:[^"\\]|\\.)*-----BEGIN (?:[^"\\]|\\.)*")"#,
+                r#"|(?i:"[a-z_]*(?:secret|password|privatekey)"\s*:\s*)(?P<value>"(?:[^"\\]|\\.)*")"#,
+            ))
+            .expect("static regex")
+        });
+        let mut text = String::with_capacity(original.len());
+        let mut replaced = Vec::new();
+        let mut last = 0;
+        for caps in re.captures_iter(original) {
+            let (m, placeholder) = match (caps.name("pem"), caps.name("value")) {
+                (Some(pem), _) if pem.as_str().contains("PRIVATE KEY") => (pem, "\"<redacted>\""),
+                (Some(pem), _) => (pem, "\"<PEM certificate>\""),
+                (None, Some(value)) => (value, "\"<redacted>\""),
+                (None, None) => continue,
+            };
+            text.push_str(&original[last..m.start()]);
+            let new_start = text.len();
+            text.push_str(placeholder);
+            replaced.push((m.start()..m.end(), new_start..text.len()));
+            last = m.end();
+        }
+        text.push_str(&original[last..]);
+        Self { text, replaced }
+    }
+
+    fn map_offset(&self, offset: usize) -> usize {
+        let mut shift: isize = 0;
+        for (orig, new) in &self.replaced {
+            if offset < orig.start {
+                break;
+            }
+            if offset < orig.end {
+                return new.start;
+            }
+            shift = new.end as isize - orig.end as isize;
+        }
+        (offset as isize + shift).max(0) as usize
+    }
+
+    fn map_range(&self, range: std::ops::Range<usize>) -> std::ops::Range<usize> {
+        let start = self.map_offset(range.start);
+        let end = self.map_offset(range.end).max(start);
+        // A range inside a replaced value points at the whole placeholder.
+        match self.replaced.iter().find(|(o, _)| o.start <= range.start && range.start < o.end) {
+            Some((_, new)) => new.clone(),
+            None => start..end,
         }
     }
 }
@@ -229,6 +297,19 @@ mod tests {
         let text = "validity:\n  leaf: 1y\nrenewBefore: -3d\n";
         let r = locate_keys(text, &["renewBefore"]).unwrap();
         assert_eq!(&text[r], "-3d");
+    }
+
+    #[test]
+    fn secrets_never_reach_the_shown_source() {
+        let text = "{\n  \"caCertificate\": \"-----BEGIN CERTIFICATE-----\\nAAAA\\n-----END CERTIFICATE-----\\n\",\n  \"caPrivateKey\": \"-----BEGIN RSA PRIVATE KEY-----\\nBBBB\\n-----END RSA PRIVATE KEY-----\\n\",\n  \"secret\": \"hunter2\",\n  \"count\": 2\n}";
+        let src = SourceFile::from_text("apimodel.json", text);
+        let at = text.find("2\n}").unwrap();
+        let err = src.error_at(at..at + 1, "bad count", "fix it");
+        let shown = err.src.as_ref().unwrap().inner().clone();
+        assert!(!shown.contains("BBBB") && !shown.contains("hunter2") && !shown.contains("AAAA"), "{shown}");
+        assert!(shown.contains("\"secret\": \"<redacted>\""), "{shown}");
+        let span = err.span.unwrap();
+        assert_eq!(&shown[span.offset()..span.offset() + span.len()], "2");
     }
 
     #[test]

@@ -2,5 +2,6 @@
 //! the topology derived from it, and the desired profile.
 
 pub mod apimodel;
+pub mod inventory;
 pub mod profile;
 pub mod topology;

@@ -1,0 +1,448 @@
+//! The cluster's shape derived from the API model: node names, roles and addresses, the
+//! apiserver FQDN, the jumpbox port, and the addresses every certificate must name.
+//!
+//! VM names carry an 8-digit `nameSuffix` that is not in apimodel.json. It is read, never
+//! guessed: from the `nameSuffix` parameter of azuredeploy.json beside the API model, from
+//! `--name-suffix`, or from node host names seen later; sources that disagree are an error.
+
+use crate::diag::{InputError, SourceFile};
+use crate::model::apimodel::ApiModel;
+use serde::{Deserialize, Serialize};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Role {
+    Master,
+    Agent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum OsType {
+    Linux,
+    Windows,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub enum Availability {
+    AvailabilitySet,
+    VirtualMachineScaleSets,
+}
+
+impl Availability {
+    fn parse(s: Option<&str>) -> Self {
+        match s {
+            Some("VirtualMachineScaleSets") => Availability::VirtualMachineScaleSets,
+            _ => Availability::AvailabilitySet,
+        }
+    }
+}
+
+/// One VM of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Node {
+    pub name: String,
+    pub role: Role,
+    pub os: OsType,
+    /// Agent pool name; `None` for masters.
+    pub pool: Option<String>,
+    /// Index within the masters or within the pool.
+    pub index: usize,
+    /// Static private address (masters); agents get theirs from DHCP and are reached by name.
+    pub ip: Option<Ipv4Addr>,
+    pub availability: Availability,
+}
+
+/// Everything about the cluster's shape that planning needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Topology {
+    pub dns_prefix: String,
+    pub location: String,
+    pub name_suffix: String,
+    pub fqdn: String,
+    pub admin_username: String,
+    pub masters: Vec<Node>,
+    pub agents: Vec<Node>,
+    pub master_availability: Availability,
+    /// Port the jumpbox (--ssh-host) listens on: 22, or 50001 through the load balancer
+    /// NAT for scale-set masters.
+    pub ssh_port: u16,
+    pub internal_lb_ip: Ipv4Addr,
+    pub service_cluster_ip: Ipv4Addr,
+    pub cluster_domain: String,
+    /// masterProfile.subjectAltNames, extra DNS names for the apiserver.
+    pub extra_apiserver_names: Vec<String>,
+}
+
+/// Where the name suffix came from, for messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameSuffixSource {
+    pub value: String,
+    pub from: String,
+}
+
+/// DNS suffix of VM FQDNs in public Azure, used when the API model has no custom cloud.
+pub const AZURE_PUBLIC_VM_DNS_SUFFIX: &str = "cloudapp.azure.com";
+const DEFAULT_FIRST_MASTER_IP: &str = "10.240.255.5";
+const DEFAULT_SERVICE_CIDR: &str = "10.0.0.0/16";
+
+impl Topology {
+    /// Derives the topology from the API model. `name_suffix_flag` is `--name-suffix`; the
+    /// `nameSuffix` default in azuredeploy.json beside the model is read when present.
+    pub fn derive(model: &ApiModel, name_suffix_flag: Option<&str>) -> Result<Self, InputError> {
+        let suffix = resolve_name_suffix(model, name_suffix_flag)?;
+        Self::derive_with_suffix(model, &suffix.value)
+    }
+
+    pub fn derive_with_suffix(model: &ApiModel, name_suffix: &str) -> Result<Self, InputError> {
+        let src = &model.source;
+        let view = &model.view;
+        let props = &view.properties;
+        let mp = &props.master_profile;
+        let master_availability = Availability::parse(mp.availability_profile.as_deref());
+
+        let first_ip_text = mp.first_consecutive_static_ip.as_deref().unwrap_or(DEFAULT_FIRST_MASTER_IP);
+        let first_ip: Ipv4Addr = first_ip_text.parse().map_err(|_| {
+            src.error_at_path(
+                &["properties", "masterProfile", "firstConsecutiveStaticIP"],
+                format!("firstConsecutiveStaticIP {first_ip_text:?} is not an IPv4 address"),
+                "set it to the first master's private address, e.g. \"10.255.255.5\"",
+            )
+        })?;
+        let ip_count = mp.ip_address_count.unwrap_or(1).max(1);
+        let master_ip = |i: usize| -> Result<Ipv4Addr, InputError> {
+            let step = match master_availability {
+                Availability::AvailabilitySet => 1,
+                Availability::VirtualMachineScaleSets => ip_count,
+            };
+            let n = u32::from(first_ip).checked_add(i as u32 * step).ok_or_else(|| {
+                src.error_at_path(
+                    &["properties", "masterProfile", "firstConsecutiveStaticIP"],
+                    "master addresses run past 255.255.255.255",
+                    "check firstConsecutiveStaticIP and ipAddressCount",
+                )
+            })?;
+            Ok(Ipv4Addr::from(n))
+        };
+        let o = first_ip.octets();
+        let internal_lb_ip = match master_availability {
+            Availability::AvailabilitySet => {
+                let last = o[3].checked_add(10).ok_or_else(|| {
+                    src.error_at_path(
+                        &["properties", "masterProfile", "firstConsecutiveStaticIP"],
+                        format!("the internal load balancer takes the first master address + 10, which overflows {first_ip}"),
+                        "AKS Engine places the internal load balancer 10 addresses above the first master; use the API model the cluster was built from",
+                    )
+                })?;
+                Ipv4Addr::new(o[0], o[1], o[2], last)
+            }
+            Availability::VirtualMachineScaleSets => Ipv4Addr::new(o[0], o[1], 255, 10),
+        };
+
+        let mut masters = Vec::new();
+        for i in 0..mp.count.0 {
+            masters.push(Node {
+                name: format!("k8s-master-{name_suffix}-{i}"),
+                role: Role::Master,
+                os: OsType::Linux,
+                pool: None,
+                index: i,
+                ip: Some(master_ip(i)?),
+                availability: master_availability,
+            });
+        }
+        let mut agents = Vec::new();
+        for (pool_index, pool) in props.agent_pool_profiles.iter().enumerate() {
+            let os = match pool.os_type.as_deref() {
+                Some(t) if t.eq_ignore_ascii_case("windows") => OsType::Windows,
+                _ => OsType::Linux,
+            };
+            let availability = Availability::parse(pool.availability_profile.as_deref());
+            for i in 0..pool.count as usize {
+                let name = match os {
+                    OsType::Linux => format!("k8s-{}-{name_suffix}-{i}", pool.name),
+                    OsType::Windows => windows_node_name(name_suffix, pool_index, i),
+                };
+                agents.push(Node {
+                    name,
+                    role: Role::Agent,
+                    os,
+                    pool: Some(pool.name.clone()),
+                    index: i,
+                    ip: None,
+                    availability,
+                });
+            }
+        }
+
+        let env = props.custom_cloud_profile.as_ref().and_then(|c| c.environment.as_ref());
+        let dns_suffix = env
+            .and_then(|e| e.resource_manager_vm_dns_suffix.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| AZURE_PUBLIC_VM_DNS_SUFFIX.to_string());
+        if view.location.is_empty() {
+            return Err(src.error_at_path(
+                &["location"],
+                "the API model has no location",
+                "set \"location\" to the Azure (Stack Hub) region the cluster runs in, e.g. \"local\"",
+            ));
+        }
+        let fqdn = format!("{}.{}.{}", mp.dns_prefix, view.location, dns_suffix);
+
+        let kc = props.orchestrator_profile.as_ref().and_then(|o| o.kubernetes_config.as_ref());
+        let service_cidr = kc.and_then(|k| k.service_cidr.clone()).unwrap_or_else(|| DEFAULT_SERVICE_CIDR.into());
+        let net: ipnet::Ipv4Net = service_cidr.parse().map_err(|_| {
+            src.error_at_path(
+                &["properties", "orchestratorProfile", "kubernetesConfig", "serviceCidr"],
+                format!("serviceCidr {service_cidr:?} is not an IPv4 CIDR"),
+                "use the CIDR the cluster was built with, e.g. \"10.0.0.0/16\"",
+            )
+        })?;
+        let service_cluster_ip = Ipv4Addr::from(u32::from(net.network()) + 1);
+        let cluster_domain = kc
+            .and_then(|k| k.kubelet_config.as_ref())
+            .and_then(|m| m.get("--cluster-domain").cloned())
+            .unwrap_or_else(|| "cluster.local".into());
+
+        Ok(Topology {
+            dns_prefix: mp.dns_prefix.clone(),
+            location: view.location.clone(),
+            name_suffix: name_suffix.to_string(),
+            fqdn,
+            admin_username: props.linux_profile.admin_username.clone(),
+            masters,
+            agents,
+            master_availability,
+            ssh_port: match master_availability {
+                Availability::AvailabilitySet => 22,
+                Availability::VirtualMachineScaleSets => 50001,
+            },
+            internal_lb_ip,
+            service_cluster_ip,
+            cluster_domain,
+            extra_apiserver_names: mp.subject_alt_names.clone(),
+        })
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.masters.iter().chain(self.agents.iter())
+    }
+
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes().find(|n| n.name == name)
+    }
+
+    /// IP SANs of the apiserver and etcd certificates, in AKS Engine's order: first master,
+    /// loopback, internal load balancer, the other masters, the first service address.
+    pub fn apiserver_ip_sans(&self) -> Vec<IpAddr> {
+        let mut ips: Vec<IpAddr> = Vec::new();
+        if let Some(first) = self.masters.first().and_then(|m| m.ip) {
+            ips.push(first.into());
+        }
+        ips.push(Ipv4Addr::LOCALHOST.into());
+        ips.push(self.internal_lb_ip.into());
+        ips.extend(self.masters.iter().skip(1).filter_map(|m| m.ip).map(IpAddr::from));
+        ips.push(self.service_cluster_ip.into());
+        ips
+    }
+
+    /// DNS SANs of the apiserver certificate, in AKS Engine's order.
+    pub fn apiserver_dns_sans(&self) -> Vec<String> {
+        let d = &self.cluster_domain;
+        let mut names = vec![self.fqdn.clone()];
+        names.extend(self.extra_apiserver_names.iter().cloned());
+        names.extend([
+            "localhost".to_string(),
+            "kubernetes".to_string(),
+            "kubernetes.default".to_string(),
+            "kubernetes.default.svc".to_string(),
+            format!("kubernetes.default.svc.{d}"),
+            "kubernetes.kube-system".to_string(),
+            "kubernetes.kube-system.svc".to_string(),
+            format!("kubernetes.kube-system.svc.{d}"),
+        ]);
+        names
+    }
+}
+
+/// AKS Engine's Windows VM name, from its ARM template: the first 5 characters of the name
+/// suffix, "k8s", 900 + the pool's position in agentPoolProfiles, then the VM index
+/// ("12345k8s9010" for the second VM of the second pool). Windows computer names are short.
+fn windows_node_name(name_suffix: &str, pool_index: usize, i: usize) -> String {
+    let prefix: String = name_suffix.chars().take(5).collect();
+    format!("{prefix}k8s{}{i}", 900 + pool_index)
+}
+
+/// Finds the name suffix: `--name-suffix`, and azuredeploy.json's `nameSuffix` parameter
+/// default beside the API model. Both present and different is an error; neither is an
+/// error that says where to find it.
+pub fn resolve_name_suffix(model: &ApiModel, flag: Option<&str>) -> Result<NameSuffixSource, InputError> {
+    let deploy_path = model.dir().join("azuredeploy.json");
+    let from_deploy = read_name_suffix_from_azuredeploy(&deploy_path)?;
+    let flag = flag.map(str::trim).filter(|s| !s.is_empty());
+    if let Some(f) = flag {
+        check_suffix_shape(f).map_err(|m| {
+            InputError::plain(model.path(), format!("--name-suffix {f:?}: {m}"), "pass the 8 digits seen in node names such as k8s-master-12345678-0")
+        })?;
+    }
+    match (flag, from_deploy) {
+        (Some(f), Some((d, src))) if f != d.value => {
+            let _ = src;
+            Err(InputError::plain(
+                &deploy_path,
+                format!(
+                    "--name-suffix is {f} but {} says nameSuffix is {}; the VM names would disagree",
+                    deploy_path.display(),
+                    d.value
+                ),
+                "check the node names (hostname of any node, e.g. k8s-master-<suffix>-0) and pass the matching value, or drop --name-suffix",
+            ))
+        }
+        (Some(f), _) => Ok(NameSuffixSource { value: f.to_string(), from: "--name-suffix".into() }),
+        (None, Some((d, _))) => Ok(d),
+        (None, None) => Err(InputError::plain(
+            model.path(),
+            format!(
+                "cannot tell the VM name suffix: {} is missing and --name-suffix was not given",
+                deploy_path.display()
+            ),
+            "keep azuredeploy.json beside apimodel.json (aks-engine writes both into _output/<dnsPrefix>/), \
+             or pass --name-suffix with the 8 digits from a node name such as k8s-master-12345678-0",
+        )),
+    }
+}
+
+fn check_suffix_shape(s: &str) -> Result<(), String> {
+    if s.len() == 8 && s.bytes().all(|b| b.is_ascii_digit()) {
+        Ok(())
+    } else {
+        Err("a name suffix is 8 digits".into())
+    }
+}
+
+/// Reads `parameters.nameSuffix.defaultValue` from an ARM template. `Ok(None)` if the file
+/// does not exist; an error if it exists but is unreadable or malformed.
+pub fn read_name_suffix_from_azuredeploy(path: &Path) -> Result<Option<(NameSuffixSource, SourceFile)>, InputError> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let src = SourceFile::read(path, "ARM template")?;
+    let doc: serde_json::Value = serde_json::from_str(&src.text).map_err(|e| src.json_error(&e, "azuredeploy.json"))?;
+    let value = doc.pointer("/parameters/nameSuffix/defaultValue").and_then(|v| v.as_str()).ok_or_else(|| {
+        src.error_at_path(
+            &["parameters"],
+            "azuredeploy.json has no parameters.nameSuffix.defaultValue",
+            "use the azuredeploy.json that aks-engine generated with this apimodel.json, or pass --name-suffix",
+        )
+    })?;
+    check_suffix_shape(value).map_err(|m| {
+        src.error_at_path(
+            &["parameters", "nameSuffix", "defaultValue"],
+            format!("nameSuffix {value:?}: {m}"),
+            "use the azuredeploy.json that aks-engine generated with this apimodel.json",
+        )
+    })?;
+    Ok(Some((NameSuffixSource { value: value.to_string(), from: path.display().to_string() }, src)))
+}
+
+/// Cross-checks the suffix against a host name seen on a node (`k8s-master-<suffix>-<i>`).
+pub fn check_hostname_suffix(expected: &str, hostname: &str) -> Result<(), String> {
+    let parts: Vec<&str> = hostname.rsplitn(3, '-').collect();
+    match parts.as_slice() {
+        [_, suffix, _] if *suffix == expected => Ok(()),
+        [_, suffix, _] if check_suffix_shape(suffix).is_ok() => Err(format!(
+            "node host name {hostname} carries name suffix {suffix}, but the API model's sources say {expected}"
+        )),
+        _ => Err(format!("node host name {hostname} does not look like an AKS Engine VM name")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn model(json: &str) -> ApiModel {
+        ApiModel::parse(SourceFile::from_text("/nonexistent/apimodel.json", json)).unwrap()
+    }
+
+    const THREE_MASTERS: &str = r#"{"apiVersion":"vlabs","location":"local","properties":{
+        "orchestratorProfile":{"kubernetesConfig":{"serviceCidr":"10.0.0.0/16"}},
+        "masterProfile":{"count":3,"dnsPrefix":"kube-lab","firstConsecutiveStaticIP":"10.255.255.5","subjectAltNames":["api.example.org"]},
+        "agentPoolProfiles":[{"name":"linuxpool","count":2}],
+        "linuxProfile":{"adminUsername":"azureuser"},
+        "customCloudProfile":{"environment":{"name":"AzureStackCloud","resourceManagerVMDNSSuffix":"cloudapp.azurestack.external"}}}}"#;
+
+    #[test]
+    fn names_addresses_and_sans_follow_aks_engine() {
+        let t = Topology::derive_with_suffix(&model(THREE_MASTERS), "12345678").unwrap();
+        let names: Vec<_> = t.nodes().map(|n| n.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["k8s-master-12345678-0", "k8s-master-12345678-1", "k8s-master-12345678-2", "k8s-linuxpool-12345678-0", "k8s-linuxpool-12345678-1"]
+        );
+        assert_eq!(t.fqdn, "kube-lab.local.cloudapp.azurestack.external");
+        let ips: Vec<String> = t.apiserver_ip_sans().iter().map(|i| i.to_string()).collect();
+        assert_eq!(ips, ["10.255.255.5", "127.0.0.1", "10.255.255.15", "10.255.255.6", "10.255.255.7", "10.0.0.1"]);
+        let dns = t.apiserver_dns_sans();
+        assert_eq!(dns[0], "kube-lab.local.cloudapp.azurestack.external");
+        assert_eq!(dns[1], "api.example.org");
+        assert_eq!(dns[2], "localhost");
+        assert_eq!(dns.last().unwrap(), "kubernetes.kube-system.svc.cluster.local");
+        assert_eq!(t.ssh_port, 22);
+    }
+
+    #[test]
+    fn scale_set_masters_use_nat_port_and_strided_addresses() {
+        let json = THREE_MASTERS.replace(
+            r#""subjectAltNames""#,
+            r#""availabilityProfile":"VirtualMachineScaleSets","ipAddressCount":31,"subjectAltNames""#,
+        );
+        let t = Topology::derive_with_suffix(&model(&json), "12345678").unwrap();
+        assert_eq!(t.ssh_port, 50001);
+        assert_eq!(t.masters[1].ip, Some("10.255.255.36".parse().unwrap()));
+        assert_eq!(t.internal_lb_ip, "10.255.255.10".parse::<Ipv4Addr>().unwrap());
+    }
+
+    #[test]
+    fn suffix_sources_must_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let api = dir.path().join("apimodel.json");
+        std::fs::write(&api, THREE_MASTERS).unwrap();
+        std::fs::write(
+            dir.path().join("azuredeploy.json"),
+            r#"{"parameters":{"nameSuffix":{"type":"string","defaultValue":"87654321"}}}"#,
+        )
+        .unwrap();
+        let m = ApiModel::load(&api).unwrap();
+        assert_eq!(resolve_name_suffix(&m, None).unwrap().value, "87654321");
+        assert_eq!(resolve_name_suffix(&m, Some("87654321")).unwrap().value, "87654321");
+        let err = resolve_name_suffix(&m, Some("12345678")).unwrap_err();
+        assert!(err.message.contains("12345678") && err.message.contains("87654321"), "{}", err.message);
+        std::fs::remove_file(dir.path().join("azuredeploy.json")).unwrap();
+        let err = resolve_name_suffix(&m, None).unwrap_err();
+        assert!(err.help.unwrap().contains("--name-suffix"));
+    }
+
+    #[test]
+    fn windows_agents_follow_the_arm_template_prefix() {
+        let json = THREE_MASTERS.replace(
+            r#"[{"name":"linuxpool","count":2}]"#,
+            r#"[{"name":"linuxpool","count":1},{"name":"winpool","count":2,"osType":"Windows"}]"#,
+        );
+        let t = Topology::derive_with_suffix(&model(&json), "12345678").unwrap();
+        let win: Vec<_> = t.agents.iter().filter(|n| n.os == OsType::Windows).map(|n| n.name.as_str()).collect();
+        assert_eq!(win, ["12345k8s9010", "12345k8s9011"]);
+    }
+
+    #[test]
+    fn hostname_cross_check() {
+        assert!(check_hostname_suffix("12345678", "k8s-master-12345678-0").is_ok());
+        assert!(check_hostname_suffix("12345678", "k8s-agentpool1-12345678-11").is_ok());
+        let e = check_hostname_suffix("12345678", "k8s-master-87654321-0").unwrap_err();
+        assert!(e.contains("87654321"));
+    }
+}

@@ -1,6 +1,7 @@
 //! The cluster's PKI: the catalogue of certificates an AKS Engine cluster carries,
 //! inspection of existing PEM material, and issuance of new material.
 
+pub mod audit;
 pub mod catalogue;
 pub mod inspect;
 pub mod issue;

@@ -1,1 +1,297 @@
-fn main() {}
+//! The `lab` command: bring a local AKS Engine-like cluster up, inspect it, inject faults,
+//! tear it down. Hidden subcommands run the supervisor and serve the nodes' systemctl/reboot.
+
+use clap::{Parser, Subcommand};
+use lab::control::{self, Fault, Request, SystemctlAction};
+use lab::handle::{Lab, UpOptions};
+use lab::spec::{Expiry, LabSpec, Layout};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "lab", about = "A local AKS Engine-like cluster: real sshd, real etcd, TLS stand-ins")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Bring a cluster up and wait until it is healthy; writes DIR/lab.env.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        masters: u8,
+        #[arg(long, default_value_t = 2)]
+        agents: u16,
+        /// Leaf certificates expire this long after now (e.g. 20d, 36h).
+        #[arg(long, value_parser = humantime::parse_duration, conflicts_with = "expired")]
+        expires_in: Option<Duration>,
+        /// Leaf certificates are already expired.
+        #[arg(long)]
+        expired: bool,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        dns_prefix: Option<String>,
+        #[arg(long, default_value = "local")]
+        location: String,
+        /// How long a reboot keeps a node down.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+        reboot_delay: Duration,
+        /// Print time and peak memory per phase.
+        #[arg(long)]
+        timings: bool,
+    },
+    /// Show the health of every node and service.
+    Status {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inject or undo a fault.
+    Fault {
+        #[arg(long)]
+        dir: PathBuf,
+        #[command(subcommand)]
+        fault: FaultCommand,
+    },
+    /// Stop everything and remove every process, namespace, veth and bridge of the lab.
+    Down {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    #[command(hide = true)]
+    Supervise {
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long)]
+        owner_pid: Option<u32>,
+    },
+    /// Called by the shims inside a node (systemctl, reboot).
+    #[command(hide = true)]
+    NodeCtl {
+        /// The supervisor's socket as the node sees it.
+        #[arg(long)]
+        socket: PathBuf,
+        #[arg(long)]
+        node: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum FaultCommand {
+    StopNode { node: String },
+    StartNode { node: String },
+    Reboot { node: String },
+    CutNetwork { node: String },
+    RestoreNetwork { node: String },
+    /// Make reboots slow (all nodes unless --node).
+    RebootDelay {
+        #[arg(value_parser = humantime::parse_duration)]
+        delay: Duration,
+        #[arg(long)]
+        node: Option<String>,
+    },
+    StopEtcd { node: String },
+    StartEtcd { node: String },
+    ReplaceHostKey { node: String },
+    ReadOnlyKubernetes { node: String },
+    WritableKubernetes { node: String },
+}
+
+impl FaultCommand {
+    fn into_fault(self) -> Fault {
+        match self {
+            FaultCommand::StopNode { node } => Fault::StopNode { node },
+            FaultCommand::StartNode { node } => Fault::StartNode { node },
+            FaultCommand::Reboot { node } => Fault::RebootNode { node },
+            FaultCommand::CutNetwork { node } => Fault::CutNetwork { node },
+            FaultCommand::RestoreNetwork { node } => Fault::RestoreNetwork { node },
+            FaultCommand::RebootDelay { delay, node } => Fault::RebootDelay { node, millis: delay.as_millis() as u64 },
+            FaultCommand::StopEtcd { node } => Fault::StopEtcd { node },
+            FaultCommand::StartEtcd { node } => Fault::StartEtcd { node },
+            FaultCommand::ReplaceHostKey { node } => Fault::ReplaceHostKey { node },
+            FaultCommand::ReadOnlyKubernetes { node } => Fault::ReadOnlyKubernetes { node },
+            FaultCommand::WritableKubernetes { node } => Fault::WritableKubernetes { node },
+        }
+    }
+}
+
+fn mib(kib: u64) -> String {
+    format!("{:.1} MiB", kib as f64 / 1024.0)
+}
+
+fn print_status(status: &control::LabStatus) {
+    println!("phase: {}   healthy: {}   processes: {}   memory: {}", status.phase, status.healthy, status.process_count, mib(status.rss_kib));
+    for node in &status.nodes {
+        let units: Vec<String> = node
+            .units
+            .iter()
+            .map(|(unit, s)| {
+                let state = if s.active { "active" } else if s.wanted { "starting" } else { "stopped" };
+                let note = if s.placeholder { "(placeholder)" } else { "" };
+                format!("{unit:?}={state}{note}").to_lowercase()
+            })
+            .collect();
+        let etcd = match node.etcd_healthy {
+            Some(true) => " etcd=healthy",
+            Some(false) => " etcd=UNHEALTHY",
+            None => "",
+        };
+        println!(
+            "  {:<32} {:<15} {:?}{} ssh={}{} {}",
+            node.name,
+            node.ip,
+            node.power,
+            if node.network_up { "" } else { " NETWORK-CUT" },
+            if node.ssh_reachable { "ok" } else { "DOWN" },
+            etcd,
+            units.join(" ")
+        );
+    }
+    for problem in &status.problems {
+        println!("  problem: {problem}");
+    }
+}
+
+/// systemctl as the node sees it: exit codes as systemd's (0 ok, 3 inactive, 5 no such unit).
+fn node_ctl(socket: PathBuf, node: String, args: Vec<String>) -> ExitCode {
+    let words: Vec<&str> = args.iter().map(String::as_str).filter(|a| !a.starts_with('-')).collect();
+    let call = |request: Request| control::call(&socket, &request, Duration::from_secs(120));
+    match words.as_slice() {
+        ["reboot", ..] => match call(Request::Reboot { node }) {
+            Ok(r) if r.ok => ExitCode::SUCCESS,
+            Ok(r) => {
+                eprintln!("reboot: {}", r.message);
+                ExitCode::FAILURE
+            }
+            Err(e) => {
+                eprintln!("reboot: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        ["systemctl", "daemon-reload" | "reset-failed", ..] => ExitCode::SUCCESS,
+        ["systemctl", verb, units @ ..] if !units.is_empty() => {
+            let action = match *verb {
+                "start" => SystemctlAction::Start,
+                "stop" => SystemctlAction::Stop,
+                "restart" | "try-restart" | "reload-or-restart" => SystemctlAction::Restart,
+                "is-active" => SystemctlAction::IsActive,
+                other => {
+                    eprintln!("systemctl (lab): unsupported command {other:?}; supported: start, stop, restart, is-active");
+                    return ExitCode::from(1);
+                }
+            };
+            let mut code = ExitCode::SUCCESS;
+            for unit in units {
+                match call(Request::Systemctl { node: node.clone(), action, unit: unit.to_string() }) {
+                    Ok(r) if action == SystemctlAction::IsActive => {
+                        println!("{}", r.message);
+                        if !r.ok {
+                            code = ExitCode::from(3);
+                        }
+                    }
+                    Ok(r) if r.ok => {}
+                    Ok(r) => {
+                        eprintln!("Failed to {verb} {unit}: {}", r.message);
+                        code = ExitCode::from(5);
+                    }
+                    Err(e) => {
+                        eprintln!("Failed to {verb} {unit}: {e}");
+                        code = ExitCode::from(1);
+                    }
+                }
+            }
+            code
+        }
+        _ => {
+            eprintln!("systemctl (lab): usage: systemctl start|stop|restart|is-active UNIT...");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, lab::error::LabError> {
+    match cli.command {
+        Command::Up { masters, agents, expires_in, expired, dir, dns_prefix, location, reboot_delay, timings } => {
+            let expiry = match (expired, expires_in) {
+                (true, _) => Expiry::Expired,
+                (false, Some(d)) => Expiry::In(d.as_secs()),
+                (false, None) => Expiry::Default,
+            };
+            let spec = LabSpec { masters, agents, expiry, dns_prefix, location, reboot_delay };
+            let mut lab = Lab::up(&dir, spec, UpOptions::default())?;
+            let report = lab.report.clone();
+            let env_path = lab::outputs::env_path(&lab.layout);
+            // The lab outlives this command: detach the handle without tearing down.
+            lab.release();
+            println!("lab is up: {} nodes; source {}", lab.layout.nodes.len(), env_path.display());
+            if timings {
+                println!("  {:<28} {:>7}    {}", "phase", "time", "memory after (up: own peak; supervisor: all lab processes)");
+                for t in &report.phases {
+                    println!("  {:<28} {:>7} ms {:>10}", t.phase, t.millis, mib(t.rss_kib));
+                }
+                println!("  {:<28} {:>7} ms", "total", report.total.as_millis());
+                println!("  peak memory of lab processes: {} in {} processes", mib(report.peak_rss_kib), report.process_count);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { dir, json } => {
+            let layout = Layout::load(&dir)?;
+            let status = lab::handle::status(&layout)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status).expect("status serialises"));
+            } else {
+                print_status(&status);
+            }
+            Ok(if status.healthy { ExitCode::SUCCESS } else { ExitCode::from(2) })
+        }
+        Command::Fault { dir, fault } => {
+            let layout = Layout::load(&dir)?;
+            let response = control::call_ok(&layout.socket(), &Request::Fault(fault.into_fault()), Duration::from_secs(120))?;
+            println!("{}", response.message);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Down { dir } => {
+            let layout = Layout::load(&dir)?;
+            for line in lab::handle::down(&layout)? {
+                println!("{line}");
+            }
+            println!("lab in {} is down", layout.dir.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Supervise { dir, owner_pid } => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .map_err(lab::error::LabError::io("starting the async runtime"))?;
+            runtime.block_on(lab::supervisor::run(&dir, owner_pid))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::NodeCtl { socket, node, args } => Ok(node_ctl(socket, node, args)),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if !matches!(cli.command, Command::Supervise { .. }) {
+        // Die quietly when stdout is a closed pipe (`lab status | head`), as CLI tools do.
+        // The supervisor keeps Rust's default (ignored) so a vanished client cannot kill it.
+        // SAFETY: setting a signal disposition before any thread is started.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("lab: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

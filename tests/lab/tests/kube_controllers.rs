@@ -37,6 +37,8 @@ async fn deleted_token_secrets_are_recreated_and_tokens_authenticate() {
     .await;
     let original = secret_for(&secrets, "kube-proxy").unwrap().clone();
     let token = token_of(&original);
+    let key_pem = std::fs::read_to_string(cluster.pki.path("apiserver.key")).unwrap();
+    assert!(key_pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "AKS Engine's PKCS#1 key format is what gets loaded");
     let signer = TokenSigner::from_key_file(&cluster.pki.path("apiserver.key")).unwrap();
     let claims = signer.verify(&token).expect("signed with apiserver.key");
     assert_eq!(claims.sub, "system:serviceaccount:kube-system:kube-proxy");

@@ -1,0 +1,230 @@
+//! Command-line arguments. The cluster flags keep `aks-engine rotate-certs`' spelling so an
+//! operator can reuse a command line; secrets may come from the environment or from files
+//! and are never required on the command line.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "certrotate",
+    version,
+    about = "Plan and apply certificate rotation on AKS Engine clusters (Azure Stack Hub first)",
+    long_about = "certrotate reads the live certificates of every node, compares them with a desired \
+                  profile, shows the plan, and applies it through validation gates. \
+                  Saved plans are artifacts for change review."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read every node's certificates, compare with the profile, show (and save) the plan.
+    Plan(PlanArgs),
+    /// Execute a saved plan (or plan, show and ask for `yes`).
+    Apply(ApplyArgs),
+    /// Render a saved plan without touching the cluster.
+    Show(ShowArgs),
+    /// Print a saved plan's action graph as Graphviz DOT.
+    Graph(GraphArgs),
+    /// Print an expiry table of the cluster's certificates.
+    Status(StatusArgs),
+    /// Check the API model and profile offline: topology, managed certificates, findings.
+    Validate(ValidateArgs),
+    /// Restore the certificates backed up by an apply.
+    Rollback(RollbackArgs),
+}
+
+/// What identifies and reaches the cluster; shared by plan, apply, status, validate.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    /// Path to apimodel.json written by aks-engine deploy or generate.
+    #[arg(long, value_name = "FILE")]
+    pub api_model: PathBuf,
+
+    /// The desired profile: a shipped name (rotate-all, renew-expiring, rotate-ca) or a YAML path.
+    #[arg(long, value_name = "NAME|PATH", default_value = "renew-expiring")]
+    pub profile: String,
+
+    /// aks-engine's certificate profile JSON: use these certificates instead of issuing new ones.
+    #[arg(long, value_name = "FILE")]
+    pub certificate_profile: Option<PathBuf>,
+
+    /// The 8-digit VM name suffix, when azuredeploy.json is not beside the API model.
+    #[arg(long, value_name = "DIGITS")]
+    pub name_suffix: Option<String>,
+
+    /// SSH listener that reaches every node (the jumpbox or first master), as HOST or HOST:PORT.
+    #[arg(long, value_name = "HOST")]
+    pub ssh_host: Option<String>,
+
+    /// Private key for the Linux nodes' admin user.
+    #[arg(long, value_name = "FILE")]
+    pub linux_ssh_private_key: Option<PathBuf>,
+
+    /// known_hosts file to verify node host keys against (default: trust on first use,
+    /// recorded beside the API model).
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<PathBuf>,
+
+    /// Nodes read or changed at once.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    pub parallelism: u16,
+
+    /// Plan without nodes that cannot be reached (they are named in the plan).
+    #[arg(long)]
+    pub skip_unreachable: bool,
+
+    /// Address the apiserver is reached at from here (ADDRESS:PORT), when its FQDN does not resolve.
+    #[arg(long, value_name = "ADDRESS:PORT")]
+    pub apiserver: Option<String>,
+
+    #[command(flatten)]
+    pub azure: AzureArgs,
+
+    /// Go on although the API server does not answer (as aks-engine's --force).
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// Azure Resource Manager access, named as aks-engine names it.
+#[derive(Debug, Clone, Args)]
+pub struct AzureArgs {
+    /// Azure location of the cluster (defaults to the API model's).
+    #[arg(long)]
+    pub location: Option<String>,
+    /// Subscription holding the cluster's VMs.
+    #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
+    pub subscription_id: Option<String>,
+    /// Resource group holding the cluster's VMs.
+    #[arg(long)]
+    pub resource_group: Option<String>,
+    /// Tenant of the service principal (Azure AD); `adfs` for AD FS stamps.
+    #[arg(long, env = "AZURE_TENANT_ID")]
+    pub tenant_id: Option<String>,
+    /// Service principal client id.
+    #[arg(long, env = "AZURE_CLIENT_ID")]
+    pub client_id: Option<String>,
+    /// Service principal secret. Prefer AZURE_CLIENT_SECRET or --client-secret-file: a
+    /// command line is visible to other users of the machine.
+    #[arg(long, env = "AZURE_CLIENT_SECRET", hide_env_values = true)]
+    pub client_secret: Option<String>,
+    /// File holding the service principal secret (first line).
+    #[arg(long, value_name = "FILE", conflicts_with = "client_secret")]
+    pub client_secret_file: Option<PathBuf>,
+    /// Cloud name, e.g. AzureStackCloud (defaults to the API model's customCloudProfile).
+    #[arg(long)]
+    pub azure_env: Option<String>,
+    /// How the service principal signs in.
+    #[arg(long, value_enum)]
+    pub auth_method: Option<AuthMethod>,
+    /// Identity system of the stamp.
+    #[arg(long, value_enum)]
+    pub identity_system: Option<IdentitySystem>,
+    /// Client certificate (PEM) for --auth-method client_certificate.
+    #[arg(long, value_name = "FILE")]
+    pub certificate_path: Option<PathBuf>,
+    /// Private key (PEM) of the client certificate.
+    #[arg(long, value_name = "FILE")]
+    pub private_key_path: Option<PathBuf>,
+    /// CA bundle to trust for the stamp's endpoints (Azure Stack Hub's private root).
+    #[arg(long, value_name = "FILE")]
+    pub ca_bundle: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum AuthMethod {
+    ClientSecret,
+    ClientCertificate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+pub enum IdentitySystem {
+    AzureAd,
+    Adfs,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Save the plan to FILE for review and `apply FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Print the plan as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Exit 0 when there are no changes, 2 when there are, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// A saved plan; without it, apply plans, shows and asks for `yes`.
+    pub plan_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub auto_approve: bool,
+    /// Break another apply's lock on the cluster (warns who held it).
+    #[arg(long)]
+    pub break_lock: bool,
+    /// Emit progress as JSON lines.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowArgs {
+    pub plan_file: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GraphArgs {
+    pub plan_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Read certificates from the API model only, without contacting any node.
+    #[arg(long)]
+    pub offline: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// Path to apimodel.json written by aks-engine deploy or generate.
+    #[arg(long, value_name = "FILE")]
+    pub api_model: PathBuf,
+    /// The desired profile: a shipped name (rotate-all, renew-expiring, rotate-ca) or a YAML path.
+    #[arg(long, value_name = "NAME|PATH", default_value = "renew-expiring")]
+    pub profile: String,
+    /// aks-engine's certificate profile JSON to check as well.
+    #[arg(long, value_name = "FILE")]
+    pub certificate_profile: Option<PathBuf>,
+    /// The 8-digit VM name suffix, when azuredeploy.json is not beside the API model.
+    #[arg(long, value_name = "DIGITS")]
+    pub name_suffix: Option<String>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    #[arg(long)]
+    pub auto_approve: bool,
+}

@@ -1,0 +1,182 @@
+//! `validate` and `status --offline`: everything certrotate can tell from the API model and
+//! the profile alone, without contacting the cluster.
+
+use super::args::{StatusArgs, ValidateArgs};
+use super::Outcome;
+use crate::model::apimodel::{ApiModel, CertificateProfile};
+use crate::model::profile::Profile;
+use crate::model::topology::{Role, Topology};
+use crate::pki::audit::{self, Finding, Severity};
+use crate::pki::catalogue::{self, ApiModelField, CertEntry};
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// What validate found, as printed with `--json`.
+#[derive(Debug, Serialize)]
+pub struct ValidateReport {
+    pub api_model: String,
+    pub name_suffix_from: String,
+    pub topology: Topology,
+    pub profile: String,
+    pub certificates: Vec<CertEntry>,
+    pub findings: Vec<Finding>,
+}
+
+pub fn run(a: &ValidateArgs) -> miette::Result<Outcome> {
+    let model = ApiModel::load(&a.api_model)?;
+    let suffix = crate::model::topology::resolve_name_suffix(&model, a.name_suffix.as_deref())?;
+    let topo = Topology::derive_with_suffix(&model, &suffix.value)?;
+    let profile = Profile::load(&a.profile)?;
+    let cat = catalogue::catalogue(&topo);
+    let now = time::OffsetDateTime::now_utc();
+    let mut findings = audit::audit_certificate_profile(&model, &cat, now)?.findings;
+    if let Some(path) = &a.certificate_profile {
+        let (cp, src) = CertificateProfile::load(path)?;
+        findings.extend(audit::audit_profile_fields(&cp, &src, &[], &cat, now)?.findings);
+    }
+    let report = ValidateReport {
+        api_model: a.api_model.display().to_string(),
+        name_suffix_from: suffix.from,
+        topology: topo,
+        profile: format!("{} ({})", profile.name, profile.description.lines().next().unwrap_or("")),
+        certificates: cat,
+        findings,
+    };
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
+    } else {
+        print!("{}", render_validate(&report));
+    }
+    Ok(if report.findings.iter().any(|f| f.severity == Severity::Error) { Outcome::Attention } else { Outcome::Ok })
+}
+
+/// Human rendering of a validate report.
+pub fn render_validate(r: &ValidateReport) -> String {
+    let t = &r.topology;
+    let mut s = String::new();
+    let _ = writeln!(s, "API model   {}", r.api_model);
+    let _ = writeln!(s, "Cluster     {} in {} (name suffix {} from {})", t.dns_prefix, t.location, t.name_suffix, r.name_suffix_from);
+    let _ = writeln!(s, "API server  https://{}:443 (internal load balancer {})", t.fqdn, t.internal_lb_ip);
+    let _ = writeln!(s, "SSH         {}@<ssh-host>:{} then each node by name", t.admin_username, t.ssh_port);
+    let _ = writeln!(s, "Profile     {}", r.profile);
+    let _ = writeln!(s, "\nNodes ({} masters, {} agents)", t.masters.len(), t.agents.len());
+    for n in t.nodes() {
+        let role = match n.role {
+            Role::Master => "master".to_string(),
+            Role::Agent => format!("agent ({})", n.pool.as_deref().unwrap_or("")),
+        };
+        let ip = n.ip.map(|i| i.to_string()).unwrap_or_else(|| "by name".into());
+        let _ = writeln!(s, "  {:<28} {:<22} {:<16} {:?}", n.name, role, ip, n.os);
+    }
+    let _ = writeln!(s, "\nCertificates managed");
+    for c in &r.certificates {
+        let holders = if c.holders.len() == t.masters.len() + t.agents.len() {
+            "all nodes".to_string()
+        } else if c.holders.len() == t.masters.len() && t.masters.iter().all(|m| c.holders.contains(&m.name)) {
+            "masters".to_string()
+        } else {
+            c.holders.join(", ")
+        };
+        let subject = match &c.organization {
+            Some(o) => format!("CN={}, O={}", c.common_name, o),
+            None => format!("CN={}", c.common_name),
+        };
+        let _ = writeln!(s, "  {:<14} {:<44} {:<34} {}", c.id(), c.cert_file.path, subject, holders);
+        if !c.dns_sans.is_empty() || !c.ip_sans.is_empty() {
+            let ips: Vec<String> = c.ip_sans.iter().map(|i| i.to_string()).collect();
+            let sans: Vec<&str> = c.dns_sans.iter().map(String::as_str).chain(ips.iter().map(String::as_str)).collect();
+            let _ = writeln!(s, "  {:<14} SANs: {}", "", sans.join(", "));
+        }
+    }
+    let errors = r.findings.iter().filter(|f| f.severity == Severity::Error).count();
+    let warnings = r.findings.len() - errors;
+    if r.findings.is_empty() {
+        let _ = writeln!(s, "\nNo findings: the API model's certificates match what AKS Engine issues for it.");
+    } else {
+        let _ = writeln!(s, "\nFindings ({errors} errors, {warnings} warnings)");
+        for f in &r.findings {
+            let sev = match f.severity {
+                Severity::Error => "error",
+                Severity::Warning => "warning",
+            };
+            let _ = writeln!(s, "  {sev:<8} {:<12} {:<28} {}", f.certificate, f.location, f.message);
+        }
+    }
+    s
+}
+
+/// One row of the expiry table.
+#[derive(Debug, Serialize)]
+pub struct ExpiryRow {
+    pub certificate: String,
+    pub location: String,
+    pub expires: String,
+    pub residual_days: i64,
+    pub issuer: String,
+    pub findings: Vec<String>,
+}
+
+pub fn status_offline(a: &StatusArgs) -> miette::Result<Outcome> {
+    let c = &a.cluster;
+    let model = ApiModel::load(&c.api_model)?;
+    let topo = Topology::derive(&model, c.name_suffix.as_deref())?;
+    let cat = catalogue::catalogue(&topo);
+    let now = time::OffsetDateTime::now_utc();
+    let audit = audit::audit_certificate_profile(&model, &cat, now)?;
+    let rows: Vec<ExpiryRow> = audit
+        .certificates
+        .iter()
+        .map(|(id, facts)| ExpiryRow {
+            certificate: id.clone(),
+            location: format!("apimodel.json:{}", apimodel_location(&cat, id)),
+            expires: facts.not_after.date().to_string(),
+            residual_days: (facts.not_after - now).whole_days(),
+            issuer: facts.issuer.clone(),
+            findings: audit.findings.iter().filter(|f| &f.certificate == id).map(|f| f.message.clone()).collect(),
+        })
+        .collect();
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));
+    } else {
+        println!("Offline: certificates as recorded in {}; no node was contacted.\n", c.api_model.display());
+        print!("{}", render_expiry_table(&rows));
+    }
+    Ok(Outcome::Ok)
+}
+
+pub fn render_expiry_table(rows: &[ExpiryRow]) -> String {
+    let residual = |r: &ExpiryRow| {
+        if r.expires == "-" {
+            "-".to_string()
+        } else if r.residual_days < 0 {
+            "expired".to_string()
+        } else if r.residual_days >= 365 {
+            format!("{}y", r.residual_days / 365)
+        } else {
+            format!("{}d", r.residual_days)
+        }
+    };
+    let width = |f: &dyn Fn(&ExpiryRow) -> usize, title: &str| rows.iter().map(f).max().unwrap_or(0).max(title.len());
+    let (wc, wl, wi) = (
+        width(&|r| r.certificate.len(), "CERTIFICATE"),
+        width(&|r| r.location.len(), "LOCATION"),
+        width(&|r| r.issuer.len(), "ISSUER"),
+    );
+    let mut s = String::new();
+    let _ = writeln!(s, "{:<wc$}  {:<wl$}  {:<10}  {:<8}  {:<wi$}  FINDINGS", "CERTIFICATE", "LOCATION", "EXPIRES", "RESIDUAL", "ISSUER");
+    for r in rows {
+        let findings = if r.findings.is_empty() { "-".to_string() } else { r.findings.join("; ") };
+        let _ = writeln!(s, "{:<wc$}  {:<wl$}  {:<10}  {:<8}  {:<wi$}  {}", r.certificate, r.location, r.expires, residual(r), r.issuer, findings);
+    }
+    s
+}
+
+
+/// The certificateProfile field a catalogue certificate is kept in, e.g. `etcdPeerCertificates[1]`.
+fn apimodel_location(cat: &[CertEntry], id: &str) -> String {
+    match cat.iter().find(|e| e.id() == id).and_then(|e| e.apimodel_field.as_ref()) {
+        Some(ApiModelField::Pair { cert, .. }) => cert.clone(),
+        Some(ApiModelField::PeerIndex(i)) => format!("etcdPeerCertificates[{i}]"),
+        None => id.to_string(),
+    }
+}

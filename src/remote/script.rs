@@ -1,0 +1,365 @@
+//! The one remote command refresh runs on each node, and the parser of what it prints.
+//!
+//! The script is POSIX sh run as root through sudo. It reads every catalogue file the node
+//! should hold, and prints one tab-separated record per fact. Certificates travel as PEM;
+//! private keys never leave the node: `openssl pkey -pubout` derives their public key there
+//! and only that travels. Kubeconfigs travel with `client-key-data` replaced, plus the
+//! public key of the embedded key. etcd's front-proxy key is treated the same way.
+
+use crate::model::inventory::{EtcdProxyState, NodeInventory, ObservedContent, ObservedFile, ObservedKubeconfig};
+use crate::pki::catalogue::{self, CertEntry, CERT_DIR, ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY};
+use crate::pki::inspect;
+use crate::model::topology::{Node, Role};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+
+/// What refresh must read on one node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeReadSpec {
+    pub cert_paths: Vec<String>,
+    pub key_paths: Vec<String>,
+    pub kubeconfig_paths: Vec<String>,
+    /// Masters: read the front-proxy material from the local etcd member.
+    pub read_etcd_proxy: bool,
+}
+
+impl NodeReadSpec {
+    pub fn for_node(node: &Node, catalogue: &[CertEntry], admin_username: &str) -> Self {
+        let mut spec = NodeReadSpec { cert_paths: vec![], key_paths: vec![], kubeconfig_paths: vec![], read_etcd_proxy: false };
+        for e in catalogue.iter().filter(|e| e.holders.contains(&node.name)) {
+            spec.cert_paths.push(e.cert_file.path.clone());
+            if catalogue::holds_key(e, node) {
+                if let Some(k) = &e.key_file {
+                    spec.key_paths.push(k.path.clone());
+                }
+            }
+        }
+        spec.kubeconfig_paths.push(catalogue::KUBELET_KUBECONFIG.to_string());
+        if node.role == Role::Master {
+            spec.kubeconfig_paths.push(format!("/home/{admin_username}/.kube/config"));
+            spec.read_etcd_proxy = true;
+        }
+        spec
+    }
+}
+
+fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The script for one node. `$ROOT` prefixes every path (empty on real nodes) so the same
+/// script is tested against a directory tree.
+pub fn refresh_script(spec: &NodeReadSpec) -> String {
+    let list = |v: &[String]| v.iter().map(|p| sh_quote(p)).collect::<Vec<_>>().join(" ");
+    let etcd = if spec.read_etcd_proxy {
+        format!(
+            r#"
+c="$ROOT{CERT_DIR}"
+if [ -r "$c/etcdclient.key" ] && command -v etcdctl >/dev/null 2>&1; then
+  e() {{ ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert="$c/ca.crt" --cert="$c/etcdclient.crt" --key="$c/etcdclient.key" --command-timeout=5s get "$1" --print-value-only 2>/dev/null; }}
+  for k in {ca} {cert}; do printf 'ETCD\t%s\t%s\n' "$k" "$(e "$k" | b64)"; done
+  printf 'ETCDKEYPUB\t%s\n' "$(e {key} | openssl pkey -pubout -outform DER 2>/dev/null | b64)"
+fi"#,
+            ca = sh_quote(ETCD_PROXY_CA_KEY),
+            cert = sh_quote(ETCD_PROXY_CERT_KEY),
+            key = sh_quote(ETCD_PROXY_KEY_KEY),
+        )
+    } else {
+        String::new()
+    };
+    format!(
+        r#"set -u
+ROOT="${{ROOT:-}}"
+b64() {{ base64 -w0; }}
+meta() {{ printf 'FILE\t%s\t%s\t%s\n' "$1" "$(stat -c '%U	%G	%a' "$ROOT$1")" "$(sha256sum < "$ROOT$1" | cut -d' ' -f1)"; }}
+printf 'HOST\t%s\n' "$(cat /proc/sys/kernel/hostname 2>/dev/null || hostname)"
+for f in {certs}; do
+  if [ -e "$ROOT$f" ]; then meta "$f"; printf 'PEM\t%s\t%s\n' "$f" "$(b64 < "$ROOT$f")"; else printf 'MISSING\t%s\n' "$f"; fi
+done
+for f in {keys}; do
+  if [ -e "$ROOT$f" ]; then
+    meta "$f"
+    p=$(openssl pkey -in "$ROOT$f" -pubout -outform DER 2>/dev/null | b64)
+    if [ -n "$p" ]; then printf 'PUB\t%s\t%s\n' "$f" "$p"; else printf 'PUBERR\t%s\n' "$f"; fi
+  else printf 'MISSING\t%s\n' "$f"; fi
+done
+for f in {kubeconfigs}; do
+  if [ -e "$ROOT$f" ]; then
+    printf 'KCFG\t%s\t%s\t%s\n' "$f" "$(stat -c '%U	%a' "$ROOT$f")" "$(sed -E -e 's/^([[:space:]]*client-key-data:).*/\1 REDACTED/' -e 's/("client-key-data"[[:space:]]*:[[:space:]]*")[^"]*"/\1REDACTED"/' "$ROOT$f" | b64)"
+    k=$(sed -nE -e 's/^[[:space:]]*client-key-data:[[:space:]]*"?([A-Za-z0-9+\/=]+)"?.*/\1/p' -e 's/.*"client-key-data"[[:space:]]*:[[:space:]]*"([^"]*)".*/\1/p' "$ROOT$f" | head -n1)
+    if [ -n "$k" ]; then printf 'KCFGKEYPUB\t%s\t%s\n' "$f" "$(printf %s "$k" | base64 -d 2>/dev/null | openssl pkey -pubout -outform DER 2>/dev/null | b64)"; fi
+  fi
+done
+if [ -d "$ROOT{cert_dir}" ]; then for n in $(ls -1 "$ROOT{cert_dir}"); do printf 'LS\t%s\n' "{cert_dir}/$n"; done; fi
+if [ -e "$ROOT{kubelet_pem}" ]; then printf 'KUBELETPEM\t1\n'; else printf 'KUBELETPEM\t0\n'; fi{etcd}
+printf 'END\n'
+"#,
+        certs = list(&spec.cert_paths),
+        keys = list(&spec.key_paths),
+        kubeconfigs = list(&spec.kubeconfig_paths),
+        cert_dir = CERT_DIR,
+        kubelet_pem = catalogue::KUBELET_CLIENT_CURRENT,
+    )
+}
+
+/// Output that does not follow the protocol (a truncated run, a shell error).
+#[derive(Debug, thiserror::Error)]
+#[error("node {node}: unexpected refresh output: {why}")]
+pub struct ParseError {
+    pub node: String,
+    pub why: String,
+}
+
+/// Parses the script's output into the node's inventory.
+pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeInventory, ParseError> {
+    let err = |why: String| ParseError { node: node.to_string(), why };
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let mut inv = NodeInventory {
+        node: node.to_string(),
+        hostname: String::new(),
+        files: vec![],
+        kubeconfigs: vec![],
+        unexpected_files: vec![],
+        etcd_proxy: None,
+        kubelet_client_current: false,
+    };
+    let mut meta: std::collections::HashMap<String, (String, String, u32, String)> = Default::default();
+    let mut listed: Vec<String> = vec![];
+    let mut ended = false;
+    let mut etcd = EtcdProxyState { ca_sha256: None, client_cert_sha256: None, client_key_public_sha256: None };
+    let mut saw_etcd = false;
+    for line in out.lines() {
+        let f: Vec<&str> = line.split('\t').collect();
+        let decode = |s: &str| b64.decode(s.trim()).map_err(|e| err(format!("bad base64 in {line:.60}: {e}")));
+        match f.as_slice() {
+            ["HOST", h] => inv.hostname = h.to_string(),
+            ["FILE", path, owner, group, mode, sha] => {
+                let mode = u32::from_str_radix(mode, 8).map_err(|_| err(format!("bad mode {mode} for {path}")))?;
+                meta.insert(path.to_string(), (owner.to_string(), group.to_string(), mode, sha.to_string()));
+            }
+            ["MISSING", path] => inv.files.push(ObservedFile {
+                path: path.to_string(),
+                owner: String::new(),
+                group: String::new(),
+                mode: 0,
+                sha256: String::new(),
+                content: ObservedContent::Missing,
+            }),
+            ["PEM", path, data] => {
+                let pem = String::from_utf8(decode(data)?).unwrap_or_default();
+                let content = match inspect::parse_cert_pem(&pem) {
+                    Ok(facts) => ObservedContent::Certificate { facts: Box::new(facts), pem },
+                    Err(e) => ObservedContent::Unparseable { error: e.to_string() },
+                };
+                inv.files.push(observed(&meta, path, content));
+            }
+            ["PUB", path, data] => {
+                let der = decode(data)?;
+                let content = match inspect::public_key_facts_from_spki_der(&der) {
+                    Ok((algorithm, bits)) => ObservedContent::PrivateKey {
+                        algorithm,
+                        bits,
+                        public_key_sha256: hex::encode(Sha256::digest(&der)),
+                    },
+                    Err(e) => ObservedContent::Unparseable { error: e.to_string() },
+                };
+                inv.files.push(observed(&meta, path, content));
+            }
+            ["PUBERR", path] => inv.files.push(observed(
+                &meta,
+                path,
+                ObservedContent::Unparseable { error: "not a private key openssl can read".into() },
+            )),
+            ["KCFG", path, owner, mode, data] => {
+                let text = String::from_utf8(decode(data)?).unwrap_or_default();
+                let mode = u32::from_str_radix(mode, 8).map_err(|_| err(format!("bad mode {mode} for {path}")))?;
+                inv.kubeconfigs.push(parse_kubeconfig(path, owner, mode, &text));
+            }
+            ["KCFGKEYPUB", path, data] => {
+                let der = decode(data)?;
+                if let Some(k) = inv.kubeconfigs.iter_mut().find(|k| k.path == *path) {
+                    k.client_key = Some(if der.is_empty() {
+                        "embedded:unreadable".into()
+                    } else {
+                        format!("embedded:{}", hex::encode(Sha256::digest(&der)))
+                    });
+                }
+            }
+            ["LS", path] => listed.push(path.to_string()),
+            ["KUBELETPEM", v] => inv.kubelet_client_current = *v == "1",
+            ["ETCD", key, data] => {
+                saw_etcd = true;
+                let pem = String::from_utf8(decode(data)?).unwrap_or_default();
+                let digest = inspect::parse_cert_pem(&pem).ok().map(|f| f.sha256_fingerprint);
+                if *key == ETCD_PROXY_CA_KEY {
+                    etcd.ca_sha256 = digest;
+                } else if *key == ETCD_PROXY_CERT_KEY {
+                    etcd.client_cert_sha256 = digest;
+                }
+            }
+            ["ETCDKEYPUB", data] => {
+                let der = decode(data)?;
+                etcd.client_key_public_sha256 = (!der.is_empty()).then(|| hex::encode(Sha256::digest(&der)));
+            }
+            ["ETCDKEYPUB"] => {}
+            ["END"] => ended = true,
+            _ if line.trim().is_empty() => {}
+            _ => return Err(err(format!("unrecognised line {line:.80}"))),
+        }
+    }
+    if !ended {
+        return Err(err("the output ended early (connection dropped or the script failed)".into()));
+    }
+    if saw_etcd {
+        inv.etcd_proxy = Some(etcd);
+    }
+    let known: Vec<&String> = spec.cert_paths.iter().chain(spec.key_paths.iter()).collect();
+    inv.unexpected_files = listed.into_iter().filter(|p| !known.contains(&p) && !is_known_elsewhere(p)).collect();
+    Ok(inv)
+}
+
+/// Files under the cert directory that belong to AKS Engine but are not certrotate's
+/// (other nodes' etcd peer files are not expected; the CA key on agents is not either).
+fn is_known_elsewhere(path: &str) -> bool {
+    path.ends_with(".bak") || path.ends_with("/certs.bak")
+}
+
+fn observed(
+    meta: &std::collections::HashMap<String, (String, String, u32, String)>,
+    path: &str,
+    content: ObservedContent,
+) -> ObservedFile {
+    let (owner, group, mode, sha256) = meta.get(path).cloned().unwrap_or_default();
+    ObservedFile { path: path.to_string(), owner, group, mode, sha256, content }
+}
+
+/// Reads what a kubeconfig's current user and cluster refer to. Inline data becomes
+/// `embedded:<sha256>` (of the certificate DER for certificates).
+pub fn parse_kubeconfig(path: &str, owner: &str, mode: u32, text: &str) -> ObservedKubeconfig {
+    let mut k = ObservedKubeconfig {
+        path: path.to_string(),
+        owner: owner.to_string(),
+        mode,
+        server: None,
+        certificate_authority: None,
+        client_certificate: None,
+        client_key: None,
+    };
+    let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(text) else {
+        return k;
+    };
+    let first = |list: &str, inner: &str| -> Option<serde_yaml::Value> {
+        doc.get(list)?.as_sequence()?.first()?.get(inner).cloned()
+    };
+    let embedded_cert = |b64data: &str| -> String {
+        let pem = base64::engine::general_purpose::STANDARD.decode(b64data.trim()).unwrap_or_default();
+        match inspect::parse_cert_pem(&String::from_utf8_lossy(&pem)) {
+            Ok(f) => format!("embedded:{}", f.sha256_fingerprint),
+            Err(_) => "embedded:unreadable".into(),
+        }
+    };
+    if let Some(cluster) = first("clusters", "cluster") {
+        k.server = cluster.get("server").and_then(|v| v.as_str()).map(String::from);
+        k.certificate_authority = cluster
+            .get("certificate-authority")
+            .and_then(|v| v.as_str())
+            .map(String::from)
+            .or_else(|| cluster.get("certificate-authority-data").and_then(|v| v.as_str()).map(embedded_cert));
+    }
+    if let Some(user) = first("users", "user") {
+        k.client_certificate = user
+            .get("client-certificate")
+            .and_then(|v| v.as_str())
+            .map(String::from)
+            .or_else(|| user.get("client-certificate-data").and_then(|v| v.as_str()).map(embedded_cert));
+        k.client_key = user.get("client-key").and_then(|v| v.as_str()).map(String::from);
+    }
+    k
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{issue, CertTemplate, ExtendedUsage, KeySpec};
+
+    fn pair(cn: &str, ca: Option<&crate::pki::KeyCertPair>) -> crate::pki::KeyCertPair {
+        let now = time::OffsetDateTime::now_utc();
+        let t = CertTemplate {
+            common_name: cn.into(),
+            organization: None,
+            dns_sans: vec![],
+            ip_sans: vec![],
+            is_ca: ca.is_none(),
+            extended_usages: if ca.is_none() { vec![] } else { vec![ExtendedUsage::ClientAuth] },
+            key: KeySpec::EcdsaP256,
+            not_before: now,
+            not_after: now + time::Duration::days(30),
+        };
+        match ca {
+            None => issue::issue_ca(&t).unwrap(),
+            Some(ca) => issue::issue_leaf(&t, ca).unwrap(),
+        }
+    }
+
+    /// Runs the real script with sh against a directory tree standing in for a node.
+    #[test]
+    fn script_reads_certs_and_only_public_halves_of_keys() {
+        let root = tempfile::tempdir().unwrap();
+        let certs = root.path().join("etc/kubernetes/certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        std::fs::create_dir_all(root.path().join("var/lib/kubelet")).unwrap();
+        let ca = pair("ca", None);
+        let client = pair("client", Some(&ca));
+        std::fs::write(certs.join("ca.crt"), &ca.cert_pem).unwrap();
+        std::fs::write(certs.join("client.crt"), &client.cert_pem).unwrap();
+        std::fs::write(certs.join("client.key"), &client.key_pem).unwrap();
+        std::fs::write(certs.join("stray.pem"), "x").unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD;
+        std::fs::write(
+            root.path().join("var/lib/kubelet/kubeconfig"),
+            format!(
+                "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority: /etc/kubernetes/certs/ca.crt\n    server: https://10.255.255.5:443\n  name: c\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+                b64.encode(&client.cert_pem),
+                b64.encode(&client.key_pem)
+            ),
+        )
+        .unwrap();
+        let spec = NodeReadSpec {
+            cert_paths: vec!["/etc/kubernetes/certs/ca.crt".into(), "/etc/kubernetes/certs/client.crt".into(), "/etc/kubernetes/certs/apiserver.crt".into()],
+            key_paths: vec!["/etc/kubernetes/certs/client.key".into()],
+            kubeconfig_paths: vec!["/var/lib/kubelet/kubeconfig".into()],
+            read_etcd_proxy: false,
+        };
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(refresh_script(&spec))
+            .env("ROOT", root.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(!stdout.contains(&b64.encode(&client.key_pem)), "the key left the node");
+        let inv = parse_output("n1", &spec, &stdout).unwrap();
+        let client_cert = crate::pki::inspect::parse_cert_pem(&client.cert_pem).unwrap();
+        match &inv.file("/etc/kubernetes/certs/client.key").unwrap().content {
+            ObservedContent::PrivateKey { public_key_sha256, .. } => assert_eq!(public_key_sha256, &client_cert.public_key_sha256),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(inv.file("/etc/kubernetes/certs/apiserver.crt").unwrap().content, ObservedContent::Missing);
+        assert!(matches!(inv.file("/etc/kubernetes/certs/ca.crt").unwrap().content, ObservedContent::Certificate { .. }));
+        assert_eq!(inv.unexpected_files, vec!["/etc/kubernetes/certs/stray.pem".to_string()]);
+        let kc = &inv.kubeconfigs[0];
+        assert_eq!(kc.server.as_deref(), Some("https://10.255.255.5:443"));
+        assert_eq!(kc.certificate_authority.as_deref(), Some("/etc/kubernetes/certs/ca.crt"));
+        assert_eq!(kc.client_certificate.as_deref(), Some(format!("embedded:{}", client_cert.sha256_fingerprint).as_str()));
+        assert_eq!(kc.client_key.as_deref(), Some(format!("embedded:{}", client_cert.public_key_sha256).as_str()));
+        assert!(!inv.kubelet_client_current);
+    }
+
+    #[test]
+    fn truncated_output_is_an_error() {
+        let spec = NodeReadSpec { cert_paths: vec![], key_paths: vec![], kubeconfig_paths: vec![], read_etcd_proxy: false };
+        assert!(parse_output("n1", &spec, "HOST\tn1\n").unwrap_err().why.contains("ended early"));
+        assert!(parse_output("n1", &spec, "HOST\tn1\nbash: oops\nEND\n").is_err());
+    }
+}

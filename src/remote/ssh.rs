@@ -1,0 +1,277 @@
+//! SSH to the nodes through the jumpbox with the system's OpenSSH client (the `openssh`
+//! crate): one ControlMaster connection per node, every command multiplexed over it, and
+//! host keys always verified.
+//!
+//! All settings go into an ssh_config written for the run (in a 0700 directory), because
+//! options given with `-o` do not reach the ssh that ProxyJump starts for the jumpbox hop,
+//! while `-F` does. The first master is reached at `--ssh-host` itself; every other node by
+//! name through it, as `aks-engine rotate-certs` does.
+
+use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Alias of the jumpbox in the generated ssh_config.
+const JUMPBOX_ALIAS: &str = "certrotate-jumpbox";
+
+/// How node host keys are checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostKeyPolicy {
+    /// Every key must already be in this known_hosts file (`--known-hosts`).
+    Strict(PathBuf),
+    /// Keys not seen before are recorded in this file (kept beside the API model); a key
+    /// that differs from the recorded one stops everything.
+    TrustOnFirstUse(PathBuf),
+}
+
+impl HostKeyPolicy {
+    pub fn file(&self) -> &Path {
+        match self {
+            HostKeyPolicy::Strict(p) | HostKeyPolicy::TrustOnFirstUse(p) => p,
+        }
+    }
+}
+
+/// Where and how to reach the nodes.
+#[derive(Debug, Clone)]
+pub struct SshSettings {
+    pub jumpbox_host: String,
+    pub jumpbox_port: u16,
+    pub user: String,
+    pub private_key: PathBuf,
+    pub host_keys: HostKeyPolicy,
+    pub connect_timeout: Duration,
+}
+
+impl SshSettings {
+    /// Parses `--ssh-host` as HOST or HOST:PORT (IPv6 in brackets), `default_port` otherwise.
+    pub fn parse_host(ssh_host: &str, default_port: u16) -> (String, u16) {
+        if let Some(rest) = ssh_host.strip_prefix('[') {
+            if let Some((h, p)) = rest.split_once("]:") {
+                if let Ok(p) = p.parse() {
+                    return (h.to_string(), p);
+                }
+            }
+            return (rest.trim_end_matches(']').to_string(), default_port);
+        }
+        match ssh_host.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') => match p.parse() {
+                Ok(p) => (h.to_string(), p),
+                Err(_) => (ssh_host.to_string(), default_port),
+            },
+            _ => (ssh_host.to_string(), default_port),
+        }
+    }
+}
+
+/// Why a node could not be reached or a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoteError {
+    #[error(
+        "node {node}: its SSH host key does not match the one recorded in {known_hosts}. \
+         This is what a man-in-the-middle attack looks like. Nothing was changed. If the node \
+         was rebuilt, verify its new key out of band and update that file"
+    )]
+    HostKeyChanged { node: String, known_hosts: String },
+    #[error("node {node}: its SSH host key is not in {known_hosts} (--known-hosts requires every key to be known)")]
+    HostKeyUnknown { node: String, known_hosts: String },
+    #[error("node {node}: unreachable over SSH: {message}")]
+    Unreachable { node: String, message: String },
+    #[error("node {node}: `{what}` failed with exit code {code}: {stderr}")]
+    CommandFailed { node: String, what: String, code: i32, stderr: String },
+    #[error("local SSH set-up failed: {0}")]
+    Local(String),
+}
+
+/// The generated ssh_config and control sockets of one run; removed on drop.
+pub struct SshFleet {
+    settings: SshSettings,
+    dir: tempfile::TempDir,
+}
+
+impl std::fmt::Debug for SshFleet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SshFleet").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl SshFleet {
+    pub fn new(settings: SshSettings) -> Result<Self, RemoteError> {
+        use std::os::unix::fs::PermissionsExt;
+        let local = |e: std::io::Error| RemoteError::Local(e.to_string());
+        let dir = tempfile::Builder::new().prefix("certrotate-ssh-").tempdir().map_err(local)?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).map_err(local)?;
+        if let HostKeyPolicy::TrustOnFirstUse(p) = &settings.host_keys {
+            if !p.exists() {
+                let mut f = std::fs::OpenOptions::new().create(true).append(true).open(p).map_err(local)?;
+                f.set_permissions(std::fs::Permissions::from_mode(0o600)).map_err(local)?;
+                f.flush().map_err(local)?;
+            }
+        }
+        let fleet = Self { settings, dir };
+        std::fs::write(fleet.config_path(), fleet.ssh_config()).map_err(local)?;
+        Ok(fleet)
+    }
+
+    pub fn settings(&self) -> &SshSettings {
+        &self.settings
+    }
+
+    fn config_path(&self) -> PathBuf {
+        self.dir.path().join("ssh_config")
+    }
+
+    fn ssh_config(&self) -> String {
+        let s = &self.settings;
+        let strict = match s.host_keys {
+            HostKeyPolicy::Strict(_) => "yes",
+            HostKeyPolicy::TrustOnFirstUse(_) => "accept-new",
+        };
+        format!(
+            "Host {JUMPBOX_ALIAS}\n  HostName {host}\n  Port {port}\n  HostKeyAlias {host}\n\n\
+             Host * !{JUMPBOX_ALIAS}\n  ProxyJump {JUMPBOX_ALIAS}\n\n\
+             Host *\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  IdentityAgent none\n  \
+             UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking {strict}\n  \
+             CheckHostIP no\n  HashKnownHosts no\n  BatchMode yes\n  ConnectTimeout {timeout}\n  \
+             ServerAliveInterval 10\n  ServerAliveCountMax 3\n  LogLevel ERROR\n",
+            host = s.jumpbox_host,
+            port = s.jumpbox_port,
+            user = s.user,
+            key = s.private_key.display(),
+            kh = s.host_keys.file().display(),
+            timeout = s.connect_timeout.as_secs().max(1),
+        )
+    }
+
+    /// Opens the node's one connection. `via_jumpbox` is false for the node that *is* the
+    /// jumpbox (the first master behind `--ssh-host`).
+    pub async fn connect(&self, node: &str, via_jumpbox: bool) -> Result<NodeSession, RemoteError> {
+        let mut b = SessionBuilder::default();
+        b.config_file(self.config_path())
+            .known_hosts_check(match self.settings.host_keys {
+                HostKeyPolicy::Strict(_) => KnownHosts::Strict,
+                HostKeyPolicy::TrustOnFirstUse(_) => KnownHosts::Add,
+            })
+            .user_known_hosts_file(self.settings.host_keys.file())
+            .keyfile(&self.settings.private_key)
+            .user(self.settings.user.clone())
+            .connect_timeout(self.settings.connect_timeout)
+            .control_directory(self.dir.path());
+        let destination = if via_jumpbox { node } else { JUMPBOX_ALIAS };
+        let session = b.connect_mux(destination).await.map_err(|e| self.classify(node, &e))?;
+        Ok(NodeSession { node: node.to_string(), session })
+    }
+
+    fn classify(&self, node: &str, e: &openssh::Error) -> RemoteError {
+        let mut message = e.to_string();
+        let mut source: Option<&dyn std::error::Error> = std::error::Error::source(e);
+        while let Some(s) = source {
+            message = format!("{message}: {s}");
+            source = s.source();
+        }
+        let known_hosts = self.settings.host_keys.file().display().to_string();
+        if message.contains("IDENTIFICATION HAS CHANGED") || message.contains("Host key for") && message.contains("has changed") {
+            RemoteError::HostKeyChanged { node: node.to_string(), known_hosts }
+        } else if message.contains("Host key verification failed") {
+            match self.settings.host_keys {
+                // accept-new only fails verification when a recorded key differs.
+                HostKeyPolicy::TrustOnFirstUse(_) => RemoteError::HostKeyChanged { node: node.to_string(), known_hosts },
+                HostKeyPolicy::Strict(_) => RemoteError::HostKeyUnknown { node: node.to_string(), known_hosts },
+            }
+        } else {
+            RemoteError::Unreachable { node: node.to_string(), message }
+        }
+    }
+}
+
+/// One node's multiplexed connection.
+pub struct NodeSession {
+    node: String,
+    session: Session,
+}
+
+impl NodeSession {
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Runs a shell script as root (`sudo -n sh -s`), feeding it on stdin so no part of it
+    /// shows in the node's process list; returns stdout.
+    pub async fn run_script_as_root(&self, what: &str, script: &str) -> Result<String, RemoteError> {
+        self.run_script(what, script, true).await
+    }
+
+    pub async fn run_script(&self, what: &str, script: &str, as_root: bool) -> Result<String, RemoteError> {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = if as_root {
+            let mut c = self.session.command("sudo");
+            c.args(["-n", "sh", "-s"]);
+            c
+        } else {
+            let mut c = self.session.command("sh");
+            c.arg("-s");
+            c
+        };
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().await.map_err(|e| self.unreachable(&e))?;
+        if let Some(mut stdin) = child.stdin().take() {
+            stdin.write_all(script.as_bytes()).await.map_err(|e| RemoteError::Unreachable {
+                node: self.node.clone(),
+                message: format!("sending the script: {e}"),
+            })?;
+            stdin.shutdown().await.ok();
+        }
+        let out = child.wait_with_output().await.map_err(|e| self.unreachable(&e))?;
+        if !out.status.success() {
+            return Err(RemoteError::CommandFailed {
+                node: self.node.clone(),
+                what: what.to_string(),
+                code: out.status.code().unwrap_or(-1),
+                stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn unreachable(&self, e: &openssh::Error) -> RemoteError {
+        RemoteError::Unreachable { node: self.node.clone(), message: e.to_string() }
+    }
+
+    pub async fn close(self) {
+        let _ = self.session.close().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ssh_host_forms() {
+        assert_eq!(SshSettings::parse_host("10.0.0.4", 22), ("10.0.0.4".into(), 22));
+        assert_eq!(SshSettings::parse_host("10.0.0.4:2222", 22), ("10.0.0.4".into(), 2222));
+        assert_eq!(SshSettings::parse_host("jump.example.org", 50001), ("jump.example.org".into(), 50001));
+        assert_eq!(SshSettings::parse_host("[fd00::4]:2200", 22), ("fd00::4".into(), 2200));
+    }
+
+    #[test]
+    fn config_routes_every_node_but_the_jumpbox_through_it() {
+        let kh = tempfile::NamedTempFile::new().unwrap();
+        let fleet = SshFleet::new(SshSettings {
+            jumpbox_host: "10.1.2.5".into(),
+            jumpbox_port: 22,
+            user: "azureuser".into(),
+            private_key: "/keys/id".into(),
+            host_keys: HostKeyPolicy::Strict(kh.path().to_path_buf()),
+            connect_timeout: Duration::from_secs(10),
+        })
+        .unwrap();
+        let cfg = std::fs::read_to_string(fleet.config_path()).unwrap();
+        assert!(cfg.contains("Host * !certrotate-jumpbox\n  ProxyJump certrotate-jumpbox"));
+        assert!(cfg.contains("StrictHostKeyChecking yes"));
+        assert!(cfg.contains("HostKeyAlias 10.1.2.5"));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(fleet.dir.path()).unwrap().permissions().mode() & 0o777, 0o700);
+    }
+}

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the lab and the tests use (run as root). Idempotent.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v ssh >/dev/null 2>&1 || need+=(openssh-client)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v ip >/dev/null 2>&1 || need+=(iproute2)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v sudo >/dev/null 2>&1 || need+=(sudo)
+# Debian's kubernetes-client ships kubectl; some images already carry a kubectl of their own,
+# which the package would conflict with.
+command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "install-deps: installing ${need[*]}"
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi

@@ -1,0 +1,707 @@
+//! The lab supervisor (`lab supervise --dir DIR`): a detached process that brings the nodes
+//! up (bridge, namespaces, veths, sshd, etcd), keeps their services running, answers the
+//! control socket (status, faults, the nodes' systemctl and reboot), and on `down` removes
+//! every process, namespace, veth and the bridge it made.
+
+use crate::control::{PhaseTiming, Fault, LabStatus, NodeStatus, Power, Request, Response, SystemctlAction, Unit};
+use crate::error::LabError;
+use crate::nodefiles::{self, CERT_DIR, ETCD_UID};
+use crate::nsexec::{self, Enter, NodeMount, NodeNamespaces};
+use crate::service::{Launcher, Running, Service};
+use crate::spec::{Expiry, Layout, NodeInfo, Role};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+use tokio::sync::Notify;
+
+/// What `down` needs to find after a supervisor crash: holder pids with their netns inodes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HolderRecord {
+    pub node: String,
+    pub pid: u32,
+    pub net_inode: u64,
+}
+
+pub fn holders_file(dir: &Path) -> PathBuf {
+    dir.join("holders.json")
+}
+pub fn pid_file(dir: &Path) -> PathBuf {
+    dir.join("supervisor.pid")
+}
+
+struct NodeRuntime {
+    info: NodeInfo,
+    ns: NodeNamespaces,
+    net_inode: u64,
+    holder: Mutex<Option<std::process::Child>>,
+    units: BTreeMap<Unit, Service>,
+    power: Mutex<Power>,
+    network_up: AtomicBool,
+    reboot_delay_ms: AtomicU64,
+    /// Serialises power operations (reboot, stop, start) on one node.
+    power_lock: tokio::sync::Mutex<()>,
+}
+
+impl NodeRuntime {
+    fn units_for_role(&self) -> Vec<Unit> {
+        match self.info.role {
+            Role::Master => vec![Unit::Sshd, Unit::Etcd, Unit::Kubelet, Unit::Apiserver],
+            Role::Agent => vec![Unit::Sshd, Unit::Kubelet],
+        }
+    }
+
+    /// Start order matters on masters: etcd before the apiserver, the kubelet last.
+    async fn start_all(&self) -> Result<(), LabError> {
+        for unit in self.units_for_role() {
+            self.units[&unit].start().await?;
+        }
+        *self.power.lock().unwrap_or_else(|p| p.into_inner()) = Power::Running;
+        Ok(())
+    }
+
+    /// Everything down, sessions included (the holder keeps the namespaces).
+    async fn stop_all(&self, now: Power) -> Result<(), LabError> {
+        *self.power.lock().unwrap_or_else(|p| p.into_inner()) = now;
+        for unit in self.units_for_role().into_iter().rev() {
+            self.units[&unit].stop().await?;
+        }
+        let stragglers: Vec<u32> = nsexec::pids_in_netns(self.net_inode)
+            .into_iter()
+            .filter(|pid| *pid != self.ns.holder_pid)
+            .collect();
+        nsexec::signal_all(&stragglers, libc::SIGKILL);
+        Ok(())
+    }
+}
+
+pub struct Supervisor {
+    layout: Layout,
+    nodes: Vec<Arc<NodeRuntime>>,
+    phase: Mutex<String>,
+    timings: Mutex<Vec<PhaseTiming>>,
+    shutdown: Notify,
+    started: Instant,
+}
+
+fn log(message: impl std::fmt::Display) {
+    eprintln!("lab supervisor [{}]: {message}", humantime::format_rfc3339_seconds(std::time::SystemTime::now()));
+}
+
+fn node_mounts(layout: &Layout, node: &NodeInfo, lab_binary: &Path) -> Vec<NodeMount> {
+    let base = layout.node_dir(node);
+    let fs = layout.node_fs(node);
+    let mut mounts = vec![
+        NodeMount::Overlay { target: "/etc".into(), upper: fs.join("etc"), work: base.join("work/etc") },
+        NodeMount::Overlay { target: "/var".into(), upper: fs.join("var"), work: base.join("work/var") },
+        NodeMount::Bind { source: fs.join("home"), target: "/home".into() },
+        NodeMount::Tmpfs { target: "/run".into() },
+        // sshd's privilege separation directory.
+        NodeMount::MakeDir { path: "/run/sshd".into() },
+        // The supervisor's socket and the lab binary at fixed paths any node user can reach
+        // (the lab dir itself may be private, e.g. a 0700 temp dir).
+        NodeMount::MakeDir { path: nodefiles::NODE_CTL_DIR.into() },
+        NodeMount::Bind { source: layout.ctl_dir(), target: nodefiles::NODE_CTL_DIR.into() },
+        NodeMount::MakeFile { path: nodefiles::NODE_LAB_BINARY.into() },
+        NodeMount::Bind { source: lab_binary.to_path_buf(), target: nodefiles::NODE_LAB_BINARY.into() },
+    ];
+    for (source, target) in nodefiles::shim_mounts(layout, node) {
+        mounts.push(NodeMount::Bind { source, target });
+    }
+    mounts
+}
+
+fn append_log(path: &Path) -> Result<std::fs::File, LabError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(LabError::io(format!("opening {}", path.display())))
+}
+
+fn sshd_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>) -> Launcher {
+    let config = nodefiles::sshd_config_path(layout, &node.info);
+    let log_file = nodefiles::sshd_log(layout, &node.info);
+    Arc::new(move || {
+        let mut command = std::process::Command::new("/usr/sbin/sshd");
+        command.arg("-D").arg("-f").arg(&config).arg("-E").arg(&log_file);
+        command.stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null()).stderr(append_log(&log_file)?);
+        node.ns.enter(&mut command, Enter::ALL);
+        tokio::process::Command::from(command).spawn().map(Running::Process).map_err(LabError::io("starting sshd"))
+    })
+}
+
+/// etcd as AKS Engine's unit runs it: as the etcd user, arguments from /etc/default/etcd.
+fn etcd_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>) -> Launcher {
+    let log_file = nodefiles::log_dir(layout, &node.info).join("etcd.log");
+    Arc::new(move || {
+        let mut command = std::process::Command::new("/bin/sh");
+        command.args(["-c", "set -a; . /etc/default/etcd; exec /usr/bin/etcd $DAEMON_ARGS"]);
+        command.stdin(std::process::Stdio::null()).stdout(append_log(&log_file)?).stderr(append_log(&log_file)?);
+        node.ns.enter(&mut command, Enter { net: true, mount_and_uts: true, user: Some((ETCD_UID, ETCD_UID)) });
+        tokio::process::Command::from(command).spawn().map(Running::Process).map_err(LabError::io("starting etcd"))
+    })
+}
+
+/// The part of a node that exists before its services: what launchers need.
+struct NodeRuntimeSeed {
+    info: NodeInfo,
+    ns: NodeNamespaces,
+}
+
+impl Supervisor {
+    /// Bring the lab up. Returns once services are started (health is reported by status).
+    async fn bring_up(layout: Layout, lab_binary: PathBuf) -> Result<Arc<Supervisor>, LabError> {
+        let started = Instant::now();
+        let mut timings = Vec::new();
+        let mut mark = |phase: &str, since: &mut Instant, net_inodes: &[u64]| {
+            let (rss_kib, _) = nsexec::lab_rss_kib(net_inodes);
+            timings.push(PhaseTiming { phase: phase.to_string(), millis: since.elapsed().as_millis() as u64, rss_kib });
+            *since = Instant::now();
+        };
+        let mut since = Instant::now();
+        crate::net::create_bridge(&layout)?;
+        mark("bridge", &mut since, &[]);
+
+        let mut holders = Vec::new();
+        let mut records = Vec::new();
+        for node in &layout.nodes {
+            let mut command = nsexec::holder_command(&node.name, &node_mounts(&layout, node, &lab_binary))?;
+            let child = command.spawn().map_err(LabError::io(format!("starting the holder of {}", node.name)))?;
+            let ns = NodeNamespaces::open(child.id())?;
+            let net_inode = ns.net_inode()?;
+            records.push(HolderRecord { node: node.name.clone(), pid: child.id(), net_inode });
+            holders.push((node.clone(), child, ns, net_inode));
+        }
+        let records_json = serde_json::to_string_pretty(&records).expect("records serialise");
+        crate::fsutil::write_file(&holders_file(&layout.dir), records_json.as_bytes(), 0o644, 0, 0)?;
+        let inodes: Vec<u64> = records.iter().map(|r| r.net_inode).collect();
+        mark("namespaces", &mut since, &inodes);
+
+        let plugs: Vec<(&NodeInfo, u32)> = holders.iter().map(|(n, c, _, _)| (n, c.id())).collect();
+        crate::net::plug_nodes(&layout, &plugs)?;
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = holders
+                .chunks(holders.len().div_ceil(4).max(1))
+                .map(|chunk| {
+                    let layout = &layout;
+                    scope.spawn(move || {
+                        chunk.iter().try_for_each(|(node, _, ns, _)| crate::net::configure_node(layout, node, ns))
+                    })
+                })
+                .collect();
+            handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(LabError::Spec("network setup panicked".into()))))
+        })?;
+        mark("network", &mut since, &inodes);
+
+        let mut nodes = Vec::new();
+        for (info, child, ns, net_inode) in holders {
+            let seed = Arc::new(NodeRuntimeSeed { info: info.clone(), ns: NodeNamespaces::open(child.id())? });
+            let mut units = BTreeMap::new();
+            let label = |unit: &str| format!("{}/{unit}", info.name);
+            units.insert(Unit::Sshd, Service::spawn(label("sshd"), Some(sshd_launcher(&layout, seed.clone()))));
+            // TODO(lab-kube): launch the kubelet stand-in (lab::kube::kubelet) here, and on
+            // masters the apiserver stand-in (`lab apiserver --config FILE` inside the node).
+            units.insert(Unit::Kubelet, Service::spawn(label("kubelet"), None));
+            if info.role == Role::Master {
+                units.insert(Unit::Etcd, Service::spawn(label("etcd"), Some(etcd_launcher(&layout, seed.clone()))));
+                units.insert(Unit::Apiserver, Service::spawn(label("apiserver"), None));
+            }
+            nodes.push(Arc::new(NodeRuntime {
+                info,
+                ns,
+                net_inode,
+                holder: Mutex::new(Some(child)),
+                units,
+                power: Mutex::new(Power::Stopped),
+                network_up: AtomicBool::new(true),
+                reboot_delay_ms: AtomicU64::new(layout.spec.reboot_delay.as_millis() as u64),
+                power_lock: tokio::sync::Mutex::new(()),
+            }));
+        }
+        let starts = nodes.iter().map(|n| {
+            let n = n.clone();
+            async move { n.start_all().await }
+        });
+        for result in futures_join_all(starts).await {
+            result?;
+        }
+        mark("services", &mut since, &inodes);
+        let supervisor = Arc::new(Supervisor {
+            layout,
+            nodes,
+            phase: Mutex::new("running".into()),
+            timings: Mutex::new(timings),
+            shutdown: Notify::new(),
+            started,
+        });
+        Ok(supervisor)
+    }
+
+    fn node(&self, name: &str) -> Result<&Arc<NodeRuntime>, LabError> {
+        self.layout.node(name)?;
+        Ok(self.nodes.iter().find(|n| n.info.name == name).expect("layout and runtime agree"))
+    }
+
+    async fn reboot(self: &Arc<Self>, name: &str) -> Result<(), LabError> {
+        let node = self.node(name)?.clone();
+        let _guard = node.power_lock.lock().await;
+        log(format!("rebooting {name}"));
+        node.stop_all(Power::Rebooting).await?;
+        tokio::time::sleep(Duration::from_millis(node.reboot_delay_ms.load(Ordering::Relaxed))).await;
+        node.start_all().await?;
+        log(format!("{name} is back"));
+        Ok(())
+    }
+
+    async fn power(&self, name: &str, on: bool) -> Result<(), LabError> {
+        let node = self.node(name)?.clone();
+        let _guard = node.power_lock.lock().await;
+        if on {
+            node.start_all().await
+        } else {
+            node.stop_all(Power::Stopped).await
+        }
+    }
+
+    /// Run a command inside a node's mount namespace (blocking; off the runtime's threads).
+    async fn in_node(&self, name: &str, program: &'static str, args: Vec<String>) -> Result<String, LabError> {
+        let node = self.node(name)?.clone();
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            node.ns.run(program, &args, None, Enter::ALL)
+        })
+        .await
+        .map_err(|e| LabError::Refused(format!("node command panicked: {e}")))?
+    }
+
+    async fn fault(self: &Arc<Self>, fault: Fault) -> Result<String, LabError> {
+        match fault {
+            Fault::StopNode { node } => self.power(&node, false).await.map(|_| format!("{node} stopped")),
+            Fault::StartNode { node } => self.power(&node, true).await.map(|_| format!("{node} started")),
+            Fault::RebootNode { node } => {
+                self.node(&node)?;
+                let me = self.clone();
+                let name = node.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = me.reboot(&name).await {
+                        log(format!("reboot of {name} failed: {e}"));
+                    }
+                });
+                Ok(format!("{node} rebooting"))
+            }
+            Fault::CutNetwork { node } => {
+                let rt = self.node(&node)?;
+                crate::net::set_node_link(&rt.info, false)?;
+                rt.network_up.store(false, Ordering::Relaxed);
+                Ok(format!("{node} is cut off the network"))
+            }
+            Fault::RestoreNetwork { node } => {
+                let rt = self.node(&node)?;
+                crate::net::set_node_link(&rt.info, true)?;
+                rt.network_up.store(true, Ordering::Relaxed);
+                Ok(format!("{node} is back on the network"))
+            }
+            Fault::RebootDelay { node, millis } => {
+                for rt in &self.nodes {
+                    if node.as_deref().is_none_or(|n| n == rt.info.name) {
+                        rt.reboot_delay_ms.store(millis, Ordering::Relaxed);
+                    }
+                }
+                if let Some(name) = &node {
+                    self.node(name)?;
+                }
+                Ok(format!("reboots now take {millis} ms"))
+            }
+            Fault::StopEtcd { node } => {
+                let unit = self.unit(&node, Unit::Etcd)?;
+                unit.stop().await.map(|_| format!("etcd stopped on {node}"))
+            }
+            Fault::StartEtcd { node } => {
+                let unit = self.unit(&node, Unit::Etcd)?;
+                unit.start().await.map(|_| format!("etcd started on {node}"))
+            }
+            Fault::ReplaceHostKey { node } => {
+                let rt = self.node(&node)?.clone();
+                let key = nodefiles::host_key_path(&self.layout, &rt.info);
+                let name = rt.info.name.clone();
+                tokio::task::spawn_blocking(move || nodefiles::ssh_keygen(&key, &name, true))
+                    .await
+                    .map_err(|e| LabError::Refused(e.to_string()))??;
+                rt.units[&Unit::Sshd].restart().await?;
+                Ok(format!("{node} has a new SSH host key; known_hosts is now stale for it"))
+            }
+            Fault::ReadOnlyKubernetes { node } => {
+                self.in_node(&node, "mount", vec!["--bind".into(), "/etc/kubernetes".into(), "/etc/kubernetes".into()]).await?;
+                self.in_node(&node, "mount", vec!["-o".into(), "remount,bind,ro".into(), "/etc/kubernetes".into()]).await?;
+                Ok(format!("/etc/kubernetes is read-only on {node}"))
+            }
+            Fault::WritableKubernetes { node } => {
+                self.in_node(&node, "umount", vec!["/etc/kubernetes".into()]).await?;
+                Ok(format!("/etc/kubernetes is writable on {node}"))
+            }
+        }
+    }
+
+    fn unit(&self, node: &str, unit: Unit) -> Result<Service, LabError> {
+        let rt = self.node(node)?;
+        rt.units
+            .get(&unit)
+            .cloned()
+            .ok_or_else(|| LabError::Refused(format!("{node} runs no {unit:?} (it is not a master)")))
+    }
+
+    async fn systemctl(self: &Arc<Self>, node: &str, action: SystemctlAction, unit_name: &str) -> Result<Response, LabError> {
+        let unit = Unit::parse_systemd(unit_name)
+            .ok_or_else(|| LabError::Refused(format!("Unit {unit_name} could not be found.")))?;
+        let service = self.unit(node, unit)?;
+        log(format!("{node}: systemctl {action:?} {unit_name}"));
+        let also = |s: &Self| if unit == Unit::Kubelet { s.unit(node, Unit::Apiserver).ok() } else { None };
+        match action {
+            SystemctlAction::Start => {
+                service.start().await?;
+                if let Some(a) = also(self) { a.start().await?; }
+            }
+            SystemctlAction::Stop => {
+                service.stop().await?;
+            }
+            SystemctlAction::Restart => {
+                // Static pods come back with the kubelet: restart the apiserver stand-in too.
+                if let Some(a) = also(self) { a.restart().await?; }
+                service.restart().await?;
+            }
+            SystemctlAction::IsActive => {
+                let active = service.status().active;
+                return Ok(Response { ok: active, message: if active { "active".into() } else { "inactive".into() }, status: None });
+            }
+        }
+        Ok(Response { ok: true, message: String::new(), status: None })
+    }
+
+    async fn status(&self) -> LabStatus {
+        let expired = self.layout.spec.expiry == Expiry::Expired;
+        let checks = self.nodes.iter().map(|rt| {
+            let rt = rt.clone();
+            let layout = self.layout.clone();
+            async move {
+                let power = *rt.power.lock().unwrap_or_else(|p| p.into_inner());
+                let ssh = ssh_answers(rt.info.ip).await;
+                let etcd = if rt.info.role == Role::Master { Some(etcd_healthy(&layout, &rt.info).await) } else { None };
+                NodeStatus {
+                    name: rt.info.name.clone(),
+                    ip: rt.info.ip.to_string(),
+                    role: rt.info.role,
+                    power,
+                    network_up: rt.network_up.load(Ordering::Relaxed),
+                    units: rt.units.iter().map(|(u, s)| (*u, s.status())).collect(),
+                    ssh_reachable: ssh,
+                    etcd_healthy: etcd,
+                }
+            }
+        });
+        let nodes = futures_join_all(checks).await;
+        let mut problems = Vec::new();
+        for node in &nodes {
+            if node.power != Power::Running {
+                problems.push(format!("{} is {:?}", node.name, node.power));
+                continue;
+            }
+            if !node.ssh_reachable {
+                problems.push(format!("{}: sshd does not answer on {}:22", node.name, node.ip));
+            }
+            if node.etcd_healthy == Some(false) && !expired {
+                problems.push(format!("{}: etcd is not healthy", node.name));
+            }
+        }
+        let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let (rss_kib, process_count) = self.memory();
+        LabStatus {
+            healthy: phase == "running" && problems.is_empty(),
+            phase,
+            problems,
+            nodes,
+            timings: self.timings.lock().unwrap_or_else(|p| p.into_inner()).clone(),
+            rss_kib,
+            process_count,
+        }
+    }
+
+    fn memory(&self) -> (u64, usize) {
+        let inodes: Vec<u64> = self.nodes.iter().map(|n| n.net_inode).collect();
+        nsexec::lab_rss_kib(&inodes)
+    }
+
+    /// Stop every service, kill every node process, remove veths (with the namespaces) and
+    /// the bridge.
+    async fn tear_down(&self) {
+        *self.phase.lock().unwrap_or_else(|p| p.into_inner()) = "stopping".into();
+        let kills = self.nodes.iter().flat_map(|rt| rt.units.values().cloned()).map(|unit| async move {
+            let _ = unit.kill().await;
+        });
+        futures_join_all(kills).await;
+        for rt in &self.nodes {
+            let pids = nsexec::pids_in_netns(rt.net_inode);
+            nsexec::signal_all(&pids, libc::SIGKILL);
+            if let Some(mut holder) = rt.holder.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = holder.kill();
+                let _ = holder.wait();
+            }
+        }
+        wait_until_gone(self.nodes.iter().map(|n| n.net_inode).collect()).await;
+        // The namespaces outlive their processes while this process holds their fds, and the
+        // kernel frees them asynchronously: remove the veths explicitly.
+        let script: String = self
+            .nodes
+            .iter()
+            .filter(|rt| crate::net::link_exists(&rt.info.veth))
+            .map(|rt| format!("link del {}\n", rt.info.veth))
+            .collect();
+        if !script.is_empty() {
+            if let Err(e) = crate::net::ip_batch(&script) {
+                log(format!("removing veths failed: {e}"));
+            }
+        }
+        if let Err(e) = crate::net::delete_bridge(&self.layout) {
+            log(format!("removing the bridge failed: {e}"));
+        }
+        let _ = std::fs::remove_file(holders_file(&self.layout.dir));
+        log(format!("down after {:?}", self.started.elapsed()));
+    }
+
+    async fn handle(self: &Arc<Self>, request: Request) -> Response {
+        let result = match request {
+            Request::Status => Ok(Response { ok: true, message: String::new(), status: Some(self.status().await) }),
+            Request::Down => {
+                self.shutdown.notify_one();
+                Ok(Response { ok: true, message: "stopping".into(), status: None })
+            }
+            Request::Systemctl { node, action, unit } => self.systemctl(&node, action, &unit).await,
+            Request::Reboot { node } => self
+                .fault(Fault::RebootNode { node })
+                .await
+                .map(|message| Response { ok: true, message, status: None }),
+            Request::Fault(fault) => self.fault(fault).await.map(|message| Response { ok: true, message, status: None }),
+        };
+        result.unwrap_or_else(|e| {
+            let message = match e {
+                LabError::Refused(why) => why,
+                other => other.to_string(),
+            };
+            Response { ok: false, message, status: None }
+        })
+    }
+}
+
+/// Wait (up to 10 s) until no process is left in any of the given network namespaces.
+async fn wait_until_gone(net_inodes: Vec<u64>) {
+    for _ in 0..100 {
+        let left: usize = net_inodes.iter().map(|i| nsexec::pids_in_netns(*i).len()).sum();
+        if left == 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    log("some node processes did not exit within 10 s");
+}
+
+/// Join futures concurrently on the current task (tokio::task::JoinSet needs 'static).
+async fn futures_join_all<F: std::future::Future>(futures: impl IntoIterator<Item = F>) -> Vec<F::Output> {
+    let futures: Vec<_> = futures.into_iter().map(Box::pin).collect();
+    let mut outputs: Vec<Option<F::Output>> = futures.iter().map(|_| None).collect();
+    let mut pending: Vec<(usize, std::pin::Pin<Box<F>>)> = futures.into_iter().enumerate().collect();
+    std::future::poll_fn(|cx| {
+        pending.retain_mut(|(index, future)| match future.as_mut().poll(cx) {
+            std::task::Poll::Ready(output) => {
+                outputs[*index] = Some(output);
+                false
+            }
+            std::task::Poll::Pending => true,
+        });
+        if pending.is_empty() {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
+    })
+    .await;
+    outputs.into_iter().map(|o| o.expect("every future completed")).collect()
+}
+
+/// sshd answers with its banner on port 22.
+async fn ssh_answers(ip: std::net::Ipv4Addr) -> bool {
+    use tokio::io::AsyncReadExt;
+    let attempt = async {
+        let mut stream = tokio::net::TcpStream::connect((ip, 22)).await.ok()?;
+        let mut banner = [0u8; 4];
+        stream.read_exact(&mut banner).await.ok()?;
+        Some(&banner == b"SSH-")
+    };
+    matches!(tokio::time::timeout(Duration::from_millis(800), attempt).await, Ok(Some(true)))
+}
+
+/// `etcdctl endpoint health` against the member, with the cluster's etcd client cert.
+pub async fn etcd_healthy(layout: &Layout, node: &NodeInfo) -> bool {
+    let cert = |name: &str| layout.host_path(node, &format!("{CERT_DIR}/{name}"));
+    let output = tokio::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints=https://{}:2379", node.ip))
+        .arg(format!("--cacert={}", cert("ca.crt").display()))
+        .arg(format!("--cert={}", cert("etcdclient.crt").display()))
+        .arg(format!("--key={}", cert("etcdclient.key").display()))
+        .args(["--dial-timeout=1s", "--command-timeout=2s", "endpoint", "health"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .await;
+    matches!(output, Ok(status) if status.success())
+}
+
+/// Store the front-proxy PKI in etcd as AKS Engine's masters do (/proxycerts/*).
+async fn put_proxy_certs(layout: &Layout) -> Result<(), LabError> {
+    let master = layout.first_master();
+    let certs = layout.host_path(master, CERT_DIR);
+    for (key, file) in [
+        ("/proxycerts/requestheader-client-ca-file", "proxy-ca.crt"),
+        ("/proxycerts/proxy-client-cert-file", "proxy.crt"),
+        ("/proxycerts/proxy-client-key-file", "proxy.key"),
+    ] {
+        let value = std::fs::read_to_string(certs.join(file)).map_err(LabError::io(format!("reading {file}")))?;
+        let output = tokio::process::Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints=https://{}:2379", master.ip))
+            .arg(format!("--cacert={}", certs.join("ca.crt").display()))
+            .arg(format!("--cert={}", certs.join("etcdclient.crt").display()))
+            .arg(format!("--key={}", certs.join("etcdclient.key").display()))
+            .args(["put", key, "--"])
+            .arg(&value)
+            .output()
+            .await
+            .map_err(LabError::io("running etcdctl put"))?;
+        if !output.status.success() {
+            return Err(LabError::Command {
+                command: format!("etcdctl put {key}"),
+                detail: String::from_utf8_lossy(&output.stderr).trim().to_string(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Unprivileged node users may ask, not act (as systemd answers `Access denied`).
+fn allowed_for(uid: u32, request: &Request) -> bool {
+    uid == 0 || matches!(request, Request::Status | Request::Systemctl { action: SystemctlAction::IsActive, .. })
+}
+
+async fn serve_connection(supervisor: Arc<Supervisor>, stream: tokio::net::UnixStream) {
+    let peer_uid = stream.peer_cred().map(|c| c.uid()).unwrap_or(u32::MAX);
+    let (read, mut write) = stream.into_split();
+    let mut lines = BufReader::new(read).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) if allowed_for(peer_uid, &request) => supervisor.handle(request).await,
+            Ok(_) => Response { ok: false, message: "Access denied (run it as root: sudo)".into(), status: None },
+            Err(e) => Response { ok: false, message: format!("unreadable request: {e}"), status: None },
+        };
+        let mut text = serde_json::to_string(&response).expect("responses serialise");
+        text.push('\n');
+        if write.write_all(text.as_bytes()).await.is_err() {
+            break;
+        }
+    }
+}
+
+fn process_alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
+}
+
+/// Entry point of `lab supervise`. `owner_pid`: tear down when that process is gone (tests).
+pub async fn run(dir: &Path, owner_pid: Option<u32>) -> Result<(), LabError> {
+    let layout = Layout::load(dir)?;
+    crate::fsutil::write_file(&pid_file(dir), std::process::id().to_string().as_bytes(), 0o644, 0, 0)?;
+    let lab_binary = std::env::current_exe().map_err(LabError::io("finding the lab binary"))?;
+    crate::fsutil::make_dir(&layout.ctl_dir(), 0o755, 0, 0)?;
+    let socket = layout.socket();
+    let _ = std::fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).map_err(LabError::io(format!("binding {}", socket.display())))?;
+    // Node users connect too (`systemctl is-active` needs no root); requests are checked
+    // against the caller's uid in `allowed_for`.
+    std::fs::set_permissions(&socket, std::os::unix::fs::PermissionsExt::from_mode(0o666))
+        .map_err(LabError::io(format!("chmod {}", socket.display())))?;
+    log(format!("bringing up {} nodes in {}", layout.nodes.len(), dir.display()));
+    let supervisor = match Supervisor::bring_up(layout.clone(), lab_binary).await {
+        Ok(s) => s,
+        Err(e) => {
+            log(format!("bring-up failed: {e}; cleaning up"));
+            crate::cleanup::cleanup_offline(&layout);
+            let _ = std::fs::remove_file(&socket);
+            let _ = std::fs::remove_file(pid_file(dir));
+            return Err(e);
+        }
+    };
+    log("services started");
+    if layout.spec.expiry != Expiry::Expired {
+        let layout = layout.clone();
+        let me = supervisor.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            for _ in 0..600 {
+                let healthy = futures_join_all(layout.masters().map(|m| etcd_healthy(&layout, m))).await;
+                if healthy.iter().all(|h| *h) {
+                    match put_proxy_certs(&layout).await {
+                        Ok(()) => {
+                            let (rss_kib, _) = me.memory();
+                            me.timings.lock().unwrap_or_else(|p| p.into_inner()).push(PhaseTiming {
+                                phase: "etcd-healthy".into(),
+                                millis: start.elapsed().as_millis() as u64,
+                                rss_kib,
+                            });
+                            log("etcd healthy; /proxycerts stored");
+                        }
+                        Err(e) => log(format!("storing /proxycerts failed: {e}")),
+                    }
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            log("etcd did not become healthy within 120 s");
+        });
+    }
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(LabError::io("installing the SIGTERM handler"))?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(LabError::io("installing the SIGINT handler"))?;
+    let owner_gone = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if let Some(pid) = owner_pid {
+                if !process_alive(pid) {
+                    return;
+                }
+            }
+        }
+    };
+    tokio::pin!(owner_gone);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(serve_connection(supervisor.clone(), stream));
+                }
+            }
+            _ = supervisor.shutdown.notified() => { log("down requested"); break; }
+            _ = terminate.recv() => { log("SIGTERM"); break; }
+            _ = interrupt.recv() => { log("SIGINT"); break; }
+            _ = &mut owner_gone => { log("owner process gone"); break; }
+        }
+    }
+    supervisor.tear_down().await;
+    let _ = std::fs::remove_file(&socket);
+    let _ = std::fs::remove_file(pid_file(dir));
+    Ok(())
+}
