@@ -16,6 +16,6 @@ pub mod select;
 pub mod store;
 pub mod token;
 
-pub use apiserver::{ApiserverConfig, ApiserverError};
+pub use apiserver::{ApiserverConfig, ApiserverError, ConfigFileError};
 pub use controller::ControllerConfig;
 pub use kubelet::{KubeletConfig, KubeletError, NodeRole};
