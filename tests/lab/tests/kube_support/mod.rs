@@ -177,7 +177,7 @@ impl Drop for Etcd {
 pub fn fast_controllers() -> ControllerConfig {
     ControllerConfig {
         resync_period: Duration::from_millis(250),
-        node_monitor_grace_period: Duration::from_secs(2),
+        node_monitor_grace_period: Duration::from_secs(4),
         leader_lease_duration: Duration::from_secs(2),
         ..ControllerConfig::default()
     }
