@@ -480,27 +480,32 @@ async fn resource_request(state: &Arc<ApiState>, req: &ApiRequest, group: &str, 
             let kind = PatchType::from_content_type(&req.content_type)?;
             let patch_body = req.json_body()?;
             let subresource = target.subresource.clone();
-            let updated = store
-                .modify(&rt, ns, name, |current| {
-                    let next = match subresource.as_deref() {
-                        Some("scale") => {
-                            let mut scale = scale_of(current);
-                            patch::apply(&mut scale, &patch_body, kind)?;
-                            with_replicas(current, &scale)?
-                        }
-                        sub => {
-                            let mut patched = current.clone();
-                            patch::apply(&mut patched, &patch_body, kind)?;
-                            merge_subresource(&rt, current, patched, sub)
-                        }
-                    };
-                    let changed = next != *current;
-                    if !dry_run {
-                        *current = next;
+            let patched = |current: &Value| -> Result<Value, ApiError> {
+                match subresource.as_deref() {
+                    Some("scale") => {
+                        let mut scale = scale_of(current);
+                        patch::apply(&mut scale, &patch_body, kind)?;
+                        with_replicas(current, &scale)
                     }
-                    Ok(changed && !dry_run)
-                })
-                .await?;
+                    sub => {
+                        let mut next = current.clone();
+                        patch::apply(&mut next, &patch_body, kind)?;
+                        Ok(merge_subresource(&rt, current, next, sub))
+                    }
+                }
+            };
+            let updated = if dry_run {
+                patched(&store.get_existing(&rt, ns, name).await?)?
+            } else {
+                store
+                    .modify(&rt, ns, name, |current| {
+                        let next = patched(current)?;
+                        let changed = next != *current;
+                        *current = next;
+                        Ok(changed)
+                    })
+                    .await?
+            };
             Ok(respond_subresource(&target, updated))
         }
         (&Method::DELETE, Some(name)) => {
