@@ -378,6 +378,16 @@ fn pkcs8_and_sec1_keys_from_openssl_are_read_and_usable_as_ca() {
         let verified = openssl(&["verify", "-CAfile", "ca.crt", "leaf.crt"], dir.path());
         assert!(verified.contains("leaf.crt: OK"), "{verified}");
     }
+    // SEC1 may leave the public key out; its hash must come out the same, recomputed.
+    openssl(&["ec", "-in", "ec.key", "-no_public", "-out", "ec_nopub.key"], dir.path());
+    let without_public = std::fs::read_to_string(dir.path().join("ec_nopub.key")).unwrap();
+    let with_public = std::fs::read_to_string(dir.path().join("ec.key")).unwrap();
+    assert_ne!(without_public, with_public);
+    assert_eq!(
+        inspect::parse_key_pem(&without_public).unwrap().public_key_sha256,
+        inspect::parse_key_pem(&with_public).unwrap().public_key_sha256
+    );
+
     // The PKCS#8 form converts to the PKCS#1 AKS Engine needs, and OpenSSL reads it back.
     let pkcs8 = std::fs::read_to_string(dir.path().join("rsa8.key")).unwrap();
     let pkcs1 = issue::pkcs8_pem_to_pkcs1_pem(&pkcs8).unwrap();

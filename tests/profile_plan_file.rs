@@ -175,6 +175,15 @@ fn a_sealed_plan_with_a_broken_graph_is_refused() {
 }
 
 #[test]
+fn a_sealed_plan_whose_summary_miscounts_is_refused() {
+    let mut plan = sample_plan();
+    plan.summary.replace += 1;
+    plan.seal();
+    let err = PlanFile::from_source(&SourceFile::from_text("p.yaml", plan.to_yaml().unwrap())).unwrap_err();
+    assert!(err.message.contains("summary"), "{}", err.message);
+}
+
+#[test]
 fn the_sample_plan_holds_no_secret() {
     assert!(!contains_secret(&sample_plan().to_yaml().unwrap()));
 }

@@ -9,7 +9,7 @@ use crate::model::inventory::{Inventory, ObservedContent};
 use crate::model::topology::Topology;
 use crate::pki::audit::compare;
 use crate::pki::catalogue::{self, CertEntry};
-use crate::remote::refresh::{refresh, RefreshOptions};
+use crate::remote::refresh::{refresh, RefreshError, RefreshOptions};
 use crate::remote::ssh::{HostKeyPolicy, SshFleet, SshSettings};
 use miette::{miette, IntoDiagnostic};
 use std::sync::Arc;
@@ -71,10 +71,14 @@ pub fn read_cluster(args: &ClusterArgs) -> miette::Result<(ApiModel, Topology, V
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
     let opts = RefreshOptions { parallelism: args.parallelism as usize, skip_unreachable: args.skip_unreachable };
     let inventory = runtime.block_on(refresh(fleet, &topo, &cat, opts)).map_err(|e| {
-        miette!(
-            help = "check that --ssh-host reaches the nodes and the key is the admin user's; use --skip-unreachable to go on without nodes that are down",
-            "{e}"
-        )
+        let help = match &e {
+            RefreshError::HostKey(_) => "do not go on until you know why the key changed; nothing was read or changed",
+            RefreshError::Unreachable(_) => {
+                "check that --ssh-host reaches the nodes and the key is the admin user's; use --skip-unreachable to go on without nodes that are down"
+            }
+            RefreshError::NameSuffix(_) => "the VM name suffix does not match the nodes: check azuredeploy.json or --name-suffix",
+        };
+        miette!(help = help, "{e}")
     })?;
     Ok((model, topo, cat, inventory))
 }

@@ -489,6 +489,23 @@ impl CertId {
         }
     }
 
+    /// The profile id of a catalogue entry (every etcd peer is `etcdpeer`).
+    pub fn of_kind(kind: &crate::pki::catalogue::CertKind) -> CertId {
+        use crate::pki::catalogue::CertKind;
+        match kind {
+            CertKind::Ca => CertId::Ca,
+            CertKind::Apiserver => CertId::Apiserver,
+            CertKind::Client => CertId::Client,
+            CertKind::Kubeconfig => CertId::Kubeconfig,
+            CertKind::EtcdServer => CertId::EtcdServer,
+            CertKind::EtcdClient => CertId::EtcdClient,
+            CertKind::EtcdPeer(_) => CertId::EtcdPeer,
+            CertKind::ProxyCa => CertId::ProxyCa,
+            CertKind::Proxy => CertId::Proxy,
+            CertKind::KubeletServer => CertId::KubeletServer,
+        }
+    }
+
     fn known_list() -> String {
         CertId::ALL.iter().map(|id| id.as_str()).collect::<Vec<_>>().join(", ")
     }
@@ -1521,26 +1538,20 @@ pub fn locate_yaml_path(text: &str, keys: &[&str]) -> Option<std::ops::Range<usi
             return locate_keys(&text[line_range.clone()], &keys[depth..])
                 .map(|r| r.start + line_range.start..r.end + line_range.start);
         };
-        let mut hit = None;
-        for i in from..to {
-            let (start, line) = lines[i];
+        let hit = lines.iter().enumerate().take(to).skip(from).find_map(|(i, &(start, line))| {
             if !is_content(line) || indent_of(line) != child_indent {
-                continue;
+                return None;
             }
             let rest = line[child_indent..].strip_prefix("- ").unwrap_or(&line[child_indent..]);
-            let rest_offset = line.len() - rest.len();
             let unquoted = rest.trim_start_matches(['"', '\'']);
-            if let Some(after) = unquoted.strip_prefix(key) {
-                let after = after.trim_start_matches(['"', '\'']);
-                if let Some(value) = after.strip_prefix(':') {
-                    let value_start = start + line.len() - value.trim_start().len();
-                    let value_len = value.trim().len();
-                    let key_start = start + rest_offset;
-                    hit = Some((i, key_start, value_start, value_len));
-                    break;
-                }
-            }
-        }
+            let key_start = start + line.len() - unquoted.len();
+            let after = unquoted.strip_prefix(key)?.trim_start_matches(['"', '\'']);
+            let value = after.strip_prefix(':')?;
+            // A trailing comment is not part of the value.
+            let value = value.split(" #").next().unwrap_or_default();
+            let value_start = start + (line.len() - after.len()) + 1 + (value.len() - value.trim_start().len());
+            Some((i, key_start, value_start, value.trim().len()))
+        });
         let (line_index, key_start, value_start, value_len) = hit?;
         // The block of this key ends at the next line indented no deeper than the key.
         let end = (line_index + 1..to)
@@ -1589,7 +1600,34 @@ mod tests {
         assert_eq!(&text[r], "30y");
         let r = locate_yaml_path(text, &["frontProxy", "client"]).unwrap();
         assert_eq!(&text[r], "false");
+        let commented = "name: x  # the name\nrenewBefore: 1y   # too long\n\"gates\":\n  'timeout': 5s\n";
+        let r = locate_yaml_path(commented, &["renewBefore"]).unwrap();
+        assert_eq!(&commented[r], "1y");
+        let r = locate_yaml_path(commented, &["gates", "timeout"]).unwrap();
+        assert_eq!(&commented[r], "5s");
         assert!(locate_yaml_path(text, &["gates", "timeout"]).is_none());
+    }
+
+    #[test]
+    fn ids_agree_with_the_catalogue() {
+        use crate::pki::catalogue::{CertKind, SCOPE_IDS};
+        let ours: Vec<&str> = CertId::ALL.iter().map(|id| id.as_str()).collect();
+        assert_eq!(ours, SCOPE_IDS);
+        let kinds = [
+            CertKind::Ca,
+            CertKind::Apiserver,
+            CertKind::Client,
+            CertKind::Kubeconfig,
+            CertKind::EtcdServer,
+            CertKind::EtcdClient,
+            CertKind::EtcdPeer(2),
+            CertKind::ProxyCa,
+            CertKind::Proxy,
+            CertKind::KubeletServer,
+        ];
+        for kind in kinds {
+            assert_eq!(CertId::of_kind(&kind).as_str(), kind.scope_id());
+        }
     }
 
     #[test]

@@ -321,7 +321,9 @@ pub fn catalogue(topo: &Topology) -> Vec<CertEntry> {
     out
 }
 
-/// The kubelet serving certificate of one node: self-signed, `CN=<node name>`.
+/// The kubelet serving certificate of one node: self-signed, `CN=<node name>`. AKS Engine's
+/// provisioning script makes it with `openssl req -x509`, whose default v3_ca extensions mark
+/// it a CA and give it no extended key usage; the catalogue describes it as it is.
 pub fn kubelet_server_entry(node: &Node) -> CertEntry {
     CertEntry {
         kind: CertKind::KubeletServer,
@@ -330,8 +332,8 @@ pub fn kubelet_server_entry(node: &Node) -> CertEntry {
         organization: None,
         dns_sans: vec![],
         ip_sans: vec![],
-        is_ca: false,
-        extended_usages: vec![ExtendedUsage::ServerAuth],
+        is_ca: true,
+        extended_usages: vec![],
         issuer: IssuerRef::SelfSigned,
         cert_file: cert_file("kubeletserver.crt"),
         key_file: Some(key_file("kubeletserver.key", "root")),

@@ -80,6 +80,9 @@ pub enum IssueError {
     #[error("{0}")]
     Conversion(String),
 
+    #[error("the system random number generator failed")]
+    Random,
+
     #[error("an issuing worker thread panicked")]
     WorkerPanicked,
 }
@@ -345,7 +348,7 @@ fn random_serial() -> Result<SerialNumber, IssueError> {
     loop {
         random
             .fill(&mut bytes)
-            .map_err(|_| IssueError::Conversion("the system random generator failed".into()))?;
+            .map_err(|_| IssueError::Random)?;
         if bytes.iter().any(|b| *b != 0) {
             // Strip leading zero bytes: a DER INTEGER is minimal; rcgen adds a 0x00 when the
             // top bit is set so the number stays positive.

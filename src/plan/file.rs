@@ -503,6 +503,17 @@ impl Sha256Digest {
         Self(format!("sha256:{}", hex::encode(Sha256::digest(bytes))))
     }
 
+    /// From bare lowercase or uppercase hex, as `pki::inspect` and the inventory record
+    /// fingerprints; `None` unless it is 64 hex digits.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        Self::try_from(format!("sha256:{}", hex.to_ascii_lowercase())).ok()
+    }
+
+    /// The 64 hex digits without the `sha256:` prefix.
+    pub fn hex(&self) -> &str {
+        &self.0["sha256:".len()..]
+    }
+
     /// Digest of a value's canonical JSON (see `canonical_json`).
     pub fn of_canonical_json<T: Serialize + ?Sized>(value: &T) -> Self {
         Self::of_bytes(canonical_json(value).as_bytes())
@@ -665,11 +676,14 @@ impl PlanFile {
         temp.write_all(text.as_bytes()).map_err(io)?;
         temp.as_file().sync_all().map_err(io)?;
         temp.persist(path).map_err(|e| io(e.error))?;
+        // The rename is durable only once the directory entry is on disk.
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)?;
         Ok(())
     }
 
     /// Reads a saved plan and refuses it unless its format is known, its digest matches its
-    /// content, its profile digest matches its profile and its graph is well formed.
+    /// content, its profile digest matches its profile, its summary matches what it counts
+    /// and its graph is well formed.
     pub fn read(path: &Path) -> Result<PlanFile, InputError> {
         let source = SourceFile::read(path, "saved plan")?;
         Self::from_source(&source)
@@ -729,6 +743,14 @@ impl PlanFile {
                 source,
                 "profileDigest",
                 "the plan's profileDigest does not match the profile it contains",
+                format!("do not apply it; {remake}"),
+            ));
+        }
+        if plan.summary != Summary::tally(&plan.changes, &plan.graph, &plan.findings) {
+            return Err(error_at_top_level_key(
+                source,
+                "summary",
+                "the plan's summary does not count what its changes, graph and findings hold",
                 format!("do not apply it; {remake}"),
             ));
         }
@@ -835,6 +857,15 @@ mod tests {
         assert!(!contains_secret("publicKeyFingerprint: sha256:00ff"));
         assert!(!contains_secret("-----BEGIN CERTIFICATE-----\nMIIFazCCA1OgAwIBAgIUb"));
         assert!(!contains_secret("message: the clientSecret comes from AZURE_CLIENT_SECRET"));
+    }
+
+    #[test]
+    fn digests_convert_from_bare_hex_and_refuse_anything_else() {
+        let d = Sha256Digest::of_bytes(b"x");
+        assert_eq!(Sha256Digest::from_hex(d.hex()), Some(d.clone()));
+        assert_eq!(Sha256Digest::from_hex(&d.hex().to_ascii_uppercase()), Some(d));
+        assert_eq!(Sha256Digest::from_hex("abc"), None);
+        assert_eq!(Sha256Digest::from_hex(&"g".repeat(64)), None);
     }
 
     #[test]

@@ -1,3 +1,7 @@
-//! Plans: the saved-plan file format; diff, graph and rendering come with the plan issue.
+//! Plans: the diff of live state against the profile, the graph of actions and gates that
+//! carries it out, their renderings, and the saved-plan file format.
 
+pub mod diff;
 pub mod file;
+pub mod graph;
+pub mod render;

@@ -84,15 +84,31 @@ pub enum RemoteError {
     Local(String),
 }
 
-/// The generated ssh_config and control sockets of one run; removed on drop.
+/// The generated ssh_config and control sockets of one run; removed on drop. The hops to
+/// the nodes behind the jumpbox share one multiplexed connection to it (ControlMaster in the
+/// generated config), so the jumpbox sees two logins per run: its own session and the tunnel.
 pub struct SshFleet {
     settings: SshSettings,
     dir: tempfile::TempDir,
+    tunnel: tokio::sync::OnceCell<Result<(), String>>,
 }
 
 impl std::fmt::Debug for SshFleet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SshFleet").field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl Drop for SshFleet {
+    fn drop(&mut self) {
+        // Close the shared tunnel now rather than leaving it to ControlPersist.
+        let _ = std::process::Command::new("ssh")
+            .arg("-F")
+            .arg(self.config_path())
+            .args(["-O", "exit", JUMPBOX_ALIAS])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
     }
 }
 
@@ -109,7 +125,7 @@ impl SshFleet {
                 f.flush().map_err(local)?;
             }
         }
-        let fleet = Self { settings, dir };
+        let fleet = Self { settings, dir, tunnel: tokio::sync::OnceCell::new() };
         std::fs::write(fleet.config_path(), fleet.ssh_config()).map_err(local)?;
         Ok(fleet)
     }
@@ -129,7 +145,8 @@ impl SshFleet {
             HostKeyPolicy::TrustOnFirstUse(_) => "accept-new",
         };
         format!(
-            "Host {JUMPBOX_ALIAS}\n  HostName {host}\n  Port {port}\n  HostKeyAlias {host}\n\n\
+            "Host {JUMPBOX_ALIAS}\n  HostName {host}\n  Port {port}\n  HostKeyAlias {host}\n  \
+             ControlMaster auto\n  ControlPath {dir}/jump-%C\n\n\
              Host * !{JUMPBOX_ALIAS}\n  ProxyJump {JUMPBOX_ALIAS}\n\n\
              Host *\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  IdentityAgent none\n  \
              UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking {strict}\n  \
@@ -141,6 +158,7 @@ impl SshFleet {
             key = s.private_key.display(),
             kh = s.host_keys.file().display(),
             timeout = s.connect_timeout.as_secs().max(1),
+            dir = self.dir.path().display(),
         )
     }
 
@@ -158,9 +176,40 @@ impl SshFleet {
             .user(self.settings.user.clone())
             .connect_timeout(self.settings.connect_timeout)
             .control_directory(self.dir.path());
+        if via_jumpbox {
+            if let Err(message) = self.tunnel().await {
+                return Err(self.classify_text(node, message));
+            }
+        }
         let destination = if via_jumpbox { node } else { JUMPBOX_ALIAS };
         let session = b.connect_mux(destination).await.map_err(|e| self.classify(node, &e))?;
         Ok(NodeSession { node: node.to_string(), session })
+    }
+
+    /// Opens the shared connection to the jumpbox that every hop multiplexes over (ssh's
+    /// ProxyJump cannot be a ControlMaster itself, only a client of one), once per run.
+    async fn tunnel(&self) -> Result<(), String> {
+        self.tunnel
+            .get_or_init(|| async {
+                let out = tokio::process::Command::new("ssh")
+                    .arg("-F")
+                    .arg(self.config_path())
+                    .args(["-M", "-N", "-f", "-o", "ControlPersist=yes", JUMPBOX_ALIAS])
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .kill_on_drop(true)
+                    .output()
+                    .await
+                    .map_err(|e| format!("cannot run ssh: {e}"))?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    Err(format!("jumpbox {}: {}", self.settings.jumpbox_host, String::from_utf8_lossy(&out.stderr).trim()))
+                }
+            })
+            .await
+            .clone()
     }
 
     fn classify(&self, node: &str, e: &openssh::Error) -> RemoteError {
@@ -170,6 +219,10 @@ impl SshFleet {
             message = format!("{message}: {s}");
             source = s.source();
         }
+        self.classify_text(node, message)
+    }
+
+    fn classify_text(&self, node: &str, message: String) -> RemoteError {
         let known_hosts = self.settings.host_keys.file().display().to_string();
         if message.contains("IDENTIFICATION HAS CHANGED") || message.contains("Host key for") && message.contains("has changed") {
             RemoteError::HostKeyChanged { node: node.to_string(), known_hosts }

@@ -1,0 +1,99 @@
+//! certrotate's refresh against a live lab cluster (3 masters + 2 agents): `status` reads
+//! every certificate of every node over SSH through the jumpbox with one connection per
+//! node; a replaced host key stops it with a man-in-the-middle warning; an unreachable node
+//! fails it unless `--skip-unreachable`. Needs root, and the certrotate binary built beside
+//! this test (`cargo build --workspace`, as tests/run.sh does).
+
+use lab::control::Fault;
+use lab::spec::LabSpec;
+use lab::{Lab, UpOptions};
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn certrotate_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
+    let bin = profile_dir.join("certrotate");
+    assert!(bin.is_file(), "build certrotate first: cargo build --workspace (looked for {})", bin.display());
+    bin
+}
+
+fn status(lab: &Lab, extra: &[&str]) -> Output {
+    let env = lab.env();
+    Command::new(certrotate_bin())
+        .args(["status", "--api-model", &env["LAB_API_MODEL"], "--ssh-host", &env["LAB_SSH_HOST"]])
+        .args(["--linux-ssh-private-key", &env["LAB_SSH_KEY"]])
+        .args(extra)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> String {
+    format!("exit {:?}\n{}\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+#[test]
+fn status_reads_every_node_and_stops_on_changed_host_keys() {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the lab tests need root");
+    let dir = tempfile::tempdir().unwrap();
+    let lab = Lab::up(
+        dir.path(),
+        LabSpec::default(),
+        UpOptions {
+            lab_binary: Some(env!("CARGO_BIN_EXE_lab").into()),
+            owner_pid: Some(std::process::id()),
+            timeout: Some(Duration::from_secs(120)),
+        },
+    )
+    .expect("lab up");
+    let env = lab.env();
+    let suffix = env["LAB_NAME_SUFFIX"].clone();
+    let known_hosts = env["LAB_KNOWN_HOSTS"].clone();
+    let nodes: Vec<String> = (0..3)
+        .map(|i| format!("k8s-master-{suffix}-{i}"))
+        .chain((0..2).map(|i| format!("k8s-agentpool1-{suffix}-{i}")))
+        .collect();
+    let logins_before: Vec<usize> = nodes.iter().map(|n| lab.ssh_logins(n).unwrap()).collect();
+
+    let out = status(&lab, &["--known-hosts", &known_hosts, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    // 3 masters × (ca, apiserver, client, kubeconfig, etcdserver, etcdclient, own etcdpeer,
+    // proxy-ca, proxy, kubeletserver) + 2 agents × (ca, client, kubeletserver).
+    assert_eq!(rows.len(), 3 * 10 + 2 * 3, "{rows:#?}");
+    for r in &rows {
+        assert_eq!(r["findings"], serde_json::json!([]), "the lab issues AKS Engine's PKI, so no finding: {r}");
+    }
+    for node in &nodes {
+        assert!(rows.iter().any(|r| r["location"].as_str().unwrap().starts_with(node.as_str())), "{node} not read");
+    }
+    // One connection per node; the jumpbox also carries one shared tunnel to the others.
+    for (i, (node, before)) in nodes.iter().zip(&logins_before).enumerate() {
+        let expected = if i == 0 { 2 } else { 1 };
+        assert_eq!(lab.ssh_logins(node).unwrap() - before, expected, "{node}: SSH logins per refresh");
+    }
+    assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE KEY"));
+
+    // An agent cut off the network: named, and fatal unless skipped.
+    let agent0 = nodes[3].clone();
+    lab.fault(Fault::CutNetwork { node: agent0.clone() }).unwrap();
+    let out = status(&lab, &["--known-hosts", &known_hosts]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&agent0), "{}", text(&out));
+    let out = status(&lab, &["--known-hosts", &known_hosts, "--skip-unreachable"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("unreachable: {agent0}")), "{}", text(&out));
+    lab.fault(Fault::RestoreNetwork { node: agent0 }).unwrap();
+
+    // A node whose host key changed stops everything.
+    let agent1 = nodes[4].clone();
+    lab.fault(Fault::ReplaceHostKey { node: agent1.clone() }).unwrap();
+    let out = status(&lab, &["--known-hosts", &known_hosts]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&agent1) && err.contains("man-in-the-"), "{}", text(&out));
+
+    lab.down().unwrap();
+}
