@@ -158,6 +158,13 @@ async fn kube_rs_lists_and_patches() {
         .await
         .unwrap();
     assert_eq!(scaled.spec.unwrap().replicas, Some(0));
+    let dry = deployments
+        .patch("cluster-autoscaler", &PatchParams::default().dry_run(), &Patch::Merge(json!({ "spec": { "replicas": 5 } })))
+        .await
+        .unwrap();
+    assert_eq!(dry.spec.unwrap().replicas, Some(5), "a dry run answers with the patched object");
+    let stored = deployments.get("cluster-autoscaler").await.unwrap();
+    assert_eq!(stored.spec.unwrap().replicas, Some(0), "and stores nothing");
 
     // Optimistic concurrency: a stale resourceVersion is a 409 Conflict.
     let node = nodes.get(MASTER).await.unwrap();

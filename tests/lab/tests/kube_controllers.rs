@@ -37,6 +37,8 @@ async fn deleted_token_secrets_are_recreated_and_tokens_authenticate() {
     .await;
     let original = secret_for(&secrets, "kube-proxy").unwrap().clone();
     let token = token_of(&original);
+    let key_pem = std::fs::read_to_string(cluster.pki.path("apiserver.key")).unwrap();
+    assert!(key_pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "AKS Engine's PKCS#1 key format is what gets loaded");
     let signer = TokenSigner::from_key_file(&cluster.pki.path("apiserver.key")).unwrap();
     let claims = signer.verify(&token).expect("signed with apiserver.key");
     assert_eq!(claims.sub, "system:serviceaccount:kube-system:kube-proxy");
@@ -95,20 +97,24 @@ async fn pods_are_not_ready_after_the_signing_key_changes_until_rolled_out() {
 
     // Rotate apiserver.crt/key and restart the apiserver on the same address: the
     // service-account signing key is now a different one.
+    cluster.pki.rotate_apiserver();
     let old = cluster.apiserver.take().unwrap();
     let address = old.address;
     old.shutdown().await;
-    cluster.pki.rotate_apiserver();
     let config = apiserver_config(&cluster.pki, &cluster.etcd, address);
     cluster.apiserver = Some(Apiserver::start(config).await);
 
-    let stale = eventually("every workload pod not Ready under the new key", Duration::from_secs(20), || async {
+    // (While the apiserver restarts the node may briefly be NotReady too; what must settle is
+    // the token verdict, with the node Ready again.)
+    let ready_reason = |p: &serde_json::Value| {
+        p["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == "Ready")).map(|c| c["reason"].clone())
+    };
+    eventually("every workload pod not Ready because of its token", Duration::from_secs(20), || async {
         let pods = workload_pods(&cluster).await;
-        (pods.len() == 3 && pods.iter().all(|p| ready_status(p) == "False")).then_some(pods)
+        let stale = pods.iter().all(|p| ready_status(p) == "False" && ready_reason(p) == Some(serde_json::json!("ServiceAccountTokenInvalid")));
+        (pods.len() == 3 && stale).then_some(())
     })
     .await;
-    let reason = stale[0]["status"]["conditions"].as_array().unwrap().iter().find(|c| c["type"] == "Ready").unwrap()["reason"].clone();
-    assert_eq!(reason, "ServiceAccountTokenInvalid");
 
     // Rolling out before the token secrets are replaced does not help: new pods start with
     // the old secret's token.

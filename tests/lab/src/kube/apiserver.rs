@@ -61,6 +61,51 @@ pub struct ApiserverConfig {
     pub controllers: ControllerConfig,
 }
 
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    #[error("cannot read the config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("the config file {path} is not a valid {what} (JSON): {source}")]
+    Parse { path: PathBuf, what: &'static str, source: serde_json::Error },
+}
+
+/// Reads a JSON config file (what `lab apiserver --config FILE` and `lab kubelet --config
+/// FILE` are given).
+pub fn read_config_file<T: serde::de::DeserializeOwned>(path: &std::path::Path, what: &'static str) -> Result<T, ConfigFileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigFileError::Read { path: path.to_owned(), source })?;
+    serde_json::from_str(&text).map_err(|source| ConfigFileError::Parse { path: path.to_owned(), what, source })
+}
+
+impl ApiserverConfig {
+    /// A master's apiserver as AKS Engine sets it up: listening on the master's IP at 443,
+    /// certificates from /etc/kubernetes/certs (under `root`; "/" when running inside the
+    /// node's mount namespace), etcd through the local member at 127.0.0.1:2379 with
+    /// etcdclient.crt/key, tokens signed with apiserver.key.
+    pub fn aks_engine_master(root: &std::path::Path, node_name: &str, ip: IpAddr) -> Self {
+        let cert = |name: &str| crate::kube::kubelet::node_path(root, &std::path::Path::new("/etc/kubernetes/certs").join(name));
+        Self {
+            bind_address: SocketAddr::new(ip, 443),
+            node_name: node_name.to_owned(),
+            tls_cert_file: cert("apiserver.crt"),
+            tls_private_key_file: cert("apiserver.key"),
+            client_ca_file: cert("ca.crt"),
+            etcd_servers: vec!["https://127.0.0.1:2379".to_owned()],
+            etcd_cafile: cert("ca.crt"),
+            etcd_certfile: cert("etcdclient.crt"),
+            etcd_keyfile: cert("etcdclient.key"),
+            service_account_key_file: None,
+            advertise_address: None,
+            controllers: ControllerConfig::default(),
+        }
+    }
+
+    /// Reads the config from a JSON file.
+    pub fn from_file(path: &std::path::Path) -> Result<Self, ConfigFileError> {
+        read_config_file(path, "apiserver config")
+    }
+}
+
 /// Why the apiserver could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiserverError {
@@ -435,27 +480,32 @@ async fn resource_request(state: &Arc<ApiState>, req: &ApiRequest, group: &str, 
             let kind = PatchType::from_content_type(&req.content_type)?;
             let patch_body = req.json_body()?;
             let subresource = target.subresource.clone();
-            let updated = store
-                .modify(&rt, ns, name, |current| {
-                    let next = match subresource.as_deref() {
-                        Some("scale") => {
-                            let mut scale = scale_of(current);
-                            patch::apply(&mut scale, &patch_body, kind)?;
-                            with_replicas(current, &scale)?
-                        }
-                        sub => {
-                            let mut patched = current.clone();
-                            patch::apply(&mut patched, &patch_body, kind)?;
-                            merge_subresource(&rt, current, patched, sub)
-                        }
-                    };
-                    let changed = next != *current;
-                    if !dry_run {
-                        *current = next;
+            let patched = |current: &Value| -> Result<Value, ApiError> {
+                match subresource.as_deref() {
+                    Some("scale") => {
+                        let mut scale = scale_of(current);
+                        patch::apply(&mut scale, &patch_body, kind)?;
+                        with_replicas(current, &scale)
                     }
-                    Ok(changed && !dry_run)
-                })
-                .await?;
+                    sub => {
+                        let mut next = current.clone();
+                        patch::apply(&mut next, &patch_body, kind)?;
+                        Ok(merge_subresource(&rt, current, next, sub))
+                    }
+                }
+            };
+            let updated = if dry_run {
+                patched(&store.get_existing(&rt, ns, name).await?)?
+            } else {
+                store
+                    .modify(&rt, ns, name, |current| {
+                        let next = patched(current)?;
+                        let changed = next != *current;
+                        *current = next;
+                        Ok(changed)
+                    })
+                    .await?
+            };
             Ok(respond_subresource(&target, updated))
         }
         (&Method::DELETE, Some(name)) => {
@@ -689,6 +739,15 @@ mod tests {
 
         let typo = text.replace("node_name", "nodename");
         assert!(serde_json::from_str::<ApiserverConfig>(&typo).is_err(), "unknown fields are refused");
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("apiserver.json");
+        std::fs::write(&file, text).unwrap();
+        assert_eq!(ApiserverConfig::from_file(&file).unwrap().node_name, "k8s-master-12345678-0");
+        let error = ApiserverConfig::from_file(&dir.path().join("missing.json")).unwrap_err().to_string();
+        assert!(error.contains("missing.json"), "{error}");
+        let master = ApiserverConfig::aks_engine_master(std::path::Path::new("/lab/m0"), "m0", "10.255.255.5".parse().unwrap());
+        assert_eq!(master.tls_cert_file, PathBuf::from("/lab/m0/etc/kubernetes/certs/apiserver.crt"));
+        assert_eq!(master.bind_address, "10.255.255.5:443".parse().unwrap());
         let bad_duration = text.replace("\"5s\"", "\"soon\"");
         let error = serde_json::from_str::<ApiserverConfig>(&bad_duration).unwrap_err().to_string();
         assert!(error.contains("soon"), "{error}");

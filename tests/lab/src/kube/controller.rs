@@ -361,9 +361,8 @@ async fn reconcile_token_secrets(state: &ApiState, snapshot: &Snapshot) -> Resul
                 Ok(true)
             })
             .await;
-        if let Err(e) = result.filter_not_found() {
-            return Err(e);
-        }
+        // The service account may have been deleted meanwhile; its secret is then moot.
+        result.filter_not_found()?;
     }
     Ok(())
 }

@@ -80,6 +80,31 @@ pub struct KubeletConfig {
     pub heartbeat_interval: Duration,
 }
 
+impl KubeletConfig {
+    /// A node's kubelet as AKS Engine sets it up: /var/lib/kubelet/kubeconfig under `root`
+    /// ("/" when running inside the node's mount namespace), AKS Engine's labels, a 2 s
+    /// heartbeat. Masters probe their own apiserver at https://<ip>:443.
+    pub fn aks_engine(root: &Path, node_name: &str, role: NodeRole, ip: IpAddr) -> Self {
+        Self {
+            node_name: node_name.to_owned(),
+            role,
+            root: root.to_owned(),
+            kubeconfig: default_kubeconfig(),
+            server: None,
+            tls_server_name: None,
+            node_ip: ip,
+            local_apiserver: None,
+            labels: BTreeMap::new(),
+            heartbeat_interval: default_heartbeat(),
+        }
+    }
+
+    /// Reads the config from a JSON file.
+    pub fn from_file(path: &Path) -> Result<Self, crate::kube::apiserver::ConfigFileError> {
+        crate::kube::apiserver::read_config_file(path, "kubelet config")
+    }
+}
+
 /// Why a heartbeat could not be made. The kubelet keeps trying; these are for logs and tests.
 #[derive(Debug, thiserror::Error)]
 pub enum KubeletError {

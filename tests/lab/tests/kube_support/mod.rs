@@ -1,4 +1,5 @@
-//! Shared fixtures for the kube stand-in tests: a throw-away PKI shaped like AKS Engine's,
+//! Shared fixtures for the kube stand-in tests: a throw-away PKI issued by certrotate's own
+//! `pki::issue` (so shaped like AKS Engine's, PKCS#1 keys included),
 //! a real etcd with client-certificate auth on free local ports, an apiserver stand-in, node
 //! roots for kubelet stand-ins, kubeconfigs, and the real kubectl. Everything is torn down
 //! by Drop guards: processes killed and reaped, temp dirs removed.
@@ -7,57 +8,51 @@
 use lab::kube::apiserver::{self, ApiserverConfig};
 use lab::kube::controller::ControllerConfig;
 use lab::kube::kubelet::{self, KubeletConfig, NodeRole};
-use rcgen::{BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType};
+use certrotate::pki::{issue, CertTemplate, ExtendedUsage, KeyCertPair, KeySpec};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// A certificate authority that can issue leaves.
+/// A certificate authority that can issue leaves, through certrotate's own issuer, so the
+/// material is shaped as AKS Engine's is (RSA keys as PKCS#1 PEM).
 pub struct TestCa {
     pub cert_pem: String,
-    params: CertificateParams,
-    key: KeyPair,
+    pair: KeyCertPair,
 }
 
-fn rsa_key() -> KeyPair {
-    KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).expect("RSA key generation")
+fn template(common_name: &str, organization: Option<&str>, ips: &[IpAddr], usages: Vec<ExtendedUsage>, is_ca: bool) -> CertTemplate {
+    let now = time::OffsetDateTime::now_utc();
+    CertTemplate {
+        common_name: common_name.to_owned(),
+        organization: organization.map(str::to_owned),
+        dns_sans: if is_ca { Vec::new() } else { vec!["localhost".to_owned()] },
+        ip_sans: ips.to_vec(),
+        is_ca,
+        extended_usages: usages,
+        key: KeySpec::Rsa2048,
+        not_before: now - time::Duration::hours(1),
+        not_after: now + time::Duration::days(365),
+    }
 }
 
 impl TestCa {
     pub fn new(common_name: &str) -> Self {
-        let key = rsa_key();
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, common_name);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment, KeyUsagePurpose::KeyCertSign];
-        let cert = params.self_signed(&key).expect("self-signed CA");
-        Self { cert_pem: cert.pem(), params, key }
+        let pair = issue::issue_ca(&template(common_name, None, &[], Vec::new(), true)).expect("CA issued");
+        Self { cert_pem: pair.cert_pem.clone(), pair }
     }
 
     /// Issues a leaf: (cert PEM, key PEM).
     pub fn issue(&self, common_name: &str, organization: Option<&str>, ips: &[IpAddr], server: bool, client: bool) -> (String, String) {
-        let key = rsa_key();
-        let mut params = CertificateParams::new(vec!["localhost".to_owned()]).expect("params");
-        params.subject_alt_names.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, common_name);
-        if let Some(o) = organization {
-            dn.push(DnType::OrganizationName, o);
-        }
-        params.distinguished_name = dn;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        let mut usages = Vec::new();
         if server {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ServerAuth);
+            usages.push(ExtendedUsage::ServerAuth);
         }
         if client {
-            params.extended_key_usages.push(ExtendedKeyUsagePurpose::ClientAuth);
+            usages.push(ExtendedUsage::ClientAuth);
         }
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let cert = params.signed_by(&key, &issuer).expect("signed leaf");
-        (cert.pem(), key.serialize_pem())
+        let leaf = issue::issue_leaf(&template(common_name, organization, ips, usages, false), &self.pair).expect("leaf issued");
+        (leaf.cert_pem.clone(), leaf.key_pem.clone())
     }
 }
 
@@ -182,7 +177,7 @@ impl Drop for Etcd {
 pub fn fast_controllers() -> ControllerConfig {
     ControllerConfig {
         resync_period: Duration::from_millis(250),
-        node_monitor_grace_period: Duration::from_secs(2),
+        node_monitor_grace_period: Duration::from_secs(4),
         leader_lease_duration: Duration::from_secs(2),
         ..ControllerConfig::default()
     }
