@@ -21,6 +21,15 @@ fn colour_wanted() -> bool {
 }
 
 pub fn run_plan(a: &PlanArgs) -> miette::Result<Outcome> {
+    if let Some(path) = &a.cluster.certificate_profile {
+        // Loaded and checked by `validate`; planning with user-supplied certificates as the
+        // desired state is not built yet, and silently ignoring the flag would mislead.
+        return Err(miette!(
+            help = "check the file with `certrotate validate --certificate-profile FILE`; plan without the flag to have certrotate issue the certificates",
+            "planning with --certificate-profile {} (certificates you supply) is not built yet; nothing was read or changed",
+            path.display()
+        ));
+    }
     let profile = Profile::load(&a.cluster.profile)?;
     let (model, topo, cat, inventory) = read_cluster(&a.cluster)?;
     let now = time::OffsetDateTime::now_utc();
