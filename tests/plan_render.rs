@@ -124,12 +124,7 @@ fn saved_plan(c: &Cluster, p: &Profile, parts: &PlanParts) -> PlanFile {
         subscription_id: None,
         api_model: FileDigest { path: "apimodel.json".into(), digest: Sha256Digest::of_bytes(b"apimodel") },
     };
-    let mut plan = PlanFile::new(identity, p.clone());
-    plan.changes = parts.changes.clone();
-    plan.findings = parts.findings.clone();
-    plan.graph = parts.graph.clone();
-    plan.summary = parts.summary.clone();
-    plan.expected_api_downtime = parts.expected_api_downtime.clone();
+    let mut plan = parts.clone().into_plan(identity, p.clone());
     plan.seal();
     plan
 }

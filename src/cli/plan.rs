@@ -65,13 +65,8 @@ pub fn run_plan(a: &PlanArgs) -> miette::Result<Outcome> {
                 digest: Sha256Digest::of_bytes(model.source.text.as_bytes()),
             },
         };
-        let mut plan = PlanFile::new(cluster, profile);
+        let mut plan = parts.into_plan(cluster, profile);
         plan.observed = observed(&topo, &inventory);
-        plan.changes = parts.changes.clone();
-        plan.findings = parts.findings.clone();
-        plan.graph = parts.graph.clone();
-        plan.summary = parts.summary.clone();
-        plan.expected_api_downtime = parts.expected_api_downtime.clone();
         plan.seal();
         plan.write_atomic(out).map_err(|e| miette!(help = "choose a writable path for --out", "cannot save the plan to {}: {e}", out.display()))?;
         if !a.json {

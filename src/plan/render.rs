@@ -80,6 +80,18 @@ impl PlanParts {
         }
     }
 
+    /// A plan file for `cluster` made with `profile`, holding these parts; not sealed, so
+    /// the caller can add what it observed before sealing.
+    pub fn into_plan(self, cluster: file::ClusterIdentity, profile: crate::model::profile::Profile) -> PlanFile {
+        let mut plan = PlanFile::new(cluster, profile);
+        plan.changes = self.changes;
+        plan.findings = self.findings;
+        plan.graph = self.graph;
+        plan.summary = self.summary;
+        plan.expected_api_downtime = self.expected_api_downtime;
+        plan
+    }
+
     pub fn view(&self) -> PlanView<'_> {
         PlanView {
             profile_name: &self.profile_name,

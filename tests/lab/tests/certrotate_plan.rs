@@ -4,17 +4,14 @@
 //! binary built beside this test (`cargo build --workspace`, as tests/run.sh does).
 
 use lab::spec::{Expiry, LabSpec};
+mod support;
+
 use lab::{Lab, UpOptions};
-use std::path::{Path, PathBuf};
+use support::{certrotate_bin, text};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-fn certrotate_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let bin = exe.parent().and_then(|d| d.parent()).unwrap().join("certrotate");
-    assert!(bin.is_file(), "build certrotate first: cargo build --workspace (looked for {})", bin.display());
-    bin
-}
 
 fn up(dir: &Path, expiry: Expiry) -> Lab {
     assert_eq!(unsafe { libc::geteuid() }, 0, "the lab tests need root");
@@ -42,9 +39,6 @@ fn plan(lab: &Lab, profile: &str, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!("exit {:?}\n{}\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 fn summary(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).lines().rev().find(|l| l.starts_with("Plan:") || l.starts_with("No changes")).unwrap_or("").to_string()

@@ -6,18 +6,13 @@
 
 use lab::control::Fault;
 use lab::spec::LabSpec;
+mod support;
+
 use lab::{Lab, UpOptions};
-use std::path::PathBuf;
+use support::{certrotate_bin, text};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-fn certrotate_bin() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let bin = profile_dir.join("certrotate");
-    assert!(bin.is_file(), "build certrotate first: cargo build --workspace (looked for {})", bin.display());
-    bin
-}
 
 fn status(lab: &Lab, extra: &[&str]) -> Output {
     let env = lab.env();
@@ -30,9 +25,6 @@ fn status(lab: &Lab, extra: &[&str]) -> Output {
         .unwrap()
 }
 
-fn text(o: &Output) -> String {
-    format!("exit {:?}\n{}\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
 
 #[test]
 fn status_reads_every_node_and_stops_on_changed_host_keys() {
