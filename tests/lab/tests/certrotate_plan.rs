@@ -73,6 +73,12 @@ fn healthy_cluster_needs_nothing_from_renew_expiring_and_everything_from_rotate_
     }
     assert!(seen >= 3 * 10 + 2 * 3, "every certificate of every node is in the plan ({seen} changes)");
 
+    // rotate-ca: a new cluster CA and everything under it, so replacements and an outage.
+    let out = plan(&lab, "rotate-ca", &[]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let ca_line = summary(&out);
+    assert!(!ca_line.contains(" 0 to replace") && ca_line.contains("API downtime: outage"), "{ca_line}");
+
     let plan_text = std::fs::read_to_string(&saved).unwrap();
     assert!(!plan_text.contains("PRIVATE KEY"), "a private key reached the plan file");
     use std::os::unix::fs::PermissionsExt;
@@ -113,5 +119,45 @@ fn expired_cluster_is_planned_without_the_api() {
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     let findings = json["findings"].as_array().unwrap();
     assert!(findings.iter().any(|f| f["code"] == "cluster-expired"), "{json:#}");
+    lab.down().unwrap();
+}
+
+/// Runs a command as root on a lab node through the jumpbox, with the lab's ssh config.
+fn on_node(lab: &Lab, node: &str, command: &str) {
+    let env = lab.env();
+    let out = Command::new("ssh")
+        .arg("-F")
+        .arg(&env["LAB_SSH_CONFIG"])
+        .arg("-J")
+        .arg(format!("azureuser@{}", env["LAB_SSH_HOST"]))
+        .arg(format!("azureuser@{node}"))
+        .arg(format!("sudo sh -c '{command}'"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command} on {node}: {}", text(&out));
+}
+
+#[test]
+fn drift_on_live_nodes_shows_as_findings() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up(dir.path(), Expiry::Default);
+    let suffix = lab.env()["LAB_NAME_SUFFIX"].clone();
+    let agent = format!("k8s-agentpool1-{suffix}-0");
+    let master1 = format!("k8s-master-{suffix}-1");
+    // A key readable by everyone, and a master whose apiserver key belongs to another cert.
+    on_node(&lab, &agent, "chmod 0644 /etc/kubernetes/certs/client.key");
+    on_node(&lab, &master1, "cp /etc/kubernetes/certs/client.key /etc/kubernetes/certs/apiserver.key");
+
+    let out = plan(&lab, "renew-expiring", &["--json"]);
+    assert!(matches!(out.status.code(), Some(0) | Some(2)), "{}", text(&out));
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
+    let findings = json["findings"].as_array().unwrap();
+    let has = |code: &str, node: &str, path_end: &str| {
+        findings.iter().any(|f| {
+            f["code"] == code && f["node"] == node && f["path"].as_str().is_some_and(|p| p.ends_with(path_end))
+        })
+    };
+    assert!(has("wrong-mode", &agent, "client.key"), "mode drift not found: {findings:#?}");
+    assert!(has("key-mismatch", &master1, "apiserver.key"), "key mismatch not found: {findings:#?}");
     lab.down().unwrap();
 }
