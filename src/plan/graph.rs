@@ -518,6 +518,38 @@ struct Builder<'a> {
 }
 
 impl Builder<'_> {
+    /// Installs `ids` on master `node` after `after` and its staged copy, then writes the admin
+    /// kubeconfig there when it changes; returns the last step. Both master strategies start so.
+    fn install_on_master(
+        &mut self,
+        node: &str,
+        ids: &[String],
+        requires: &[NodeIndex],
+        after: &[NodeIndex],
+        staged: NodeIndex,
+        admin_kubeconfig: Option<&str>,
+    ) -> NodeIndex {
+        let install = self.action(
+            Operation::InstallCerts,
+            Some(node),
+            format!("install {} on {node} (atomic renames, owners and modes from the catalogue)", ids.join(", ")),
+            params(&[("certificates", AttrValue::List(ids.to_vec()))]),
+            requires,
+        );
+        self.g.edges_from(after, install);
+        self.g.edge(staged, install);
+        let Some(admin) = admin_kubeconfig else { return install };
+        let k = self.action(
+            Operation::InstallAdminKubeconfig,
+            Some(node),
+            format!("write the admin kubeconfig /home/{admin}/.kube/config on {node}"),
+            BTreeMap::new(),
+            &[],
+        );
+        self.g.edge(install, k);
+        k
+    }
+
     fn action(&mut self, op: Operation, target: Option<&str>, description: String, parameters: BTreeMap<String, AttrValue>, requires: &[NodeIndex]) -> NodeIndex {
         let id = match target {
             Some(t) => format!("{}@{t}", op.as_str()),
@@ -712,27 +744,8 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
                 let ids = main_phase_ids(&m.name);
                 let mut requires = master_end.clone();
                 requires.extend(preflight.iter().copied());
-                let install = b.action(
-                    Operation::InstallCerts,
-                    Some(&m.name),
-                    format!("install {} on {} (atomic renames, owners and modes from the catalogue)", ids.join(", "), m.name),
-                    params(&[("certificates", AttrValue::List(ids.clone()))]),
-                    &requires,
-                );
-                b.g.edges_from(&master_end, install);
-                b.g.edge(staged[&m.name], install);
-                let mut last = install;
-                if kubeconfig_changes(&m.name) {
-                    let k = b.action(
-                        Operation::InstallAdminKubeconfig,
-                        Some(&m.name),
-                        format!("write the admin kubeconfig /home/{}/.kube/config on {}", topo.admin_username, m.name),
-                        BTreeMap::new(),
-                        &[],
-                    );
-                    b.g.edge(last, k);
-                    last = k;
-                }
+                let admin = kubeconfig_changes(&m.name).then_some(topo.admin_username.as_str());
+                let mut last = b.install_on_master(&m.name, &ids, &requires, &master_end, staged[&m.name], admin);
                 let etcd_related = ids.iter().any(|id| ETCD_RELATED.contains(&id.as_str()) || id.starts_with("etcdpeer"));
                 let mut gates_of_master = Vec::new();
                 if etcd_related {
@@ -790,27 +803,8 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
             let mut reboots = Vec::new();
             for m in &masters_main {
                 let ids = main_phase_ids(&m.name);
-                let install = b.action(
-                    Operation::InstallCerts,
-                    Some(&m.name),
-                    format!("install {} on {} (atomic renames, owners and modes from the catalogue)", ids.join(", "), m.name),
-                    params(&[("certificates", AttrValue::List(ids.clone()))]),
-                    &preflight,
-                );
-                b.g.edges_from(&preflight, install);
-                b.g.edge(staged[&m.name], install);
-                let mut last = install;
-                if kubeconfig_changes(&m.name) {
-                    let k = b.action(
-                        Operation::InstallAdminKubeconfig,
-                        Some(&m.name),
-                        format!("write the admin kubeconfig /home/{}/.kube/config on {}", topo.admin_username, m.name),
-                        BTreeMap::new(),
-                        &[],
-                    );
-                    b.g.edge(last, k);
-                    last = k;
-                }
+                let admin = kubeconfig_changes(&m.name).then_some(topo.admin_username.as_str());
+                let mut last = b.install_on_master(&m.name, &ids, &preflight, &preflight, staged[&m.name], admin);
                 if removal(&m.name) {
                     let r = b.action(
                         Operation::RemoveKubeletClientCurrent,
