@@ -37,9 +37,10 @@ pub enum Command {
     Rollback(RollbackArgs),
 }
 
-/// What identifies and reaches the cluster; shared by plan, apply, status, validate.
+/// The API model and the desired state: all that `validate` needs, and the start of every
+/// command that reaches the cluster.
 #[derive(Debug, Clone, Args)]
-pub struct ClusterArgs {
+pub struct ModelArgs {
     /// Path to apimodel.json written by aks-engine deploy or generate.
     #[arg(long, value_name = "FILE")]
     pub api_model: PathBuf,
@@ -48,13 +49,21 @@ pub struct ClusterArgs {
     #[arg(long, value_name = "NAME|PATH", default_value = "renew-expiring")]
     pub profile: String,
 
-    /// aks-engine's certificate profile JSON: use these certificates instead of issuing new ones.
+    /// aks-engine's certificate profile JSON (certificates you supply); `validate` checks it,
+    /// `plan` does not take it yet.
     #[arg(long, value_name = "FILE")]
     pub certificate_profile: Option<PathBuf>,
 
     /// The 8-digit VM name suffix, when azuredeploy.json is not beside the API model.
     #[arg(long, value_name = "DIGITS")]
     pub name_suffix: Option<String>,
+}
+
+/// What identifies and reaches the cluster; shared by plan, apply, status, rollback.
+#[derive(Debug, Clone, Args)]
+pub struct ClusterArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
 
     /// SSH listener that reaches every node (the jumpbox or first master), as HOST or HOST:PORT.
     #[arg(long, value_name = "HOST")]
@@ -205,18 +214,8 @@ pub struct StatusArgs {
 
 #[derive(Debug, Args)]
 pub struct ValidateArgs {
-    /// Path to apimodel.json written by aks-engine deploy or generate.
-    #[arg(long, value_name = "FILE")]
-    pub api_model: PathBuf,
-    /// The desired profile: a shipped name (rotate-all, renew-expiring, rotate-ca) or a YAML path.
-    #[arg(long, value_name = "NAME|PATH", default_value = "renew-expiring")]
-    pub profile: String,
-    /// aks-engine's certificate profile JSON to check as well.
-    #[arg(long, value_name = "FILE")]
-    pub certificate_profile: Option<PathBuf>,
-    /// The 8-digit VM name suffix, when azuredeploy.json is not beside the API model.
-    #[arg(long, value_name = "DIGITS")]
-    pub name_suffix: Option<String>,
+    #[command(flatten)]
+    pub model: ModelArgs,
     #[arg(long)]
     pub json: bool,
 }

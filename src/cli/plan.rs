@@ -21,7 +21,7 @@ fn colour_wanted() -> bool {
 }
 
 pub fn run_plan(a: &PlanArgs) -> miette::Result<Outcome> {
-    if let Some(path) = &a.cluster.certificate_profile {
+    if let Some(path) = &a.cluster.model.certificate_profile {
         // Loaded and checked by `validate`; planning with user-supplied certificates as the
         // desired state is not built yet, and silently ignoring the flag would mislead.
         return Err(miette!(
@@ -30,7 +30,7 @@ pub fn run_plan(a: &PlanArgs) -> miette::Result<Outcome> {
             path.display()
         ));
     }
-    let profile = Profile::load(&a.cluster.profile)?;
+    let profile = Profile::load(&a.cluster.model.profile)?;
     let (model, topo, cat, inventory) = read_cluster(&a.cluster)?;
     let now = time::OffsetDateTime::now_utc();
     let audit = audit_certificate_profile(&model, &cat, now)?;

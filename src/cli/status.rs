@@ -63,8 +63,8 @@ pub fn ssh_settings(args: &ClusterArgs, model: &ApiModel, topo: &Topology) -> mi
 
 /// Reads the cluster: API model, topology, catalogue, and the live inventory.
 pub fn read_cluster(args: &ClusterArgs) -> miette::Result<(ApiModel, Topology, Vec<CertEntry>, Inventory)> {
-    let model = ApiModel::load(&args.api_model)?;
-    let topo = Topology::derive(&model, args.name_suffix.as_deref())?;
+    let model = ApiModel::load(&args.model.api_model)?;
+    let topo = Topology::derive(&model, args.model.name_suffix.as_deref())?;
     let cat = catalogue::catalogue(&topo);
     let settings = ssh_settings(args, &model, &topo)?;
     let fleet = Arc::new(SshFleet::new(settings).into_diagnostic()?);

@@ -23,19 +23,19 @@ pub struct ValidateReport {
 }
 
 pub fn run(a: &ValidateArgs) -> miette::Result<Outcome> {
-    let model = ApiModel::load(&a.api_model)?;
-    let suffix = crate::model::topology::resolve_name_suffix(&model, a.name_suffix.as_deref())?;
+    let model = ApiModel::load(&a.model.api_model)?;
+    let suffix = crate::model::topology::resolve_name_suffix(&model, a.model.name_suffix.as_deref())?;
     let topo = Topology::derive_with_suffix(&model, &suffix.value)?;
-    let profile = Profile::load(&a.profile)?;
+    let profile = Profile::load(&a.model.profile)?;
     let cat = catalogue::catalogue(&topo);
     let now = time::OffsetDateTime::now_utc();
     let mut findings = audit::audit_certificate_profile(&model, &cat, now)?.findings;
-    if let Some(path) = &a.certificate_profile {
+    if let Some(path) = &a.model.certificate_profile {
         let (cp, src) = CertificateProfile::load(path)?;
         findings.extend(audit::audit_profile_fields(&cp, &src, &[], &cat, now)?.findings);
     }
     let report = ValidateReport {
-        api_model: a.api_model.display().to_string(),
+        api_model: a.model.api_model.display().to_string(),
         name_suffix_from: suffix.from,
         topology: topo,
         profile: format!("{} ({})", profile.name, profile.description.lines().next().unwrap_or("")),
@@ -118,8 +118,8 @@ pub struct ExpiryRow {
 
 pub fn status_offline(a: &StatusArgs) -> miette::Result<Outcome> {
     let c = &a.cluster;
-    let model = ApiModel::load(&c.api_model)?;
-    let topo = Topology::derive(&model, c.name_suffix.as_deref())?;
+    let model = ApiModel::load(&c.model.api_model)?;
+    let topo = Topology::derive(&model, c.model.name_suffix.as_deref())?;
     let cat = catalogue::catalogue(&topo);
     let now = time::OffsetDateTime::now_utc();
     let audit = audit::audit_certificate_profile(&model, &cat, now)?;
@@ -138,7 +138,7 @@ pub fn status_offline(a: &StatusArgs) -> miette::Result<Outcome> {
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));
     } else {
-        println!("Offline: certificates as recorded in {}; no node was contacted.\n", c.api_model.display());
+        println!("Offline: certificates as recorded in {}; no node was contacted.\n", c.model.api_model.display());
         print!("{}", render_expiry_table(&rows));
     }
     Ok(Outcome::Ok)
