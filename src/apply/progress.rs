@@ -198,7 +198,6 @@ pub struct Reporter {
 
 struct State {
     out: Output,
-    total_steps: usize,
     /// Phase of every step seen starting or registered, for skips and finishes.
     phase_of: HashMap<String, Phase>,
     operation_of: HashMap<String, String>,
@@ -230,22 +229,22 @@ impl Reporter {
             Mode::Plain => Output::Lines { w: Box::new(std::io::stderr()), json: false },
             Mode::Json => Output::Lines { w: Box::new(std::io::stdout()), json: true },
         };
-        Reporter::with_output(mode, total_steps, out)
+        Reporter::with_output(mode, out)
     }
 
-    /// Renders into `w`; Tty renders as Plain there (bars need a terminal).
-    pub fn to_writer(mode: Mode, total_steps: usize, w: Box<dyn Write + Send>) -> Reporter {
+    /// Renders into `w`; Tty renders as Plain there (bars need a terminal), and lines do
+    /// not need the step count.
+    pub fn to_writer(mode: Mode, _total_steps: usize, w: Box<dyn Write + Send>) -> Reporter {
         let json = mode == Mode::Json;
-        Reporter::with_output(mode, total_steps, Output::Lines { w, json })
+        Reporter::with_output(mode, Output::Lines { w, json })
     }
 
-    fn with_output(mode: Mode, total_steps: usize, out: Output) -> Reporter {
+    fn with_output(mode: Mode, out: Output) -> Reporter {
         Reporter {
             mode,
             started: Instant::now(),
             state: Mutex::new(State {
                 out,
-                total_steps,
                 phase_of: HashMap::new(),
                 operation_of: HashMap::new(),
                 last_gate_line: HashMap::new(),
@@ -306,9 +305,17 @@ impl Reporter {
         let mut st = self.lock();
         let st = &mut *st;
         st.timings.observe_at(&e, at);
-        if let Event::StepStarted { id, operation, phase, .. } = &e {
-            st.phase_of.insert(id.clone(), *phase);
-            st.operation_of.insert(id.clone(), operation.clone());
+        match &e {
+            Event::StepStarted { id, operation, phase, .. } => {
+                st.phase_of.insert(id.clone(), *phase);
+                st.operation_of.insert(id.clone(), operation.clone());
+                // A gate run again (resume, retry) starts its rate limit afresh.
+                st.last_gate_line.remove(id);
+            }
+            Event::StepFinished { id, .. } | Event::StepFailed { id, .. } => {
+                st.last_gate_line.remove(id);
+            }
+            _ => {}
         }
         match &mut st.out {
             Output::Lines { w, json: true } => {
@@ -324,10 +331,10 @@ impl Reporter {
                     }
                     st.last_gate_line.insert(id.clone(), *elapsed_secs);
                 }
-                let text = plain_lines(&e, at, &st.phase_of, st.total_steps);
+                let text = plain_lines(&e, at, &st.phase_of);
                 write_all(w, &text);
             }
-            Output::Bars(bars) => bars.render(&e, at, &st.phase_of, &st.operation_of, st.total_steps),
+            Output::Bars(bars) => bars.render(&e, at, &st.phase_of, &st.operation_of),
         }
     }
 
@@ -415,13 +422,12 @@ fn push_indented(s: &mut String, text: &str) {
 }
 
 /// The Plain rendering of one event: whole lines, each ending in a newline.
-fn plain_lines(e: &Event, at: f64, phase_of: &HashMap<String, Phase>, total_steps: usize) -> String {
+fn plain_lines(e: &Event, at: f64, phase_of: &HashMap<String, Phase>) -> String {
     let t = time_prefix(at);
     let phase = |id: &str| phase_of.get(id).copied().unwrap_or_else(|| Phase::guess_from_id(id));
     let mut s = String::new();
     match e {
         Event::ApplyStarted { plan_digest, steps, already_done } => {
-            let steps = if *steps == 0 { total_steps } else { *steps };
             s.push_str(&format!("{t}apply  plan {plan_digest}: {steps} steps, {already_done} already done\n"));
         }
         Event::StepStarted { id, phase, .. } => {
@@ -530,7 +536,6 @@ impl Bars {
         at: f64,
         phase_of: &HashMap<String, Phase>,
         operation_of: &HashMap<String, String>,
-        total_steps: usize,
     ) {
         let phase = |id: &str| phase_of.get(id).copied().unwrap_or_else(|| Phase::guess_from_id(id));
         match e {
@@ -560,19 +565,19 @@ impl Bars {
                 }
             }
             Event::StepSkipped { id, .. } | Event::StepFinished { id, .. } => {
-                self.println(&plain_lines(e, at, phase_of, total_steps));
+                self.println(&plain_lines(e, at, phase_of));
                 self.advance(phase(id));
                 self.release(id);
             }
             Event::StepFailed { id, .. } => {
-                self.println(&plain_lines(e, at, phase_of, total_steps));
+                self.println(&plain_lines(e, at, phase_of));
                 if let Some((_, bar)) = self.phases.iter().find(|(p, _)| *p == phase(id)) {
                     bar.set_message("FAILED");
                 }
                 self.release(id);
             }
             Event::ApplyStarted { .. } | Event::Warning { .. } => {
-                self.println(&plain_lines(e, at, phase_of, total_steps));
+                self.println(&plain_lines(e, at, phase_of));
             }
             Event::ApplyFinished { .. } => {
                 for (_, (spinner, _)) in self.busy.drain() {
@@ -586,7 +591,7 @@ impl Bars {
                 if let Some(overall) = &self.overall {
                     overall.abandon();
                 }
-                self.println(&plain_lines(e, at, phase_of, total_steps));
+                self.println(&plain_lines(e, at, phase_of));
             }
         }
     }
@@ -822,7 +827,7 @@ mod tests {
     #[test]
     fn tty_bars_count_steps_per_phase_and_spinners_follow_nodes() {
         let mp = MultiProgress::with_draw_target(ProgressDrawTarget::hidden());
-        let r = Reporter::with_output(Mode::Tty, 4, Output::Bars(Bars::new(mp, 4)));
+        let r = Reporter::with_output(Mode::Tty, Output::Bars(Bars::new(mp, 4)));
         r.set_steps(&[
             ("backupApiModel".into(), Phase::Prepare),
             ("installCerts@k8s-master-0".into(), Phase::Masters),
@@ -876,6 +881,10 @@ mod tests {
                 "[t] wait   nodesReady@k8s-agent-0: NotReady (21.0s)",
             ]
         );
+        // Started again (a resumed run), the gate's first poll shows at once.
+        r.emit(started("nodesReady@k8s-agent-0", "nodesReady", Some("k8s-agent-0"), Phase::Agents));
+        r.emit(wait("nodesReady@k8s-agent-0", &["Ready=Unknown"], 1.0));
+        assert_eq!(buf.lines().last().unwrap(), "[t] wait   nodesReady@k8s-agent-0: Ready=Unknown (1.0s)");
         let etcd: Vec<&String> = lines.iter().filter(|l| l.contains("etcdHealthy@preflight")).collect();
         assert_eq!(
             etcd,
