@@ -109,6 +109,8 @@ fn scrub(text: &str) -> String {
 struct Candidate {
     label: String,
     kubeconfig: Kubeconfig,
+    /// The context chosen when the candidate was built, so kube loads the same one.
+    context: String,
     /// The URL to connect to (the kubeconfig's server, or its host:port replaced).
     server: String,
     /// The name the serving certificate must carry when it differs from `server`'s host.
@@ -132,8 +134,8 @@ impl fmt::Debug for KubeAccess {
     }
 }
 
-/// The current context's cluster of a kubeconfig.
-fn current_cluster<'a>(kubeconfig: &'a Kubeconfig, label: &str) -> Result<&'a kube::config::Cluster, KubeOpsError> {
+/// The context to use (current-context, or the only one) and its cluster.
+fn current_cluster<'a>(kubeconfig: &'a Kubeconfig, label: &str) -> Result<(String, &'a kube::config::Cluster), KubeOpsError> {
     let fail = |reason: String| KubeOpsError::Kubeconfig { label: label.to_owned(), reason };
     let context_name = match &kubeconfig.current_context {
         Some(name) if !name.is_empty() => name.clone(),
@@ -146,12 +148,13 @@ fn current_cluster<'a>(kubeconfig: &'a Kubeconfig, label: &str) -> Result<&'a ku
         .find(|c| c.name == context_name)
         .and_then(|c| c.context.as_ref())
         .ok_or_else(|| fail(format!("context {context_name:?} is not defined")))?;
-    kubeconfig
+    let cluster = kubeconfig
         .clusters
         .iter()
         .find(|c| c.name == context.cluster)
         .and_then(|c| c.cluster.as_ref())
-        .ok_or_else(|| fail(format!("cluster {:?} of context {context_name:?} is not defined", context.cluster)))
+        .ok_or_else(|| fail(format!("cluster {:?} of context {context_name:?} is not defined", context.cluster)))?;
+    Ok((context_name, cluster))
 }
 
 /// Which input an endpoint problem is the fault of.
@@ -200,13 +203,13 @@ impl KubeAccess {
         for (label, text) in kubeconfigs {
             let fail = |reason: String| KubeOpsError::Kubeconfig { label: label.clone(), reason };
             let kubeconfig = Kubeconfig::from_yaml(text).map_err(|e| fail(scrub(&error_chain(&e))))?;
-            let cluster = current_cluster(&kubeconfig, label)?;
+            let (context, cluster) = current_cluster(&kubeconfig, label)?;
             let server = cluster.server.as_deref().ok_or_else(|| fail("its cluster has no server".into()))?;
             let (server, tls_server_name) = endpoint(server, cluster.tls_server_name.as_deref(), apiserver).map_err(|e| match e {
                 EndpointError::Server(reason) => fail(reason),
                 EndpointError::Override(reason) => KubeOpsError::ApiserverAddress { value: apiserver.unwrap_or_default().to_owned(), reason },
             })?;
-            candidates.push(Candidate { label: label.clone(), kubeconfig, server, tls_server_name });
+            candidates.push(Candidate { label: label.clone(), kubeconfig, context, server, tls_server_name });
         }
         Ok(Self { candidates })
     }
@@ -242,7 +245,8 @@ fn install_crypto_provider() {
 }
 
 async fn try_candidate(candidate: &Candidate, timeout: Duration) -> Result<kube::Client, String> {
-    let mut config = kube::Config::from_custom_kubeconfig(candidate.kubeconfig.clone(), &KubeConfigOptions::default())
+    let options = KubeConfigOptions { context: Some(candidate.context.clone()), ..KubeConfigOptions::default() };
+    let mut config = kube::Config::from_custom_kubeconfig(candidate.kubeconfig.clone(), &options)
         .await
         .map_err(|e| scrub(&error_chain(&e)))?;
     config.cluster_url = candidate.server.parse().map_err(|e| format!("server {:?}: {e}", candidate.server))?;
@@ -250,10 +254,21 @@ async fn try_candidate(candidate: &Candidate, timeout: Duration) -> Result<kube:
     // A dead address should fail this candidate, not eat the whole budget of the next one.
     config.connect_timeout = Some(config.connect_timeout.map_or(timeout, |t| t.min(timeout)));
     let client = kube::Client::try_from(config).map_err(|e| error_chain(&e))?;
-    client.apiserver_version().await.map_err(|e| format!("GET /version: {}", error_chain(&e)))?;
+    client.apiserver_version().await.map_err(|e| format!("GET /version: {}", explain_handshake(error_chain(&e))))?;
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     namespaces.get(KUBE_SYSTEM).await.map_err(|e| format!("GET namespace kube-system: {}", error_chain(&e)))?;
     Ok(client)
+}
+
+/// A TLS alert from the server after the client sent its certificate is, for an apiserver, a
+/// refused client certificate; rustls only reports the alert's name (often "DecryptError"
+/// when an old and a new CA share the subject "CN=ca", as AKS Engine's always do).
+fn explain_handshake(reason: String) -> String {
+    if reason.contains("received fatal alert") {
+        format!("{reason} (the API server refused the TLS handshake: the client certificate is probably not signed by the CA the server trusts)")
+    } else {
+        reason
+    }
 }
 
 fn is_not_found(error: &kube::Error) -> bool {
@@ -298,6 +313,9 @@ where
         None => Ok(results),
     }
 }
+
+/// Jobs of different future types (one per resource kind) in one `bounded` call.
+type Job<T> = std::pin::Pin<Box<dyn Future<Output = Result<T, KubeOpsError>> + Send>>;
 
 /// Deletes one object; false when it was already gone.
 async fn delete_one<K>(api: Api<K>, what: String) -> Result<bool, KubeOpsError>
@@ -393,7 +411,7 @@ pub async fn rollout_restart_all(client: &kube::Client, stamp: &str) -> Result<u
     let daemon_sets: Api<DaemonSet> = Api::all(client.clone());
     let deployment_list = deployments.list(&ListParams::default()).await.map_err(|e| KubeOpsError::api("listing deployments", &e))?;
     let daemon_set_list = daemon_sets.list(&ListParams::default()).await.map_err(|e| KubeOpsError::api("listing daemonsets", &e))?;
-    let mut jobs: Vec<std::pin::Pin<Box<dyn Future<Output = Result<bool, KubeOpsError>> + Send>>> = Vec::new();
+    let mut jobs: Vec<Job<bool>> = Vec::new();
     for d in &deployment_list.items {
         let (Some(ns), Some(name)) = (d.metadata.namespace.clone(), d.metadata.name.clone()) else { continue };
         let annotations = d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.annotations.as_ref());
