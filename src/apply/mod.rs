@@ -1,5 +1,14 @@
-//! Executes a saved plan: walks the action graph in dependency order through its gates.
-//! Not built yet (issue: apply); the CLI says so when asked.
+//! Executes a saved plan: walks the action graph in dependency order through its gates,
+//! journals every finished step so a rerun resumes, holds a cluster-wide lock, and can roll
+//! a cluster back to the certificates it backed up.
 
+pub mod executor;
+pub mod gates;
+pub mod journal;
+pub mod lock;
+pub mod node;
 pub mod progress;
+pub mod stale;
+pub mod store;
 pub mod windows;
+pub mod winexec;

@@ -2,6 +2,7 @@
 //! miette report and an exit code (0 ok, 1 error, 2 changes or findings where asked).
 
 pub mod args;
+mod apply;
 mod plan;
 mod status;
 mod validate;
@@ -43,18 +44,9 @@ fn run(cli: Cli) -> miette::Result<Outcome> {
         Command::Status(a) if a.offline => validate::status_offline(&a),
         Command::Status(a) => status::run(&a),
         Command::Plan(a) => plan::run_plan(&a),
-        Command::Apply(_) => not_built("apply", "applying a plan comes with issue #5"),
+        Command::Apply(a) => apply::run_apply(&a),
         Command::Show(a) => plan::run_show(&a),
         Command::Graph(a) => plan::run_graph(&a),
-        Command::Rollback(_) => not_built("rollback", "rollback comes with issue #5"),
+        Command::Rollback(a) => apply::run_rollback(&a),
     }
-}
-
-/// Commands not built yet say so and fail; they never pretend to have done something.
-fn not_built(command: &str, why: &str) -> miette::Result<Outcome> {
-    Err(miette::miette!(
-        code = "certrotate::not_built",
-        help = why.to_string(),
-        "`certrotate {command}` is not built yet in this version; nothing was read or changed"
-    ))
 }

@@ -1,7 +1,7 @@
 //! `plan`, `show` and `graph`: refresh the cluster, diff it against the profile, build the
 //! action graph, render it, and save it as a sealed plan file; render saved plans offline.
 
-use super::args::{GraphArgs, PlanArgs, ShowArgs};
+use super::args::{ClusterArgs, GraphArgs, PlanArgs, ShowArgs};
 use super::status::read_cluster;
 use super::Outcome;
 use crate::model::inventory::{Inventory, ObservedContent};
@@ -16,12 +16,36 @@ use crate::pki::catalogue::{ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_K
 use is_terminal::IsTerminal;
 use miette::{miette, IntoDiagnostic};
 
-fn colour_wanted() -> bool {
+pub fn colour_wanted() -> bool {
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
 
 pub fn run_plan(a: &PlanArgs) -> miette::Result<Outcome> {
-    if let Some(path) = &a.cluster.model.certificate_profile {
+    let made = make_plan(&a.cluster)?;
+    if a.json {
+        println!("{}", render::json(&PlanView::from_plan_file(&made.plan)).into_diagnostic()?);
+    } else {
+        print!("{}", render::human(&PlanView::from_plan_file(&made.plan), colour_wanted()));
+    }
+    if let Some(out) = &a.out {
+        made.plan.write_atomic(out).map_err(|e| miette!(help = "choose a writable path for --out", "cannot save the plan to {}: {e}", out.display()))?;
+        if !a.json {
+            println!("\nSaved the plan to {}. Review it with `certrotate show {}`; apply exactly it with `certrotate apply {}`.", out.display(), out.display(), out.display());
+        }
+    }
+    Ok(if a.detailed_exitcode && made.has_changes { Outcome::Attention } else { Outcome::Ok })
+}
+
+/// A sealed plan made from the live cluster, with what refresh read.
+pub struct MadePlan {
+    pub plan: PlanFile,
+    pub has_changes: bool,
+}
+
+/// Refreshes the cluster, diffs it against the profile, builds and checks the graph, and
+/// seals the result as a plan file (not written anywhere).
+pub fn make_plan(args: &ClusterArgs) -> miette::Result<MadePlan> {
+    if let Some(path) = &args.model.certificate_profile {
         // Loaded and checked by `validate`; planning with user-supplied certificates as the
         // desired state is not built yet, and silently ignoring the flag would mislead.
         return Err(miette!(
@@ -30,8 +54,8 @@ pub fn run_plan(a: &PlanArgs) -> miette::Result<Outcome> {
             path.display()
         ));
     }
-    let profile = Profile::load(&a.cluster.model.profile)?;
-    let (model, topo, cat, inventory) = read_cluster(&a.cluster)?;
+    let profile = Profile::load(&args.model.profile)?;
+    let (model, topo, cat, inventory) = read_cluster(args)?;
     let now = time::OffsetDateTime::now_utc();
     let audit = audit_certificate_profile(&model, &cat, now)?;
     let diff = diff_with(DiffInput {
@@ -45,40 +69,26 @@ pub fn run_plan(a: &PlanArgs) -> miette::Result<Outcome> {
     let action_graph = graph::build(&diff, &topo, &profile);
     action_graph.validate().map_err(|e| miette!("internal error: the planned action graph is invalid: {e}"))?;
     let parts = PlanParts::assemble(&diff, &action_graph);
-
-    if a.json {
-        println!("{}", render::json(&parts.view()).into_diagnostic()?);
-    } else {
-        print!("{}", render::human(&parts.view(), colour_wanted()));
-    }
-
-    if let Some(out) = &a.out {
-        let cluster = ClusterIdentity {
-            dns_prefix: topo.dns_prefix.clone(),
-            location: topo.location.clone(),
-            name_suffix: topo.name_suffix.clone(),
-            apiserver_fqdn: topo.fqdn.clone(),
-            resource_group: a.cluster.azure.resource_group.clone(),
-            subscription_id: a.cluster.azure.subscription_id.clone(),
-            api_model: FileDigest {
-                path: std::fs::canonicalize(model.path()).unwrap_or_else(|_| model.path().to_path_buf()),
-                digest: Sha256Digest::of_bytes(model.source.text.as_bytes()),
-            },
-        };
-        let mut plan = parts.into_plan(cluster, profile);
-        plan.observed = observed(&topo, &inventory);
-        plan.seal();
-        plan.write_atomic(out).map_err(|e| miette!(help = "choose a writable path for --out", "cannot save the plan to {}: {e}", out.display()))?;
-        if !a.json {
-            println!("\nSaved the plan to {}. Review it with `certrotate show {}`; apply exactly it with `certrotate apply {}`.", out.display(), out.display(), out.display());
-        }
-    }
-
-    Ok(if a.detailed_exitcode && diff.has_changes() { Outcome::Attention } else { Outcome::Ok })
+    let cluster = ClusterIdentity {
+        dns_prefix: topo.dns_prefix.clone(),
+        location: topo.location.clone(),
+        name_suffix: topo.name_suffix.clone(),
+        apiserver_fqdn: topo.fqdn.clone(),
+        resource_group: args.azure.resource_group.clone(),
+        subscription_id: args.azure.subscription_id.clone(),
+        api_model: FileDigest {
+            path: std::fs::canonicalize(model.path()).unwrap_or_else(|_| model.path().to_path_buf()),
+            digest: Sha256Digest::of_bytes(model.source.text.as_bytes()),
+        },
+    };
+    let mut plan = parts.into_plan(cluster, profile);
+    plan.observed = observed(&topo, &inventory);
+    plan.seal();
+    Ok(MadePlan { plan, has_changes: diff.has_changes() })
 }
 
 /// Digests of what refresh read, for the plan to be checked against before apply.
-fn observed(topo: &Topology, inventory: &Inventory) -> Observed {
+pub fn observed(topo: &Topology, inventory: &Inventory) -> Observed {
     let mut out = Observed::default();
     for node in &inventory.nodes {
         let role = match topo.node(&node.node).map(|n| n.role) {

@@ -256,24 +256,27 @@ impl NodeSession {
     }
 
     pub async fn run_script(&self, what: &str, script: &str, as_root: bool) -> Result<String, RemoteError> {
-        use tokio::io::AsyncWriteExt;
-        let mut cmd = if as_root {
-            let mut c = self.session.command("sudo");
-            c.args(["-n", "sh", "-s"]);
-            c
+        if as_root {
+            self.run_program(what, "sudo", &["-n", "sh", "-s"], script).await
         } else {
-            let mut c = self.session.command("sh");
-            c.arg("-s");
-            c
-        };
+            self.run_program(what, "sh", &["-s"], script).await
+        }
+    }
+
+    /// Runs `program args...` feeding `stdin` (a script, possibly carrying key material, which
+    /// must not appear on a command line); returns stdout, or the exit code and stderr.
+    pub async fn run_program(&self, what: &str, program: &str, args: &[&str], stdin: &str) -> Result<String, RemoteError> {
+        use tokio::io::AsyncWriteExt;
+        let mut cmd = self.session.command(program);
+        cmd.args(args);
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().await.map_err(|e| self.unreachable(&e))?;
-        if let Some(mut stdin) = child.stdin().take() {
-            stdin.write_all(script.as_bytes()).await.map_err(|e| RemoteError::Unreachable {
+        if let Some(mut pipe) = child.stdin().take() {
+            pipe.write_all(stdin.as_bytes()).await.map_err(|e| RemoteError::Unreachable {
                 node: self.node.clone(),
                 message: format!("sending the script: {e}"),
             })?;
-            stdin.shutdown().await.ok();
+            pipe.shutdown().await.ok();
         }
         let out = child.wait_with_output().await.map_err(|e| self.unreachable(&e))?;
         if !out.status.success() {

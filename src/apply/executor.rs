@@ -1,0 +1,758 @@
+//! The executor: walks a plan's action graph in dependency order on tokio. Ready steps run
+//! concurrently up to `--parallelism`; the graph's edges already keep each node's steps in
+//! order and the front-proxy steps serial across masters. Steps the journal records as done
+//! are skipped, so a rerun resumes. The first failed action or gate stops scheduling new work;
+//! work in flight finishes; the error says what failed, what was observed, and how to go on.
+
+use crate::apply::journal::Journal;
+use crate::apply::node::{self, NodeFile};
+use crate::apply::progress::{Event, Phase, Reporter, Timings};
+use crate::apply::store::{self, NewPki, RunDir, RunState};
+use crate::cloud::azure::{AzureCompute, AzureSettings};
+use crate::cloud::kube as kops;
+use crate::model::apimodel::{write_atomic, ApiModel};
+use crate::model::profile::{GateKind, Profile};
+use crate::model::topology::{Availability, Node, OsType, Role, Topology};
+use crate::pki::catalogue::{self, CertEntry, ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY};
+use crate::plan::file::AttrValue;
+use crate::plan::graph::{ActionGraph, Operation, Probe, Step};
+use crate::remote::ssh::{NodeSession, RemoteError, SshFleet};
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Why a step failed: the error and what was observed, for the operator.
+#[derive(Debug, Clone)]
+pub struct StepError {
+    pub message: String,
+    pub observed: Vec<String>,
+}
+
+impl StepError {
+    pub fn new(message: impl Into<String>) -> Self {
+        StepError { message: message.into(), observed: Vec::new() }
+    }
+}
+
+impl From<RemoteError> for StepError {
+    fn from(e: RemoteError) -> Self {
+        StepError::new(e.to_string())
+    }
+}
+
+impl From<store::StoreError> for StepError {
+    fn from(e: store::StoreError) -> Self {
+        StepError::new(e.to_string())
+    }
+}
+
+/// How a walk ended.
+#[derive(Debug)]
+pub struct WalkResult {
+    pub failed: Vec<(String, StepError)>,
+    pub done: usize,
+    pub skipped: usize,
+    /// Seconds spent in gates and waits for reboots, versus everything else.
+    pub waiting_secs: f64,
+    pub own_secs: f64,
+}
+
+/// Everything a step may need.
+pub struct Context {
+    pub graph: ActionGraph,
+    pub topo: Topology,
+    pub catalogue: Vec<CertEntry>,
+    pub profile: Profile,
+    pub model_path: PathBuf,
+    pub run: RunDir,
+    pub journal: Journal,
+    pub reporter: Arc<Reporter>,
+    pub fleet: Arc<SshFleet>,
+    /// The plan's digest (hex); its first 16 characters stamp everything on the nodes.
+    pub plan_digest: String,
+    pub parallelism: usize,
+    pub force: bool,
+    /// `--apiserver ADDRESS:PORT`.
+    pub apiserver: Option<String>,
+    pub azure: Option<AzureSettings>,
+    /// The admin kubeconfig as it was before apply (JSON text), if there was one.
+    pub old_admin_kubeconfig: Option<String>,
+    /// Server URL of each master's ~/.kube/config as refresh saw it.
+    pub master_kubeconfig_servers: Mutex<HashMap<String, String>>,
+    /// Time per phase and waiting versus own work, from the events.
+    pub timings: Mutex<Timings>,
+    pub pki: Mutex<Option<Arc<NewPki>>>,
+    pub state: Mutex<RunState>,
+    sessions: tokio::sync::Mutex<HashMap<String, Arc<NodeSession>>>,
+    compute: tokio::sync::OnceCell<Result<Arc<AzureCompute>, String>>,
+}
+
+impl Context {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        graph: ActionGraph,
+        topo: Topology,
+        profile: Profile,
+        model_path: PathBuf,
+        run: RunDir,
+        journal: Journal,
+        reporter: Arc<Reporter>,
+        fleet: Arc<SshFleet>,
+        plan_digest: String,
+    ) -> Self {
+        let catalogue = catalogue::catalogue(&topo);
+        let state = run.load_state();
+        Context {
+            graph,
+            topo,
+            catalogue,
+            profile,
+            model_path,
+            run,
+            journal,
+            reporter,
+            fleet,
+            plan_digest,
+            parallelism: 10,
+            force: false,
+            apiserver: None,
+            azure: None,
+            old_admin_kubeconfig: None,
+            master_kubeconfig_servers: Mutex::new(HashMap::new()),
+            timings: Mutex::new(Timings::new()),
+            pki: Mutex::new(None),
+            state: Mutex::new(state),
+            sessions: tokio::sync::Mutex::new(HashMap::new()),
+            compute: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// Reports an event and accounts for it in the timings.
+    pub fn emit(&self, event: Event) {
+        self.timings.lock().expect("timings lock").observe(&event);
+        self.reporter.emit(event);
+    }
+
+    /// Whether Azure answers with these settings, before anything changes.
+    pub async fn check_azure(&self) -> Result<(), StepError> {
+        let compute = self.compute().await?;
+        compute.check_access().await.map_err(|e| StepError::new(e.to_string()))
+    }
+
+    pub fn stamp(&self) -> String {
+        self.plan_digest.chars().take(16).collect()
+    }
+
+    fn model_dir(&self) -> PathBuf {
+        self.model_path.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    fn node(&self, name: &str) -> Result<&Node, StepError> {
+        self.topo.node(name).ok_or_else(|| StepError::new(format!("the plan names node {name}, which the API model does not have")))
+    }
+
+    pub(crate) fn pki(&self) -> Result<Arc<NewPki>, StepError> {
+        if let Some(p) = self.pki.lock().expect("pki lock").clone() {
+            return Ok(p);
+        }
+        match NewPki::load(&self.run.pki_dir())? {
+            Some(p) => {
+                let p = Arc::new(p);
+                *self.pki.lock().expect("pki lock") = Some(p.clone());
+                Ok(p)
+            }
+            None => Err(StepError::new("the new certificates have not been issued yet (issuePki has not run)")),
+        }
+    }
+
+    fn save_state(&self) -> Result<(), StepError> {
+        let state = self.state.lock().expect("state lock").clone();
+        self.run.save_state(&state).map_err(StepError::from)
+    }
+
+    /// The node's one multiplexed connection, opened on first use and reused.
+    pub async fn session(&self, name: &str) -> Result<Arc<NodeSession>, StepError> {
+        let mut sessions = self.sessions.lock().await;
+        if let Some(s) = sessions.get(name) {
+            return Ok(s.clone());
+        }
+        let via_jumpbox = self.topo.masters.first().map(|m| m.name.as_str()) != Some(name);
+        let s = Arc::new(self.fleet.connect(name, via_jumpbox).await?);
+        sessions.insert(name.to_string(), s.clone());
+        Ok(s)
+    }
+
+    /// Forgets a node's connection (after a reboot, or when it broke).
+    async fn drop_session(&self, name: &str) {
+        self.sessions.lock().await.remove(name);
+    }
+
+    /// Runs a root script on a node; a broken connection is reopened once.
+    pub async fn run_root(&self, name: &str, what: &str, script: &str) -> Result<String, StepError> {
+        let session = self.session(name).await?;
+        match session.run_script_as_root(what, script).await {
+            Err(RemoteError::Unreachable { .. }) => {
+                self.drop_session(name).await;
+                let session = self.session(name).await?;
+                Ok(session.run_script_as_root(what, script).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
+    pub async fn close_sessions(&self) {
+        let sessions: Vec<Arc<NodeSession>> = self.sessions.lock().await.drain().map(|(_, s)| s).collect();
+        for s in sessions {
+            if let Ok(s) = Arc::try_unwrap(s) {
+                s.close().await;
+            }
+        }
+    }
+
+    async fn compute(&self) -> Result<Arc<AzureCompute>, StepError> {
+        let settings = self.azure.clone();
+        self.compute
+            .get_or_init(|| async move {
+                let settings = settings.ok_or_else(|| "rebooting a VM needs the Azure settings (--subscription-id, --resource-group, credentials)".to_string())?;
+                AzureCompute::connect(settings).await.map(Arc::new).map_err(|e| e.to_string())
+            })
+            .await
+            .clone()
+            .map_err(StepError::new)
+    }
+
+    /// Kubeconfigs to try, new credentials first.
+    fn kube_access(&self) -> Result<kops::KubeAccess, StepError> {
+        let mut candidates = Vec::new();
+        if let Ok(Some(new)) = self.new_admin_kubeconfig() {
+            candidates.push(("new admin credentials".to_string(), new));
+        }
+        if let Some(old) = &self.old_admin_kubeconfig {
+            candidates.push(("previous admin credentials".to_string(), old.clone()));
+        }
+        if candidates.is_empty() {
+            return Err(StepError::new("no admin kubeconfig to reach the API with (kubeconfig/kubeconfig.<location>.json beside the API model)"));
+        }
+        kops::KubeAccess::from_kubeconfigs(&candidates, self.apiserver.as_deref()).map_err(|e| StepError::new(e.to_string()))
+    }
+
+    pub(crate) async fn kube_client(&self) -> Result<kube::Client, StepError> {
+        let access = self.kube_access()?;
+        let (client, _label) = access.client(Duration::from_secs(10)).await.map_err(|e| StepError::new(e.to_string()))?;
+        Ok(client)
+    }
+
+    /// The admin kubeconfig after rotation: the previous one with its CA and client
+    /// credentials replaced (server, names and contexts kept), or `None` when neither changes.
+    pub fn new_admin_kubeconfig(&self) -> Result<Option<String>, StepError> {
+        let pki = self.pki()?;
+        let client = pki.get("kubeconfig");
+        let ca_changes = pki.get("ca").is_some();
+        if client.is_none() && !ca_changes {
+            return Ok(None);
+        }
+        let Some(old) = &self.old_admin_kubeconfig else {
+            return Err(StepError::new("there is no admin kubeconfig beside the API model to base the new one on"));
+        };
+        let mut doc: serde_json::Value = serde_json::from_str(old)
+            .or_else(|_| serde_yaml::from_str(old))
+            .map_err(|e| StepError::new(format!("the admin kubeconfig is neither JSON nor YAML: {e}")))?;
+        use base64::Engine as _;
+        let b64 = |s: &str| serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(s));
+        if let Some(clusters) = doc.get_mut("clusters").and_then(|c| c.as_array_mut()) {
+            for c in clusters {
+                if let Some(cluster) = c.get_mut("cluster").and_then(|c| c.as_object_mut()) {
+                    cluster.insert("certificate-authority-data".into(), b64(&pki.ca_cert_pem));
+                }
+            }
+        }
+        if let Some(pair) = client {
+            if let Some(users) = doc.get_mut("users").and_then(|c| c.as_array_mut()) {
+                for u in users {
+                    if let Some(user) = u.get_mut("user").and_then(|c| c.as_object_mut()) {
+                        user.insert("client-certificate-data".into(), b64(&pair.cert_pem));
+                        user.insert("client-key-data".into(), b64(&pair.key_pem));
+                    }
+                }
+            }
+        }
+        Ok(Some(serde_json::to_string_pretty(&doc).expect("kubeconfig serialises")))
+    }
+
+    fn admin_kubeconfig_path(&self) -> String {
+        format!("/home/{}/.kube/config", self.topo.admin_username)
+    }
+
+    /// Catalogue entry of a plan certificate id on a node.
+    fn entry(&self, id: &str) -> Result<CertEntry, StepError> {
+        if let Some(n) = id.strip_prefix("kubeletserver:") {
+            return Ok(catalogue::kubelet_server_entry(self.node(n)?));
+        }
+        self.catalogue.iter().find(|e| e.id() == id).cloned().ok_or_else(|| StepError::new(format!("unknown certificate `{id}` in the plan")))
+    }
+
+    /// The files certificate `id` puts on `node`: its certificate, and its key where the node keeps it.
+    fn files_of(&self, id: &str, node: &Node) -> Result<Vec<NodeFile>, StepError> {
+        let pki = self.pki()?;
+        let pair = pki.get(id).ok_or_else(|| StepError::new(format!("`{id}` was not issued")))?;
+        let e = self.entry(id)?;
+        let mut out = vec![NodeFile {
+            path: e.cert_file.path.clone(),
+            owner: e.cert_file.owner.clone(),
+            group: e.cert_file.group.clone(),
+            mode: e.cert_file.mode,
+            content: pair.cert_pem.as_bytes().to_vec(),
+        }];
+        if catalogue::holds_key(&e, node) {
+            if let Some(k) = &e.key_file {
+                out.push(NodeFile { path: k.path.clone(), owner: k.owner.clone(), group: k.group.clone(), mode: k.mode, content: pair.key_pem.as_bytes().to_vec() });
+            }
+        }
+        Ok(out)
+    }
+
+    fn admin_kubeconfig_file(&self, node: &Node) -> Result<Option<NodeFile>, StepError> {
+        let Some(text) = self.new_admin_kubeconfig()? else { return Ok(None) };
+        let server = self.master_kubeconfig_servers.lock().expect("servers lock").get(&node.name).cloned();
+        let text = match server {
+            Some(server) => {
+                let mut doc: serde_json::Value = serde_json::from_str(&text).expect("made as JSON");
+                if let Some(clusters) = doc.get_mut("clusters").and_then(|c| c.as_array_mut()) {
+                    for c in clusters {
+                        if let Some(cluster) = c.get_mut("cluster").and_then(|c| c.as_object_mut()) {
+                            cluster.insert("server".into(), serde_json::Value::String(server.clone()));
+                        }
+                    }
+                }
+                serde_json::to_string_pretty(&doc).expect("serialises")
+            }
+            None => text,
+        };
+        Ok(Some(NodeFile {
+            path: self.admin_kubeconfig_path(),
+            owner: self.topo.admin_username.clone(),
+            group: String::new(),
+            mode: 0o600,
+            content: format!("{text}\n").into_bytes(),
+        }))
+    }
+
+    /// Everything a node receives, staged in one transfer.
+    fn staged_files(&self, step: &Step, node: &Node) -> Result<Vec<NodeFile>, StepError> {
+        let mut out = Vec::new();
+        for id in list_param(step, "certificates") {
+            out.extend(self.files_of(&id, node)?);
+        }
+        if node.role == Role::Master && list_param(step, "certificates").iter().any(|i| i == "kubeconfig") {
+            if let Some(f) = self.admin_kubeconfig_file(node)? {
+                out.push(f);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Files the front-proxy phase writes on a master: proxy-ca.crt, proxy.crt, proxy.key.
+    fn front_proxy_files(&self, node: &Node) -> Result<Vec<NodeFile>, StepError> {
+        let mut out = Vec::new();
+        for id in ["proxy-ca", "proxy"] {
+            if self.pki()?.get(id).is_some() {
+                out.extend(self.files_of(id, node)?);
+            }
+        }
+        Ok(out)
+    }
+
+    fn is_windows(&self, node: &str) -> bool {
+        self.topo.node(node).map(|n| n.os == OsType::Windows).unwrap_or(false)
+    }
+}
+
+fn list_param(step: &Step, key: &str) -> Vec<String> {
+    match step.parameters.get(key) {
+        Some(AttrValue::List(l)) => l.clone(),
+        _ => Vec::new(),
+    }
+}
+
+/// Walks the graph. Returns when every step finished or, after a failure, when the work in
+/// flight has finished.
+pub async fn walk(ctx: Arc<Context>) -> WalkResult {
+    let g = ctx.graph.petgraph();
+    let order = match ctx.graph.topological_order() {
+        Ok(o) => o.into_iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
+        Err(e) => {
+            return WalkResult { failed: vec![("graph".into(), StepError::new(e.to_string()))], done: 0, skipped: 0, waiting_secs: 0.0, own_secs: 0.0 }
+        }
+    };
+    let position: HashMap<&str, usize> = order.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+    let mut pending: HashMap<String, usize> = HashMap::new();
+    let mut successors: HashMap<String, Vec<String>> = HashMap::new();
+    for ix in g.node_indices() {
+        let id = g[ix].id.clone();
+        pending.insert(id.clone(), g.neighbors_directed(ix, petgraph::Direction::Incoming).count());
+        let mut next: Vec<String> = g.neighbors_directed(ix, petgraph::Direction::Outgoing).map(|n| g[n].id.clone()).collect();
+        next.sort_by_key(|n| position.get(n.as_str()).copied().unwrap_or(usize::MAX));
+        successors.insert(id, next);
+    }
+    let mut ready: Vec<String> = order.iter().filter(|id| pending[*id] == 0).cloned().collect();
+    let mut running = tokio::task::JoinSet::new();
+    let mut result = WalkResult { failed: Vec::new(), done: 0, skipped: 0, waiting_secs: 0.0, own_secs: 0.0 };
+    let mut stop = false;
+    loop {
+        while !stop && running.len() < ctx.parallelism.max(1) && !ready.is_empty() {
+            // Keep the plan's order among ready steps, so the run reads like the plan.
+            ready.sort_by_key(|id| std::cmp::Reverse(position.get(id.as_str()).copied().unwrap_or(usize::MAX)));
+            let id = ready.pop().expect("not empty");
+            if ctx.journal.is_done(&id) {
+                ctx.emit(Event::StepSkipped { id: id.clone(), reason: "already done (journal)".into() });
+                result.skipped += 1;
+                for n in &successors[&id] {
+                    let p = pending.get_mut(n).expect("known step");
+                    *p -= 1;
+                    if *p == 0 {
+                        ready.push(n.clone());
+                    }
+                }
+                continue;
+            }
+            let ctx2 = ctx.clone();
+            running.spawn(async move {
+                let step = ctx2.graph.step(&id).expect("step of the graph").clone();
+                let started = Instant::now();
+                let is_master = step.target.as_deref().and_then(|t| ctx2.topo.node(t)).map(|n| n.role == Role::Master).unwrap_or(false);
+                ctx2.emit(Event::StepStarted {
+                    id: step.id.clone(),
+                    operation: step.operation.as_str().to_string(),
+                    target: step.target.clone(),
+                    phase: Phase::of_step(&step.id, step.operation.as_str(), is_master),
+                });
+                let outcome = run_step(&ctx2, &step).await;
+                let secs = started.elapsed().as_secs_f64();
+                let waiting = step.operation.is_gate() || step.operation == Operation::RebootVm;
+                (step, outcome, secs, waiting)
+            });
+        }
+        let Some(joined) = running.join_next().await else { break };
+        let (step, outcome, secs, waiting) = match joined {
+            Ok(v) => v,
+            Err(e) => {
+                result.failed.push(("(task)".into(), StepError::new(format!("a step panicked: {e}"))));
+                stop = true;
+                continue;
+            }
+        };
+        if waiting {
+            result.waiting_secs += secs;
+        } else {
+            result.own_secs += secs;
+        }
+        match outcome {
+            Ok(note) => {
+                if let Err(e) = ctx.journal.record(&step.id, secs, note) {
+                    result.failed.push((step.id.clone(), StepError::new(format!("cannot record the step in the journal {}: {e}", ctx.journal.path().display()))));
+                    stop = true;
+                    continue;
+                }
+                ctx.emit(Event::StepFinished { id: step.id.clone(), elapsed_secs: secs, waiting });
+                result.done += 1;
+                for n in &successors[&step.id] {
+                    let p = pending.get_mut(n).expect("known step");
+                    *p -= 1;
+                    if *p == 0 {
+                        ready.push(n.clone());
+                    }
+                }
+            }
+            Err(e) => {
+                ctx.emit(Event::StepFailed { id: step.id.clone(), error: e.message.clone(), observed: e.observed.clone() });
+                result.failed.push((step.id.clone(), e));
+                stop = true;
+            }
+        }
+    }
+    result
+}
+
+/// Runs one step; `Ok` carries an optional note for the journal.
+async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepError> {
+    let target = step.target.clone().unwrap_or_default();
+    let stamp = ctx.stamp();
+    let node_step = matches!(
+        step.operation,
+        Operation::DistributeCerts | Operation::BackupNodeCerts | Operation::InstallCerts | Operation::RemoveKubeletClientCurrent | Operation::RestartKubelet
+    );
+    if node_step && ctx.is_windows(&target) {
+        return crate::apply::winexec::run_windows_step(ctx, step).await;
+    }
+    match step.operation {
+        Operation::BackupApiModel => {
+            if let Some(dir) = ctx.state.lock().expect("state").backup_dir.clone() {
+                if dir.join("apimodel.json").is_file() {
+                    return Ok(Some(format!("backup already in {}", dir.display())));
+                }
+            }
+            let dir = store::backup_api_model(&ctx.model_dir())?;
+            ctx.state.lock().expect("state").backup_dir = Some(dir.clone());
+            ctx.save_state()?;
+            Ok(Some(format!("backed up to {}", dir.display())))
+        }
+        Operation::IssuePki => {
+            if NewPki::load(&ctx.run.pki_dir())?.is_some() {
+                ctx.pki()?;
+                return Ok(Some("reused the certificates issued by an earlier run of this plan".into()));
+            }
+            let ids = list_param(step, "certificates");
+            let model = ApiModel::load(&ctx.model_path).map_err(|e| StepError::new(format!("{e}")))?;
+            let (topo, catalogue, profile) = (ctx.topo.clone(), ctx.catalogue.clone(), ctx.profile.clone());
+            let pki = tokio::task::spawn_blocking(move || store::issue_pki(&ids, &topo, &catalogue, &model, &profile))
+                .await
+                .map_err(|e| StepError::new(format!("issuing panicked: {e}")))??;
+            pki.persist(&ctx.run.pki_dir())?;
+            let n = pki.items.len();
+            *ctx.pki.lock().expect("pki lock") = Some(Arc::new(pki));
+            Ok(Some(format!("issued {n} certificates into {}", ctx.run.pki_dir().display())))
+        }
+        Operation::PauseAutoscaler => {
+            if ctx.state.lock().expect("state").autoscaler_paused {
+                return Ok(Some("already paused".into()));
+            }
+            let client = match ctx.kube_client().await {
+                Ok(c) => c,
+                Err(e) if ctx.force => {
+                    ctx.emit(Event::Warning { message: format!("--force: not pausing cluster-autoscaler, the API does not answer: {}", e.message) });
+                    return Ok(Some("skipped (--force, API down)".into()));
+                }
+                Err(e) => return Err(e),
+            };
+            let before = kops::scale_autoscaler(&client, 0).await.map_err(|e| StepError::new(e.to_string()))?;
+            {
+                let mut st = ctx.state.lock().expect("state");
+                st.autoscaler_replicas = before;
+                st.autoscaler_paused = true;
+            }
+            ctx.save_state()?;
+            Ok(Some(match before {
+                Some(n) => format!("scaled cluster-autoscaler from {n} to 0"),
+                None => "cluster-autoscaler is not deployed".into(),
+            }))
+        }
+        Operation::ResumeAutoscaler => {
+            let (paused, replicas) = {
+                let st = ctx.state.lock().expect("state");
+                (st.autoscaler_paused, st.autoscaler_replicas)
+            };
+            let Some(replicas) = replicas.filter(|_| paused) else { return Ok(Some("nothing to resume".into())) };
+            let client = ctx.kube_client().await?;
+            kops::scale_autoscaler(&client, replicas).await.map_err(|e| StepError::new(e.to_string()))?;
+            ctx.state.lock().expect("state").autoscaler_paused = false;
+            ctx.save_state()?;
+            Ok(Some(format!("scaled cluster-autoscaler back to {replicas}")))
+        }
+        Operation::DistributeCerts => {
+            let node = ctx.node(&target)?;
+            let mut files = ctx.staged_files(step, node)?;
+            if node.role == Role::Master {
+                for f in ctx.front_proxy_files(node)? {
+                    if !files.iter().any(|x| x.path == f.path) {
+                        files.push(f);
+                    }
+                }
+            }
+            let out = ctx.run_root(&target, "stage the new certificates", &node::stage_script(&stamp, &files)).await?;
+            Ok(Some(format!("{} files staged ({})", files.len(), out.trim())))
+        }
+        Operation::BackupNodeCerts => {
+            let node = ctx.node(&target)?;
+            let admin = (node.role == Role::Master).then(|| ctx.admin_kubeconfig_path());
+            let out = ctx.run_root(&target, "back up /etc/kubernetes/certs", &node::backup_script(&stamp, admin.as_deref())).await?;
+            Ok(Some(out.trim().to_string()))
+        }
+        Operation::InstallCerts => {
+            let node = ctx.node(&target)?;
+            let mut files = Vec::new();
+            for id in list_param(step, "certificates") {
+                if id == "proxy" || id == "proxy-ca" {
+                    continue;
+                }
+                files.extend(ctx.files_of(&id, node)?);
+            }
+            ctx.run_root(&target, "install the new certificates", &node::install_script(&stamp, "installCerts", &files)).await?;
+            Ok(Some(format!("{} files installed", files.len())))
+        }
+        Operation::InstallAdminKubeconfig => {
+            let node = ctx.node(&target)?;
+            let Some(f) = ctx.admin_kubeconfig_file(node)? else { return Ok(Some("admin kubeconfig unchanged".into())) };
+            ctx.run_root(&target, "install the admin kubeconfig", &node::install_script(&stamp, "installAdminKubeconfig", &[f])).await?;
+            Ok(None)
+        }
+        Operation::RemoveKubeletClientCurrent => {
+            ctx.run_root(&target, "remove kubelet-client-current.pem", &node::remove_kubelet_pem_script(&stamp)).await?;
+            Ok(None)
+        }
+        Operation::RestartEtcd => {
+            ctx.run_root(&target, "restart etcd", &node::restart_script(&stamp, "restartEtcd", &["etcd"], &[])).await?;
+            Ok(None)
+        }
+        Operation::RestartControlPlane => {
+            let script = node::restart_script(&stamp, "restartControlPlane", &["kubelet"], &["kube-apiserver", "kube-controller-manager", "kube-scheduler"]);
+            ctx.run_root(&target, "restart kubelet and the control plane", &script).await?;
+            Ok(None)
+        }
+        Operation::RestartApiserver => {
+            ctx.run_root(&target, "restart kube-apiserver", &node::restart_script(&stamp, "restartApiserver", &["kubelet"], &["kube-apiserver"])).await?;
+            Ok(None)
+        }
+        Operation::RestartKubelet => {
+            ctx.run_root(&target, "restart kubelet", &node::restart_script(&stamp, "restartKubelet", &["kubelet"], &[])).await?;
+            Ok(None)
+        }
+        Operation::RebootVm => reboot(ctx, &target).await,
+        Operation::PutFrontProxyInEtcd => {
+            let node = ctx.node(&target)?;
+            let files = ctx.front_proxy_files(node)?;
+            let find = |suffix: &str| files.iter().find(|f| f.path.ends_with(suffix));
+            let mut puts = Vec::new();
+            for (key, suffix) in [(ETCD_PROXY_CA_KEY, "/proxy-ca.crt"), (ETCD_PROXY_CERT_KEY, "/proxy.crt"), (ETCD_PROXY_KEY_KEY, "/proxy.key")] {
+                if let Some(f) = find(suffix) {
+                    puts.push((key, f));
+                }
+            }
+            ctx.run_root(&target, "write the front-proxy material into etcd", &node::etcd_put_script(&stamp, &puts)).await?;
+            Ok(Some(format!("{} keys written", puts.len())))
+        }
+        Operation::InstallFrontProxy => {
+            let node = ctx.node(&target)?;
+            let files = ctx.front_proxy_files(node)?;
+            ctx.run_root(&target, "install the front-proxy certificates", &node::install_script(&stamp, "installFrontProxy", &files)).await?;
+            Ok(None)
+        }
+        Operation::DeleteKubeProxyPod => kube_op(ctx, |client| {
+            let target = target.clone();
+            async move { kops::delete_kube_proxy_pods(&client, &target).await.map(|n| format!("deleted {n} kube-proxy pod(s)")) }
+        })
+        .await,
+        Operation::DeleteServiceAccountTokens => kube_op(ctx, |client| async move {
+            kops::delete_service_account_tokens(&client).await.map(|n| format!("deleted {n} token secrets"))
+        })
+        .await,
+        Operation::RolloutWorkloads => {
+            let stamp_time = {
+                let mut st = ctx.state.lock().expect("state");
+                st.rollout_stamp
+                    .get_or_insert_with(|| time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default())
+                    .clone()
+            };
+            ctx.save_state()?;
+            kube_op(ctx, |client| async move { kops::rollout_restart_all(&client, &stamp_time).await.map(|n| format!("restarted {n} deployments and daemonsets")) }).await
+        }
+        Operation::UpdateApiModel => update_api_model(ctx),
+        Operation::Cleanup => {
+            let nodes: Vec<String> =
+                ctx.graph.steps().filter(|s| s.operation == Operation::DistributeCerts).filter_map(|s| s.target.clone()).collect();
+            for n in &nodes {
+                if ctx.is_windows(n) {
+                    let cleanup = Step { target: Some(n.clone()), ..step.clone() };
+                    crate::apply::winexec::run_windows_step(ctx, &cleanup).await?;
+                    continue;
+                }
+                ctx.run_root(n, "remove the staging directory", &node::cleanup_script(&stamp)).await?;
+            }
+            Ok(Some(format!("cleaned up on {} nodes", nodes.len())))
+        }
+        Operation::Gate(kind) => crate::apply::gates::run_gate(ctx, step, kind).await,
+    }
+}
+
+/// Runs a Kubernetes operation with the first credentials that work; with `--force`, an API
+/// that does not answer is a warning, not a failure.
+async fn kube_op<F, Fut>(ctx: &Context, op: F) -> Result<Option<String>, StepError>
+where
+    F: FnOnce(kube::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<String, kops::KubeOpsError>>,
+{
+    let client = match ctx.kube_client().await {
+        Ok(c) => c,
+        Err(e) if ctx.force => {
+            ctx.emit(Event::Warning { message: format!("--force: skipped because the API does not answer: {}", e.message) });
+            return Ok(Some("skipped (--force, API down)".into()));
+        }
+        Err(e) => return Err(e),
+    };
+    op(client).await.map(Some).map_err(|e| StepError::new(e.to_string()))
+}
+
+async fn reboot(ctx: &Context, name: &str) -> Result<Option<String>, StepError> {
+    let compute = ctx.compute().await?;
+    let node = ctx.node(name)?;
+    let timeout = ctx.profile.gates.timing(GateKind::NodesReady).timeout.as_std();
+    let result = match node.availability {
+        Availability::VirtualMachineScaleSets => {
+            let set = format!("k8s-master-{}-vmss", ctx.topo.name_suffix);
+            let instance = node.index.to_string();
+            compute.restart_scale_set_vm(&set, &instance).await.map_err(|e| StepError::new(e.to_string()))?;
+            compute.wait_running_scale_set_vm(&set, &instance, timeout).await
+        }
+        Availability::AvailabilitySet => {
+            compute.restart_vm(name).await.map_err(|e| StepError::new(e.to_string()))?;
+            compute.wait_running_vm(name, timeout).await
+        }
+    };
+    result.map_err(|e| StepError::new(e.to_string()))?;
+    ctx.drop_session(name).await;
+    // Running in Azure's eyes is not yet reachable over SSH.
+    let deadline = Instant::now() + timeout;
+    loop {
+        match ctx.run_root(name, "check the node is back", "true").await {
+            Ok(_) => break,
+            Err(e) if Instant::now() > deadline => {
+                return Err(StepError { message: format!("{name} runs again but does not answer SSH"), observed: vec![e.message] })
+            }
+            Err(_) => {
+                ctx.drop_session(name).await;
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+        }
+    }
+    Ok(Some("restarted through the Azure Compute API".into()))
+}
+
+/// Writes the new certificateProfile into apimodel.json and the new admin kubeconfig beside
+/// it, each atomically; both are skipped when they already hold the new content.
+fn update_api_model(ctx: &Context) -> Result<Option<String>, StepError> {
+    let pki = ctx.pki()?;
+    let mut model = ApiModel::load(&ctx.model_path).map_err(|e| StepError::new(format!("{e}")))?;
+    let cp = store::updated_certificate_profile(&model, &ctx.catalogue, &pki);
+    model.set_certificate_profile(&cp);
+    let mut notes = Vec::new();
+    if model.is_modified() {
+        model.save_atomic(&ctx.model_path).map_err(|e| StepError::new(format!("cannot write {}: {e}", ctx.model_path.display())))?;
+        notes.push("apimodel.json updated");
+    }
+    if let Some(kc) = ctx.new_admin_kubeconfig()? {
+        let dir = ctx.model_dir().join("kubeconfig");
+        store::private_dir(&dir)?;
+        let path = dir.join(format!("kubeconfig.{}.json", ctx.topo.location));
+        if std::fs::read_to_string(&path).ok().as_deref() != Some(kc.as_str()) {
+            write_atomic(&path, kc.as_bytes(), Some(0o600)).map_err(|e| StepError::new(format!("cannot write {}: {e}", path.display())))?;
+            notes.push("admin kubeconfig written");
+        }
+    }
+    Ok(Some(if notes.is_empty() { "already up to date".into() } else { notes.join("; ") }))
+}
+
+/// Probe settings of a gate, for messages.
+pub fn gate_probe(step: &Step) -> Probe {
+    step.gate.as_ref().map(|g| g.probe).unwrap_or(Probe::Api)
+}
+
+/// Step ids per phase, for progress bars.
+pub fn phase_totals(ctx: &Context) -> Vec<(Phase, usize)> {
+    let mut counts: BTreeMap<String, (Phase, usize)> = BTreeMap::new();
+    for s in ctx.graph.steps() {
+        let is_master = s.target.as_deref().and_then(|t| ctx.topo.node(t)).map(|n| n.role == Role::Master).unwrap_or(false);
+        let p = Phase::of_step(&s.id, s.operation.as_str(), is_master);
+        counts.entry(format!("{p:?}")).or_insert((p, 0)).1 += 1;
+    }
+    counts.into_values().collect()
+}

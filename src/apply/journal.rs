@@ -1,0 +1,105 @@
+//! The journal: one JSON line per finished step, appended and synced as each step ends, in the
+//! plan's run directory beside the API model. A rerun of the same plan skips what the journal
+//! records, so after a failure or a kill apply continues where it stopped. It holds step ids,
+//! times and short notes only, never key material.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JournalEntry {
+    pub step: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: time::OffsetDateTime,
+    pub secs: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+pub struct Journal {
+    path: PathBuf,
+    done: Mutex<BTreeMap<String, JournalEntry>>,
+    file: Mutex<std::fs::File>,
+}
+
+impl Journal {
+    /// Opens (or creates, 0600) the journal and reads what earlier runs finished. A last line
+    /// cut short by a kill is ignored: its step simply runs again.
+    pub fn open(path: &Path) -> std::io::Result<Journal> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut done = BTreeMap::new();
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        for line in text.lines() {
+            if let Ok(entry) = serde_json::from_str::<JournalEntry>(line) {
+                done.insert(entry.step.clone(), entry);
+            }
+        }
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        if !text.is_empty() && !text.ends_with('\n') {
+            // End the torn line so the next entry starts on a line of its own.
+            file.write_all(b"\n")?;
+        }
+        Ok(Journal { path: path.to_path_buf(), done: Mutex::new(done), file: Mutex::new(file) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn is_done(&self, step: &str) -> bool {
+        self.done.lock().expect("journal lock").contains_key(step)
+    }
+
+    pub fn done_count(&self) -> usize {
+        self.done.lock().expect("journal lock").len()
+    }
+
+    pub fn entries(&self) -> Vec<JournalEntry> {
+        self.done.lock().expect("journal lock").values().cloned().collect()
+    }
+
+    /// Records a finished step; the line is on disk when this returns.
+    pub fn record(&self, step: &str, secs: f64, note: Option<String>) -> std::io::Result<()> {
+        let entry = JournalEntry { step: step.to_string(), at: time::OffsetDateTime::now_utc(), secs, note };
+        let mut line = serde_json::to_string(&entry).expect("entry serialises");
+        line.push('\n');
+        {
+            let mut f = self.file.lock().expect("journal lock");
+            f.write_all(line.as_bytes())?;
+            f.sync_data()?;
+        }
+        self.done.lock().expect("journal lock").insert(entry.step.clone(), entry);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finished_steps_survive_a_reopen_and_a_torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("journal.jsonl");
+        let j = Journal::open(&path).unwrap();
+        j.record("issuePki", 1.5, None).unwrap();
+        j.record("installCerts@m0", 0.2, Some("3 files".into())).unwrap();
+        drop(j);
+        let mut text = std::fs::read_to_string(&path).unwrap();
+        text.push_str("{\"step\":\"restartEtcd@m0\",\"at\":");
+        std::fs::write(&path, text).unwrap();
+        let j = Journal::open(&path).unwrap();
+        assert!(j.is_done("issuePki") && j.is_done("installCerts@m0"));
+        assert!(!j.is_done("restartEtcd@m0"));
+        assert_eq!(j.done_count(), 2);
+        j.record("restartEtcd@m0", 3.0, None).unwrap();
+        drop(j);
+        assert!(Journal::open(&path).unwrap().is_done("restartEtcd@m0"), "an entry after a torn line is readable");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+}

@@ -1,0 +1,352 @@
+//! What apply keeps on the operator's machine, beside the API model: the timestamped backup
+//! of the API model and its artifacts (`_rotate_certs_backup/<time>/`, never overwritten), and
+//! per plan a run directory (`_rotate_certs_output/<plan digest>/`, 0700) holding the newly
+//! issued PKI (0600 files), the journal and small run state.
+//!
+//! The new PKI is issued once and persisted before any node is touched; a resumed apply loads
+//! it back instead of issuing again, so every node ends up with the same material.
+
+use crate::model::apimodel::{write_atomic, ApiModel, CertificateProfile};
+use crate::model::profile::Profile;
+use crate::model::topology::Topology;
+use crate::pki::catalogue::{self, ApiModelField, CertEntry, CertKind};
+use crate::pki::inspect;
+use crate::pki::issue::{self, CertificateAuthority};
+use crate::pki::KeyCertPair;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const BACKUP_DIR: &str = "_rotate_certs_backup";
+pub const OUTPUT_DIR: &str = "_rotate_certs_output";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{path}: {error}")]
+    Io { path: PathBuf, error: std::io::Error },
+    #[error("issuing {what}: {detail}")]
+    Issue { what: String, detail: String },
+    #[error("the persisted PKI in {dir} is incomplete or unreadable ({detail}); it was not used")]
+    Corrupt { dir: PathBuf, detail: String },
+    #[error("{0}")]
+    Plan(String),
+}
+
+fn io(path: &Path) -> impl Fn(std::io::Error) -> StoreError + '_ {
+    move |error| StoreError::Io { path: path.to_path_buf(), error }
+}
+
+/// Creates `dir` (and parents) with mode 0700, or tightens an existing one to 0700.
+pub fn private_dir(dir: &Path) -> Result<(), StoreError> {
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(io(dir))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(io(dir))
+}
+
+/// The per-plan directory under `_rotate_certs_output/`.
+#[derive(Debug, Clone)]
+pub struct RunDir {
+    pub root: PathBuf,
+}
+
+impl RunDir {
+    pub fn open(model_dir: &Path, plan_digest_hex: &str) -> Result<RunDir, StoreError> {
+        let short = &plan_digest_hex[..plan_digest_hex.len().min(16)];
+        let root = model_dir.join(OUTPUT_DIR).join(short);
+        private_dir(&model_dir.join(OUTPUT_DIR))?;
+        private_dir(&root)?;
+        Ok(RunDir { root })
+    }
+
+    pub fn pki_dir(&self) -> PathBuf {
+        self.root.join("pki")
+    }
+
+    pub fn journal_path(&self) -> PathBuf {
+        self.root.join("journal.jsonl")
+    }
+
+    pub fn state_path(&self) -> PathBuf {
+        self.root.join("state.json")
+    }
+
+    pub fn load_state(&self) -> RunState {
+        std::fs::read_to_string(self.state_path()).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
+    }
+
+    pub fn save_state(&self, state: &RunState) -> Result<(), StoreError> {
+        let text = serde_json::to_string_pretty(state).expect("state serialises");
+        write_atomic(&self.state_path(), text.as_bytes(), Some(0o600)).map_err(io(&self.state_path()))
+    }
+}
+
+/// Small facts a later step (or a resumed run) needs from an earlier one. No secrets.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunState {
+    /// Replicas of cluster-autoscaler before it was paused; `None` when not deployed.
+    #[serde(default)]
+    pub autoscaler_replicas: Option<i32>,
+    #[serde(default)]
+    pub autoscaler_paused: bool,
+    /// The local backup made by backupApiModel.
+    #[serde(default)]
+    pub backup_dir: Option<PathBuf>,
+    /// The restartedAt stamp of the workload rollout, kept so a resumed rollout does not
+    /// restart what it already restarted.
+    #[serde(default)]
+    pub rollout_stamp: Option<String>,
+}
+
+/// Copies apimodel.json and the artifacts beside it (azuredeploy*.json, kubeconfig/) into a new
+/// `_rotate_certs_backup/<UTC time>/`; an existing backup is never overwritten. Returns its path.
+pub fn backup_api_model(model_dir: &Path) -> Result<PathBuf, StoreError> {
+    let base = model_dir.join(BACKUP_DIR);
+    private_dir(&base)?;
+    let stamp = time::OffsetDateTime::now_utc()
+        .format(&time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
+        .expect("formats");
+    let mut dir = base.join(&stamp);
+    let mut n = 1;
+    loop {
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                n += 1;
+                dir = base.join(format!("{stamp}-{n}"));
+            }
+            Err(e) => return Err(StoreError::Io { path: dir, error: e }),
+        }
+    }
+    let entries = std::fs::read_dir(model_dir).map_err(io(model_dir))?;
+    for entry in entries {
+        let entry = entry.map_err(io(model_dir))?;
+        let name = entry.file_name().to_string_lossy().to_string();
+        let keep = name == "apimodel.json" || (name.starts_with("azuredeploy") && name.ends_with(".json")) || name == "kubeconfig";
+        if keep {
+            copy_verified(&entry.path(), &dir.join(&name))?;
+        }
+    }
+    Ok(dir)
+}
+
+/// Copies a file or directory tree and checks every copied file's bytes.
+fn copy_verified(from: &Path, to: &Path) -> Result<(), StoreError> {
+    let meta = std::fs::metadata(from).map_err(io(from))?;
+    if meta.is_dir() {
+        private_dir(to)?;
+        for entry in std::fs::read_dir(from).map_err(io(from))? {
+            let entry = entry.map_err(io(from))?;
+            copy_verified(&entry.path(), &to.join(entry.file_name()))?;
+        }
+        return Ok(());
+    }
+    let bytes = std::fs::read(from).map_err(io(from))?;
+    write_atomic(to, &bytes, Some(0o600)).map_err(io(to))?;
+    if std::fs::read(to).map_err(io(to))? != bytes {
+        return Err(StoreError::Io { path: to.to_path_buf(), error: std::io::Error::other("the copy differs from the original") });
+    }
+    Ok(())
+}
+
+/// The material apply installs: every certificate the plan changes, by plan id (`ca`,
+/// `etcdpeer1`, `kubeletserver:<node>`), plus the CA that signs the rest.
+pub struct NewPki {
+    pub items: BTreeMap<String, KeyCertPair>,
+    /// The cluster CA certificate after rotation (new or kept).
+    pub ca_cert_pem: String,
+    /// The front-proxy CA certificate after rotation, when it changes.
+    pub proxy_ca_cert_pem: Option<String>,
+}
+
+impl std::fmt::Debug for NewPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewPki").field("ids", &self.items.keys().collect::<Vec<_>>()).finish_non_exhaustive()
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Manifest {
+    ids: Vec<String>,
+    ca_cert_file: String,
+    proxy_ca_cert_file: Option<String>,
+}
+
+fn file_stem(id: &str) -> String {
+    id.replace(':', "_")
+}
+
+impl NewPki {
+    pub fn get(&self, id: &str) -> Option<&KeyCertPair> {
+        self.items.get(id)
+    }
+
+    /// SHA-256 fingerprint (hex, lower case) of a new certificate, as `CertFacts` gives it.
+    pub fn fingerprint(&self, id: &str) -> Option<String> {
+        self.items.get(id).and_then(|p| inspect::parse_cert_pem(&p.cert_pem).ok()).map(|f| f.sha256_fingerprint)
+    }
+
+    /// Writes every pair as `<id>.crt` / `<id>.key` (0600) into `dir` (0700), then the
+    /// manifest last, so a directory with a manifest is complete.
+    pub fn persist(&self, dir: &Path) -> Result<(), StoreError> {
+        private_dir(dir)?;
+        for (id, pair) in &self.items {
+            let stem = file_stem(id);
+            write_atomic(&dir.join(format!("{stem}.crt")), pair.cert_pem.as_bytes(), Some(0o600)).map_err(io(dir))?;
+            write_atomic(&dir.join(format!("{stem}.key")), pair.key_pem.as_bytes(), Some(0o600)).map_err(io(dir))?;
+        }
+        write_atomic(&dir.join("ca-after.crt"), self.ca_cert_pem.as_bytes(), Some(0o600)).map_err(io(dir))?;
+        if let Some(p) = &self.proxy_ca_cert_pem {
+            write_atomic(&dir.join("proxy-ca-after.crt"), p.as_bytes(), Some(0o600)).map_err(io(dir))?;
+        }
+        let manifest = Manifest {
+            ids: self.items.keys().cloned().collect(),
+            ca_cert_file: "ca-after.crt".into(),
+            proxy_ca_cert_file: self.proxy_ca_cert_pem.as_ref().map(|_| "proxy-ca-after.crt".into()),
+        };
+        let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
+        write_atomic(&dir.join("manifest.json"), text.as_bytes(), Some(0o600)).map_err(io(dir))
+    }
+
+    /// Loads a persisted PKI; `None` when none was persisted (no manifest).
+    pub fn load(dir: &Path) -> Result<Option<NewPki>, StoreError> {
+        let manifest_path = dir.join("manifest.json");
+        let text = match std::fs::read_to_string(&manifest_path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::Io { path: manifest_path, error: e }),
+        };
+        let corrupt = |detail: String| StoreError::Corrupt { dir: dir.to_path_buf(), detail };
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|e| corrupt(format!("manifest.json: {e}")))?;
+        let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| corrupt(format!("{name}: {e}")));
+        let mut items = BTreeMap::new();
+        for id in &manifest.ids {
+            let stem = file_stem(id);
+            let pair = KeyCertPair { cert_pem: read(&format!("{stem}.crt"))?, key_pem: read(&format!("{stem}.key"))? };
+            if !inspect::key_matches_cert(&pair.key_pem, &pair.cert_pem).unwrap_or(false) {
+                return Err(corrupt(format!("the key of {id} does not match its certificate")));
+            }
+            items.insert(id.clone(), pair);
+        }
+        let ca_cert_pem = read(&manifest.ca_cert_file)?;
+        let proxy_ca_cert_pem = match &manifest.proxy_ca_cert_file {
+            Some(f) => Some(read(f)?),
+            None => None,
+        };
+        Ok(Some(NewPki { items, ca_cert_pem, proxy_ca_cert_pem }))
+    }
+}
+
+/// Issues the certificates named by the plan's issuePki step. With the CA kept, leaves are
+/// signed by the CA from the API model's certificateProfile; the front-proxy client always
+/// comes with a new front-proxy CA, whose key no node keeps.
+pub fn issue_pki(ids: &[String], topo: &Topology, catalogue: &[CertEntry], model: &ApiModel, profile: &Profile) -> Result<NewPki, StoreError> {
+    let now = time::OffsetDateTime::now_utc();
+    let not_before = now - time::Duration::minutes(5);
+    let until = |d: crate::model::profile::Duration| now + time::Duration::seconds(d.as_secs() as i64);
+    let failed = |what: &str| {
+        let what = what.to_string();
+        move |e: issue::IssueError| StoreError::Issue { what: what.clone(), detail: e.to_string() }
+    };
+    let entry = |id: &str| -> Result<CertEntry, StoreError> {
+        if let Some(node) = id.strip_prefix("kubeletserver:") {
+            let n = topo.node(node).ok_or_else(|| StoreError::Plan(format!("the plan names node {node}, which the API model does not have")))?;
+            return Ok(catalogue::kubelet_server_entry(n));
+        }
+        catalogue
+            .iter()
+            .find(|e| e.id() == id)
+            .cloned()
+            .ok_or_else(|| StoreError::Plan(format!("the plan issues `{id}`, which this cluster's catalogue does not have")))
+    };
+    let wanted = |id: &str| ids.iter().any(|i| i == id);
+    let mut items = BTreeMap::new();
+
+    let ca_pair = if wanted("ca") {
+        let t = entry("ca")?.template(profile.key.ca_key(), not_before, until(profile.validity.ca));
+        let pair = issue::issue_ca(&t).map_err(failed("the cluster CA"))?;
+        items.insert("ca".to_string(), pair.clone());
+        pair
+    } else {
+        let cp = model.view.properties.certificate_profile.clone().unwrap_or_default();
+        match (cp.ca_certificate, cp.ca_private_key) {
+            (Some(cert_pem), Some(key_pem)) => KeyCertPair { cert_pem, key_pem },
+            _ => {
+                return Err(StoreError::Plan(
+                    "the plan keeps the cluster CA, but apimodel.json holds no caCertificate/caPrivateKey to sign with".into(),
+                ))
+            }
+        }
+    };
+    let ca = CertificateAuthority::load(&ca_pair).map_err(failed("loading the cluster CA"))?;
+
+    let mut proxy_ca_cert_pem = None;
+    let proxy_ca = if wanted("proxy-ca") || wanted("proxy") {
+        let t = entry("proxy-ca")?.template(profile.key.ca_key(), not_before, until(profile.validity.front_proxy_ca));
+        let pair = issue::issue_ca(&t).map_err(failed("the front-proxy CA"))?;
+        proxy_ca_cert_pem = Some(pair.cert_pem.clone());
+        items.insert("proxy-ca".to_string(), pair.clone());
+        Some(CertificateAuthority::load(&pair).map_err(failed("loading the front-proxy CA"))?)
+    } else {
+        None
+    };
+
+    for id in ids {
+        if id == "ca" || id == "proxy-ca" {
+            continue;
+        }
+        let e = entry(id)?;
+        let pair = match e.kind {
+            CertKind::KubeletServer => {
+                let t = e.template(profile.key.leaf_key(), not_before, until(profile.validity.leaf));
+                issue::issue_ca(&t).map_err(failed(id))?
+            }
+            CertKind::Proxy => {
+                let t = e.template(profile.key.leaf_key(), not_before, until(profile.validity.front_proxy_client));
+                proxy_ca.as_ref().expect("made above").issue(&t).map_err(failed(id))?
+            }
+            _ => {
+                let mut t = e.template(profile.key.leaf_key(), not_before, until(profile.validity.leaf));
+                if e.kind == CertKind::Apiserver {
+                    for name in &profile.extra_sans.dns {
+                        if !t.dns_sans.iter().any(|d| d == name.as_str()) {
+                            t.dns_sans.push(name.as_str().to_string());
+                        }
+                    }
+                    for ip in &profile.extra_sans.ips {
+                        if !t.ip_sans.contains(&ip.0) {
+                            t.ip_sans.push(ip.0);
+                        }
+                    }
+                }
+                ca.issue(&t).map_err(failed(id))?
+            }
+        };
+        items.insert(id.clone(), pair);
+    }
+    Ok(NewPki { items, ca_cert_pem: ca_pair.cert_pem, proxy_ca_cert_pem })
+}
+
+/// The API model's certificateProfile with every changed certificate kept there replaced.
+pub fn updated_certificate_profile(model: &ApiModel, catalogue: &[CertEntry], pki: &NewPki) -> CertificateProfile {
+    let mut cp = model.view.properties.certificate_profile.clone().unwrap_or_default();
+    for e in catalogue {
+        let Some(pair) = pki.get(&e.id()) else { continue };
+        match &e.apimodel_field {
+            Some(ApiModelField::Pair { cert, .. }) => cp.set_pair(cert, pair.cert_pem.clone(), pair.key_pem.clone()),
+            Some(ApiModelField::PeerIndex(i)) => {
+                while cp.etcd_peer_certificates.len() <= *i {
+                    cp.etcd_peer_certificates.push(String::new());
+                }
+                while cp.etcd_peer_private_keys.len() <= *i {
+                    cp.etcd_peer_private_keys.push(String::new());
+                }
+                cp.etcd_peer_certificates[*i] = pair.cert_pem.clone();
+                cp.etcd_peer_private_keys[*i] = pair.key_pem.clone();
+            }
+            None => {}
+        }
+    }
+    cp
+}

@@ -1,0 +1,473 @@
+//! `apply` and `rollback`. apply executes exactly a saved plan (or plans, shows and asks for
+//! `yes`), after taking the cluster lock and checking the plan is not stale; rollback puts
+//! every node's backed-up certificates and the backed-up API model back.
+
+use super::args::{ApplyArgs, ClusterArgs, RollbackArgs};
+use super::plan::{colour_wanted, make_plan, observed};
+use super::status::{read_cluster, ssh_settings};
+use super::Outcome;
+use crate::apply::executor::{self, Context, StepError};
+use crate::apply::journal::Journal;
+use crate::apply::lock::{self, LockHolder, LockOutcome};
+use crate::apply::node;
+use crate::apply::progress::{Event, Mode, Reporter};
+use crate::apply::stale::{stale_items, Applied};
+use crate::apply::store::{self, NewPki, RunDir};
+use crate::cloud::azure::{AzureInputs, AzureSettings};
+use crate::model::apimodel::{write_atomic, ApiModel};
+use crate::model::topology::{OsType, Topology};
+use crate::pki::catalogue;
+use crate::pki::inspect;
+use crate::plan::file::{ObservedItem, PlanFile, Sha256Digest};
+use crate::plan::graph::{ActionGraph, Operation};
+use crate::plan::render::{self, PlanView};
+use crate::remote::ssh::SshFleet;
+use miette::{miette, IntoDiagnostic};
+use std::io::{BufRead, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn ask_yes(question: &str) -> bool {
+    print!("{question}\n  Only 'yes' will be accepted to approve.\n\n  Enter a value: ");
+    let _ = std::io::stdout().flush();
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    line.trim() == "yes"
+}
+
+pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
+    let plan = match &a.plan_file {
+        Some(path) => PlanFile::read(path)?,
+        None => {
+            let made = make_plan(&a.cluster)?;
+            print!("{}", render::human(&PlanView::from_plan_file(&made.plan), colour_wanted()));
+            if !made.has_changes {
+                return Ok(Outcome::Ok);
+            }
+            if !a.auto_approve && !ask_yes("\nDo you want to perform these actions?") {
+                println!("\nApply cancelled; nothing was changed.");
+                return Err(miette!("apply cancelled"));
+            }
+            made.plan
+        }
+    };
+    let model = ApiModel::load(&a.cluster.model.api_model)?;
+    if plan.cluster.dns_prefix != model.dns_prefix() {
+        return Err(miette!(
+            help = "pass the apimodel.json of the cluster the plan was made for",
+            "the plan is for cluster {}, but {} describes {}; nothing was changed",
+            plan.cluster.dns_prefix,
+            model.path().display(),
+            model.dns_prefix()
+        ));
+    }
+    let topo = Topology::derive(&model, a.cluster.model.name_suffix.as_deref().or(Some(plan.cluster.name_suffix.as_str())))?;
+    let graph = ActionGraph::from_saved(&plan.graph).map_err(|e| miette!("the plan's graph cannot be used: {e}"))?;
+    graph.validate().map_err(|e| miette!(help = "make a new plan", "the plan's graph is not valid: {e}"))?;
+    if graph.is_empty() {
+        println!("No changes. Nothing to apply.");
+        return Ok(Outcome::Ok);
+    }
+    let digest = plan.digest.clone().ok_or_else(|| miette!("the plan is not sealed"))?;
+    let run = RunDir::open(&model.dir(), digest.hex()).into_diagnostic()?;
+    write_atomic(&run.root.join("plan.yaml"), plan.to_yaml().into_diagnostic()?.as_bytes(), Some(0o600)).into_diagnostic()?;
+    let journal = Journal::open(&run.journal_path()).into_diagnostic()?;
+    if graph.steps().all(|s| journal.is_done(&s.id)) {
+        println!("This plan has already been applied completely (journal {}). Nothing to do.", journal.path().display());
+        return Ok(Outcome::Ok);
+    }
+    let azure = if graph.steps().any(|s| s.operation == Operation::RebootVm) {
+        let inputs = AzureInputs::from_args(&a.cluster.azure).map_err(|e| miette!("{e}"))?;
+        Some(AzureSettings::from_api_model(&model, inputs).map_err(|e| {
+            miette!(help = "this plan restarts master VMs through Azure: pass the Azure flags (see `certrotate apply --help`)", "{e}")
+        })?)
+    } else {
+        None
+    };
+    let settings = ssh_settings(&a.cluster, &model, &topo)?;
+    let fleet = Arc::new(SshFleet::new(settings).into_diagnostic()?);
+    let reporter = Arc::new(Reporter::new(Mode::detect(a.json), graph.len()));
+    let old_admin = std::fs::read_to_string(model.dir().join("kubeconfig").join(format!("kubeconfig.{}.json", topo.location))).ok();
+    let already = journal.done_count();
+    let mut ctx = Context::new(graph, topo, plan.profile.clone(), model.path().to_path_buf(), run, journal, reporter.clone(), fleet, digest.hex().to_string());
+    ctx.parallelism = a.cluster.parallelism as usize;
+    ctx.force = a.cluster.force;
+    ctx.apiserver = a.cluster.apiserver.clone();
+    ctx.azure = azure;
+    ctx.old_admin_kubeconfig = old_admin;
+
+    let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
+    let plan_path = a.plan_file.clone();
+    let result = runtime.block_on(async move {
+        let first = ctx.topo.masters.first().map(|m| m.name.clone()).ok_or_else(|| miette!("the cluster has no master"))?;
+        let holder = LockHolder::me(&digest.to_string());
+        let answer = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), false)).await.map_err(step_report)?;
+        let (outcome, _) = lock::decide(&answer, a.break_lock);
+        match &outcome {
+            LockOutcome::Held(who) => {
+                return Err(miette!(
+                    help = "wait for that apply to finish; if it is gone for good, run again with --break-lock",
+                    "the cluster is locked by another apply: {who} (lock file {} on {first}); nothing was changed",
+                    node::LOCK_FILE
+                ))
+            }
+            LockOutcome::TakenFrom(who) => {
+                ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), true)).await.map_err(step_report)?;
+                reporter.emit(Event::Warning { message: format!("took over the cluster lock held by {who}") });
+            }
+            LockOutcome::Taken => {}
+        }
+        let ctx = Arc::new(ctx);
+        let checked = preflight(&ctx, &plan, &model).await;
+        if let Err(e) = checked {
+            release(&ctx, &first, &digest).await;
+            ctx.close_sessions().await;
+            return Err(e);
+        }
+        reporter.set_phase_totals(&executor::phase_totals(&ctx));
+        ctx.emit(Event::ApplyStarted { plan_digest: digest.to_string(), steps: ctx.graph.len(), already_done: already });
+        let prober = ApiProber::start(ctx.clone());
+        let started = Instant::now();
+        let walked = executor::walk(ctx.clone()).await;
+        let (probes, failures, down) = prober.stop().await;
+        let total = started.elapsed().as_secs_f64();
+        let ok = walked.failed.is_empty();
+        if ok {
+            release(&ctx, &first, &digest).await;
+        }
+        ctx.close_sessions().await;
+        let summary = ctx.timings.lock().expect("timings lock").summary(total, down, probes, failures);
+        ctx.emit(Event::ApplyFinished { ok, summary: summary.clone() });
+        if ok {
+            println!("\nApply complete: {} steps done, {} already done.", walked.done, walked.skipped);
+            Ok(Outcome::Ok)
+        } else {
+            let (id, e) = &walked.failed[0];
+            let again = match &plan_path {
+                Some(p) => format!("certrotate apply {} <same flags>", p.display()),
+                None => format!("certrotate apply {}/plan.yaml <same flags>", ctx.run.root.display()),
+            };
+            let observed = if e.observed.is_empty() { String::new() } else { format!("\nobserved:\n  {}", e.observed.join("\n  ")) };
+            Err(miette!(
+                help = format!(
+                    "fix the cause, then resume with `{again}` (finished steps are skipped; journal {}), or return to the previous certificates with `certrotate rollback <same flags>`",
+                    ctx.journal.path().display()
+                ),
+                "step {id} failed: {}{observed}",
+                e.message
+            ))
+        }
+    });
+    result
+}
+
+fn step_report(e: StepError) -> miette::Report {
+    miette!(help = "check --ssh-host and the SSH key; nothing was changed", "{}", e.message)
+}
+
+async fn release(ctx: &Context, first: &str, digest: &Sha256Digest) {
+    let _ = ctx.run_root(first, "release the cluster lock", &node::lock_release_script(&digest.to_string())).await;
+}
+
+/// Checks before any change: the plan still matches the cluster, the API model is the
+/// one planned against, Azure answers when VMs will be restarted.
+async fn preflight(ctx: &Arc<Context>, plan: &PlanFile, model: &ApiModel) -> miette::Result<()> {
+    let model_digest = Sha256Digest::of_bytes(model.source.text.as_bytes());
+    if model_digest != plan.cluster.api_model.digest && !ctx.journal.is_done("updateApiModel") {
+        return Err(miette!(
+            help = "make a new plan against the current apimodel.json, review it, and apply that",
+            "the plan is stale: {} changed since the plan was made ({} in the plan, {} now); nothing was changed",
+            model.path().display(),
+            plan.cluster.api_model.digest,
+            model_digest
+        ));
+    }
+    let inventory = crate::remote::refresh::refresh(
+        ctx.fleet.clone(),
+        &ctx.topo,
+        &ctx.catalogue,
+        crate::remote::refresh::RefreshOptions { parallelism: ctx.parallelism, skip_unreachable: false },
+    )
+    .await
+    .map_err(|e| miette!(help = "every node must answer before apply changes anything", "{e}"))?;
+    let live = observed(&ctx.topo, &inventory);
+    let applied = applied_material(ctx);
+    let stale = stale_items(&plan.observed, &live, &applied);
+    if !stale.is_empty() {
+        let list: Vec<String> = stale.iter().map(|s| format!("  {s}")).collect();
+        return Err(miette!(
+            help = "the cluster changed after the plan was made: make a new plan, review it, and apply that",
+            "the plan is stale; {} difference(s) since it was made:\n{}\nnothing was changed",
+            stale.len(),
+            list.join("\n")
+        ));
+    }
+    let mut servers = std::collections::HashMap::new();
+    for n in &inventory.nodes {
+        for k in &n.kubeconfigs {
+            if k.path.starts_with("/home/") {
+                if let Some(s) = &k.server {
+                    servers.insert(n.node.clone(), s.clone());
+                }
+            }
+        }
+    }
+    *ctx.master_kubeconfig_servers.lock().expect("servers lock") = servers;
+    if ctx.azure.is_some() {
+        ctx.check_azure().await.map_err(|e| miette!(help = "this plan restarts master VMs through Azure; check the Azure flags and the service principal", "Azure does not answer: {}", e.message))?;
+    }
+    Ok(())
+}
+
+/// What this plan's persisted PKI would put on each node (and in etcd), as refresh sees it.
+fn applied_material(ctx: &Context) -> Applied {
+    let mut out = Applied::new();
+    let Ok(Some(pki)) = NewPki::load(&ctx.run.pki_dir()) else { return out };
+    let cert_item = |pem: &str| inspect::parse_cert_pem(pem).ok().map(|_| ObservedItem::Content { digest: Sha256Digest::of_bytes(pem.as_bytes()) });
+    let key_item = |pem: &str| {
+        inspect::parse_key_pem(pem).ok().and_then(|k| Sha256Digest::from_hex(&k.public_key_sha256)).map(|fp| ObservedItem::PrivateKey { public_key_fingerprint: fp })
+    };
+    for node in ctx.topo.nodes() {
+        for (id, pair) in &pki.items {
+            let entry = match id.strip_prefix("kubeletserver:") {
+                Some(n) if n == node.name => catalogue::kubelet_server_entry(node),
+                Some(_) => continue,
+                None => match ctx.catalogue.iter().find(|e| &e.id() == id) {
+                    Some(e) => e.clone(),
+                    None => continue,
+                },
+            };
+            if !entry.holders.contains(&node.name) {
+                continue;
+            }
+            if let Some(item) = cert_item(&pair.cert_pem) {
+                out.insert((node.name.clone(), entry.cert_file.path.clone()), item);
+            }
+            if let (Some(k), true) = (&entry.key_file, catalogue::holds_key(&entry, node)) {
+                if let Some(item) = key_item(&pair.key_pem) {
+                    out.insert((node.name.clone(), k.path.clone()), item);
+                }
+            }
+        }
+    }
+    let fp = |id: &str| pki.fingerprint(id).and_then(|h| Sha256Digest::from_hex(&h));
+    if let Some(d) = fp("proxy-ca") {
+        out.insert(("etcd".into(), catalogue::ETCD_PROXY_CA_KEY.into()), ObservedItem::Content { digest: d });
+    }
+    if let Some(d) = fp("proxy") {
+        out.insert(("etcd".into(), catalogue::ETCD_PROXY_CERT_KEY.into()), ObservedItem::Content { digest: d });
+    }
+    if let Some(item) = pki.get("proxy").and_then(|p| key_item(&p.key_pem)) {
+        out.insert(("etcd".into(), catalogue::ETCD_PROXY_KEY_KEY.into()), item);
+    }
+    out
+}
+
+/// Asks the API for its version every second while apply runs, to measure the downtime an
+/// operator's clients would have seen.
+struct ApiProber {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<(u64, u64, f64)>,
+}
+
+impl ApiProber {
+    fn start(ctx: Arc<Context>) -> ApiProber {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let (mut probes, mut failures, mut down) = (0u64, 0u64, 0.0f64);
+            let mut client: Option<kube::Client> = None;
+            let mut down_since: Option<Instant> = None;
+            loop {
+                let t = Instant::now();
+                let ok = match &client {
+                    Some(c) => tokio::time::timeout(Duration::from_secs(2), c.apiserver_version()).await.map(|r| r.is_ok()).unwrap_or(false),
+                    None => false,
+                };
+                let ok = if ok {
+                    true
+                } else {
+                    client = tokio::time::timeout(Duration::from_secs(3), ctx.kube_client()).await.ok().and_then(|r| r.ok());
+                    client.is_some()
+                };
+                probes += 1;
+                match (ok, down_since) {
+                    (false, None) => {
+                        failures += 1;
+                        down_since = Some(t);
+                    }
+                    (false, Some(_)) => failures += 1,
+                    (true, Some(since)) => {
+                        down += since.elapsed().as_secs_f64();
+                        down_since = None;
+                    }
+                    (true, None) => {}
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    _ = stopped.changed() => break,
+                }
+            }
+            if let Some(since) = down_since {
+                down += since.elapsed().as_secs_f64();
+            }
+            (probes, failures, down)
+        });
+        ApiProber { stop, task }
+    }
+
+    async fn stop(self) -> (u64, u64, f64) {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap_or((0, 0, 0.0))
+    }
+}
+
+/// `rollback`: every node's /etc/kubernetes/certs from certs.bak, etcd's front-proxy material
+/// from the restored files, restarts, the API model and admin kubeconfig from the latest local
+/// backup, then the gates.
+pub fn run_rollback(a: &RollbackArgs) -> miette::Result<Outcome> {
+    let c: &ClusterArgs = &a.cluster;
+    let (model, topo, _cat, inventory) = read_cluster(c)?;
+    let backups = model.dir().join(store::BACKUP_DIR);
+    let latest = std::fs::read_dir(&backups)
+        .ok()
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("apimodel.json").is_file())
+        .map(|e| e.path())
+        .max()
+        .ok_or_else(|| miette!(help = "rollback restores what apply backed up; apply has not run here", "no backup in {}", backups.display()))?;
+    let unreachable: Vec<&str> = inventory.unreachable.iter().map(|u| u.node.as_str()).collect();
+    if !unreachable.is_empty() {
+        return Err(miette!("rollback needs every node; these cannot be reached: {}", unreachable.join(", ")));
+    }
+    println!("Rollback will restore on every node /etc/kubernetes/certs from {} and restart etcd and kubelet,", node::BACKUP);
+    println!("and restore {} and the admin kubeconfig from {}.", model.path().display(), latest.display());
+    if !a.auto_approve && !ask_yes("\nDo you want to roll back?") {
+        println!("\nRollback cancelled; nothing was changed.");
+        return Err(miette!("rollback cancelled"));
+    }
+    let settings = ssh_settings(c, &model, &topo)?;
+    let fleet = Arc::new(SshFleet::new(settings).into_diagnostic()?);
+    let stamp = format!("rollback-{}", time::OffsetDateTime::now_utc().unix_timestamp());
+    let run = RunDir::open(&model.dir(), &stamp).into_diagnostic()?;
+    let journal = Journal::open(&run.journal_path()).into_diagnostic()?;
+    let reporter = Arc::new(Reporter::new(Mode::detect(false), 0));
+    let old_admin = std::fs::read_to_string(latest.join("kubeconfig").join(format!("kubeconfig.{}.json", topo.location))).ok();
+    let mut ctx = Context::new(ActionGraph::from_saved(&crate::plan::file::ActionGraph { nodes: vec![], edges: vec![] }).expect("empty graph"), topo.clone(), crate::model::profile::Profile::load(&c.model.profile)?, model.path().to_path_buf(), run, journal, reporter, fleet, stamp.clone());
+    ctx.apiserver = c.apiserver.clone();
+    ctx.old_admin_kubeconfig = old_admin;
+    ctx.force = c.force;
+    let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
+    runtime.block_on(async move {
+        let ctx = Arc::new(ctx);
+        let started = Instant::now();
+        let admin = format!("/home/{}/.kube/config", topo.admin_username);
+        let masters: Vec<String> = topo.masters.iter().map(|m| m.name.clone()).collect();
+        let agents: Vec<(String, bool)> = topo.agents.iter().map(|m| (m.name.clone(), m.os == OsType::Windows)).collect();
+        let fail = |what: &str, e: StepError| miette!(help = "fix the cause and run rollback again (it is idempotent)", "{what}: {}", e.message);
+        let on_all = |names: Vec<String>, script: String, what: &'static str| {
+            let ctx = ctx.clone();
+            async move {
+                let mut set = tokio::task::JoinSet::new();
+                for n in names {
+                    let (ctx, script) = (ctx.clone(), script.clone());
+                    set.spawn(async move { ctx.run_root(&n, what, &script).await.map_err(|e| (n, e)) });
+                }
+                while let Some(r) = set.join_next().await {
+                    if let Ok(Err((n, e))) = r {
+                        return Err(StepError::new(format!("{n}: {}", e.message)));
+                    }
+                }
+                Ok(())
+            }
+        };
+        println!("restoring certificates on the masters");
+        on_all(masters.clone(), node::restore_script(&stamp, Some(&admin)), "restore certificates").await.map_err(|e| fail("restoring the masters", e))?;
+        println!("restarting etcd on every master");
+        on_all(masters.clone(), node::restart_script(&stamp, "rollback", &["etcd"], &[]), "restart etcd").await.map_err(|e| fail("restarting etcd", e))?;
+        wait_etcd(&ctx, &masters).await.map_err(|e| fail("etcd did not become healthy with the restored certificates", e))?;
+        ctx.run_root(&masters[0], "restore front-proxy material in etcd", &node::etcd_restore_proxy_script(&stamp)).await.map_err(|e| fail("restoring /proxycerts", e))?;
+        println!("restarting kubelet and the control plane on every master");
+        on_all(masters.clone(), node::restart_script(&stamp, "rollback", &["kubelet"], &["kube-apiserver", "kube-controller-manager", "kube-scheduler"]), "restart control plane")
+            .await
+            .map_err(|e| fail("restarting the control plane", e))?;
+        println!("restoring the agents");
+        for (n, windows) in &agents {
+            if *windows {
+                crate::apply::winexec::restore_windows(&ctx, n).await.map_err(|e| fail(n, e))?;
+            } else {
+                ctx.run_root(n, "restore certificates", &node::restore_script(&stamp, None)).await.map_err(|e| fail(n, e))?;
+                ctx.run_root(n, "restart kubelet", &node::restart_script(&stamp, "rollback", &["kubelet"], &[])).await.map_err(|e| fail(n, e))?;
+            }
+        }
+        println!("restoring {} from {}", model.path().display(), latest.display());
+        let current_backup = store::backup_api_model(&model.dir()).map_err(|e| miette!("{e}"))?;
+        println!("(the rotated API model is kept in {})", current_backup.display());
+        let restored = std::fs::read(latest.join("apimodel.json")).into_diagnostic()?;
+        write_atomic(model.path(), &restored, None).into_diagnostic()?;
+        let kc_dir = latest.join("kubeconfig");
+        if kc_dir.is_dir() {
+            for e in std::fs::read_dir(&kc_dir).into_diagnostic()?.flatten() {
+                let bytes = std::fs::read(e.path()).into_diagnostic()?;
+                write_atomic(&model.dir().join("kubeconfig").join(e.file_name()), &bytes, Some(0o600)).into_diagnostic()?;
+            }
+        }
+        // A re-apply of a rolled-back plan must run again, not skip what its journal says it did.
+        if let Ok(dirs) = std::fs::read_dir(model.dir().join(store::OUTPUT_DIR)) {
+            for d in dirs.flatten() {
+                let j = d.path().join("journal.jsonl");
+                if j.is_file() {
+                    let _ = std::fs::rename(&j, d.path().join(format!("journal.rolled-back-{}.jsonl", time::OffsetDateTime::now_utc().unix_timestamp())));
+                }
+            }
+        }
+        println!("waiting for every node to be Ready and kube-system to settle");
+        let deadline = Instant::now() + ctx.profile.gates.timing(crate::model::profile::GateKind::NodesReady).timeout.as_std();
+        let all: Vec<String> = topo.nodes().map(|n| n.name.clone()).collect();
+        let mut tokens_renewed = false;
+        loop {
+            let problems = match ctx.kube_client().await {
+                Ok(client) => {
+                    if !tokens_renewed {
+                        // Tokens signed with the rotated apiserver key are invalid again.
+                        if let Ok(n) = crate::cloud::kube::delete_service_account_tokens(&client).await {
+                            let stamp_time = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+                            let rolled = crate::cloud::kube::rollout_restart_all(&client, &stamp_time).await.unwrap_or(0);
+                            println!("deleted {n} service-account token secrets and restarted {rolled} deployments and daemonsets");
+                            tokens_renewed = true;
+                        }
+                    }
+                    let mut p = crate::cloud::kube::nodes_not_ready(&client, &all).await.unwrap_or_else(|e| vec![e.to_string()]);
+                    if p.is_empty() {
+                        p = crate::cloud::kube::kube_system_not_ready(&client).await.unwrap_or_else(|e| vec![e.to_string()]);
+                    }
+                    p
+                }
+                Err(e) => vec![e.message],
+            };
+            if problems.is_empty() {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(miette!("the cluster is not Ready after rollback:\n  {}", problems.join("\n  ")));
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        ctx.close_sessions().await;
+        println!("\nRollback complete in {:.1}s: every node holds its backed-up certificates and the cluster is Ready.", started.elapsed().as_secs_f64());
+        Ok(Outcome::Ok)
+    })
+}
+
+async fn wait_etcd(ctx: &Context, masters: &[String]) -> Result<(), StepError> {
+    let endpoints: Vec<String> = ctx.topo.masters.iter().filter_map(|m| m.ip).map(|ip| format!("https://{ip}:2379")).collect();
+    let deadline = Instant::now() + ctx.profile.gates.timing(crate::model::profile::GateKind::EtcdHealthy).timeout.as_std();
+    loop {
+        match ctx.run_root(&masters[0], "etcd health", &node::etcd_health_script(&endpoints)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
+}
