@@ -102,7 +102,14 @@ fn rolling_masters_wait_for_the_previous_master_gates() {
     // Front-proxy goes to etcd once and then to each master in turn.
     assert_eq!(ids_of(&g, Operation::PutFrontProxyInEtcd).len(), 1);
     assert!(g.precedes(&format!("restartApiserver@{}", c.master(0)), &format!("installFrontProxy@{}", c.master(1))));
-    assert!(ids_of(&g, Operation::RemoveKubeletClientCurrent).is_empty());
+    // client.crt is renewed on every node, so kubelet's rotated pem goes on each of them,
+    // after the install and before that node's restart.
+    assert_eq!(ids_of(&g, Operation::RemoveKubeletClientCurrent).len(), 5);
+    for i in 0..3 {
+        let m = c.master(i);
+        assert!(g.precedes(&format!("installCerts@{m}"), &format!("removeKubeletClientCurrent@{m}")));
+        assert!(g.precedes(&format!("removeKubeletClientCurrent@{m}"), &format!("restartControlPlane@{m}")));
+    }
 }
 
 #[test]

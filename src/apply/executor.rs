@@ -188,8 +188,16 @@ impl Context {
         self.sessions.lock().await.remove(name);
     }
 
-    /// Runs a root script on a node; a broken connection is reopened once.
+    /// Runs a root script on a node; a broken connection is reopened once. A script that runs
+    /// longer than five minutes is given up on (the step fails and says so).
     pub async fn run_root(&self, name: &str, what: &str, script: &str) -> Result<String, StepError> {
+        match tokio::time::timeout(Duration::from_secs(300), self.run_root_unbounded(name, what, script)).await {
+            Ok(r) => r,
+            Err(_) => Err(StepError::new(format!("{name}: `{what}` did not finish within 5 minutes"))),
+        }
+    }
+
+    async fn run_root_unbounded(&self, name: &str, what: &str, script: &str) -> Result<String, StepError> {
         let session = self.session(name).await?;
         match session.run_script_as_root(what, script).await {
             Err(RemoteError::Unreachable { .. }) => {

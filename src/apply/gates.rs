@@ -11,7 +11,7 @@ use crate::apply::progress::Event;
 use crate::cloud::kube as kops;
 use crate::model::profile::GateKind;
 use crate::plan::graph::{GateSpec, Probe, Step};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const EXIT_MARK: &str = "CERTROTATE_PROBE_EXIT=";
 
@@ -121,7 +121,13 @@ pub async fn run_gate(ctx: &Context, step: &Step, kind: GateKind) -> Result<Opti
     let interval = spec.interval.as_std();
     let api_level = spec.probe == Probe::Api && !matches!(kind, GateKind::EtcdHealthy | GateKind::ApiserverServesNewCert);
     loop {
-        let observed = match look(ctx, step, spec, kind).await {
+        // A probe that hangs (a half-open TLS port, a stuck command) counts as a miss.
+        let budget = deadline.saturating_duration_since(Instant::now()).clamp(Duration::from_secs(5), Duration::from_secs(60));
+        let looked = match tokio::time::timeout(budget, look(ctx, step, spec, kind)).await {
+            Ok(r) => r,
+            Err(_) => Err(StepError::new(format!("the probe did not answer within {}s", budget.as_secs()))),
+        };
+        let observed = match looked {
             Ok(p) if p.is_empty() => return Ok(Some(format!("passed after {:.1}s", started.elapsed().as_secs_f64()))),
             Ok(p) => p,
             Err(e) if api_level && ctx.force => {

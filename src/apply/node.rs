@@ -268,11 +268,11 @@ pub fn etcd_health_script(endpoints: &[String]) -> String {
     format!("{} endpoint health 2>&1\n", etcdctl(&endpoints.join(",")))
 }
 
-/// Without usable certificates: etcd active and its client port accepting connections.
+/// Without usable certificates: etcd active and its client port accepting TCP connections
+/// (a TLS handshake cannot complete with expired certificates).
 pub fn etcd_alive_script() -> String {
     "set -u\nsystemctl is-active --quiet etcd || { echo 'etcd is not active'; exit 1; }\n\
-     out=$(openssl s_client -connect 127.0.0.1:2379 </dev/null 2>&1 | head -n 1)\n\
-     case \"$out\" in CONNECTED*) echo 'etcd accepts connections on 2379';; *) echo \"2379 refuses connections: $out\"; exit 1;; esac\n"
+     if timeout 5 bash -c 'exec 3<>/dev/tcp/127.0.0.1/2379' 2>/dev/null; then echo 'etcd accepts connections on 2379'; else echo '127.0.0.1:2379 refuses connections'; exit 1; fi\n"
         .to_string()
 }
 
@@ -282,7 +282,7 @@ pub fn apiserver_probe_script(ip: &str, server_name: &str) -> String {
     format!(
         r#"set -u
 C={c}
-fp=$(openssl s_client -connect {ip}:443 -servername {sn} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 2>/dev/null | sed 's/.*=//; s/://g' | tr 'A-F' 'a-f')
+fp=$(timeout 10 openssl s_client -connect {ip}:443 -servername {sn} </dev/null 2>/dev/null | openssl x509 -noout -fingerprint -sha256 2>/dev/null | sed 's/.*=//; s/://g' | tr 'A-F' 'a-f')
 printf 'FINGERPRINT\t%s\n' "$fp"
 st=$(printf 'GET /readyz HTTP/1.1\r\nHost: {sn}\r\nConnection: close\r\n\r\n' | timeout 10 openssl s_client -quiet -connect {ip}:443 -servername {sn} -CAfile "$C/ca.crt" -cert "$C/client.crt" -key "$C/client.key" 2>/dev/null | head -n 1 | tr -d '\r')
 printf 'READYZ\t%s\n' "$st"
@@ -298,10 +298,10 @@ pub fn unit_active_script(unit: &str) -> String {
     format!("set -u\nif systemctl is-active --quiet {unit}; then echo '{unit} active'; else echo '{unit} is not active'; exit 1; fi\n")
 }
 
-/// A TLS listener accepts connections at `ip:443` (the apiserver, when its certificates have expired).
+/// The apiserver's port accepts TCP connections at `ip:443` (when its certificates have expired).
 pub fn port_open_script(ip: &str) -> String {
     format!(
-        "set -u\nout=$(openssl s_client -connect {ip}:443 </dev/null 2>&1 | head -n 1)\ncase \"$out\" in CONNECTED*) echo '{ip}:443 accepts connections';; *) echo \"{ip}:443 refuses connections: $out\"; exit 1;; esac\n"
+        "set -u\nif timeout 5 bash -c 'exec 3<>/dev/tcp/{ip}/443' 2>/dev/null; then echo '{ip}:443 accepts connections'; else echo '{ip}:443 refuses connections'; exit 1; fi\n"
     )
 }
 

@@ -933,14 +933,22 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                 format!("{path} is not a file AKS Engine writes; it is backed up with the directory and left in place"),
             ));
         }
-        if inv.kubelet_client_current && cluster_ca_reason.is_some() {
+        // kubelet prefers its rotated pem over client.crt: it must go whenever client.crt is
+        // renewed, or kubelet keeps the old (possibly expired, or foreign-CA) identity.
+        let client_renewed = decisions.iter().any(|d| d.id == "client" && d.action != ChangeAction::Noop && d.holders.contains(&node.name));
+        if inv.kubelet_client_current && (cluster_ca_reason.is_some() || client_renewed) {
             removals.push(node.name.clone());
+            let why = if cluster_ca_reason.is_some() {
+                "kubelet-client-current.pem was issued under the old CA and is removed so kubelet uses client.crt"
+            } else {
+                "kubelet-client-current.pem would keep kubelet on its old client certificate; it is removed so kubelet uses the renewed client.crt"
+            };
             findings.push(finding(
                 Severity::Info,
                 "kubelet-client-current-removal",
                 Some(&node.name),
                 Some(crate::pki::catalogue::KUBELET_CLIENT_CURRENT),
-                "kubelet-client-current.pem was issued under the old CA and is removed so kubelet uses client.crt",
+                why,
             ));
         }
         let kubelet_kc = inv.kubeconfigs.iter().find(|k| k.path == crate::pki::catalogue::KUBELET_KUBECONFIG);

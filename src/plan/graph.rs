@@ -669,7 +669,7 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
         Probe::Ssh,
         master_names.clone(),
         if expired {
-            "etcd is active on every master and its client port 2379 completes a TLS handshake from the node (etcdctl cannot authenticate with expired certificates)".into()
+            "etcd is active on every master and its client port 2379 accepts connections from the node (etcdctl cannot authenticate with expired certificates)".into()
         } else {
             "`etcdctl endpoint health` over SSH on every master reports all members healthy with the current certificates".into()
         },
@@ -691,7 +691,7 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
         pre_probe,
         master_names.clone(),
         if expired {
-            "the apiserver on every master accepts a TLS handshake on port 443 from the node itself".into()
+            "the apiserver on every master accepts connections on port 443 from the node itself".into()
         } else {
             "kube-apiserver, kube-controller-manager, kube-scheduler and kube-addon-manager pods of every master are Ready".into()
         },
@@ -746,6 +746,17 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
                 requires.extend(preflight.iter().copied());
                 let admin = kubeconfig_changes(&m.name).then_some(topo.admin_username.as_str());
                 let mut last = b.install_on_master(&m.name, &ids, &requires, &master_end, staged[&m.name], admin);
+                if removal(&m.name) {
+                    let r = b.action(
+                        Operation::RemoveKubeletClientCurrent,
+                        Some(&m.name),
+                        format!("remove {KUBELET_CLIENT_CURRENT} on {} so kubelet uses the renewed client.crt", m.name),
+                        params(&[("path", AttrValue::Text(KUBELET_CLIENT_CURRENT.into()))]),
+                        &[],
+                    );
+                    b.g.edge(last, r);
+                    last = r;
+                }
                 let etcd_related = ids.iter().any(|id| ETCD_RELATED.contains(&id.as_str()) || id.starts_with("etcdpeer"));
                 let mut gates_of_master = Vec::new();
                 if etcd_related {

@@ -1,0 +1,333 @@
+//! `certrotate apply` and `rollback` against live lab clusters (3 masters + 2 agents, real
+//! sshd, etcd and TLS, the apiserver and ARM stand-ins): renew-expiring keeps the API up;
+//! rotate-all brings a new CA everywhere and rollback takes it back; an expired cluster is
+//! rotated without the API; a killed apply resumes, and a second apply meanwhile is refused
+//! by the lock. Needs root and the binaries built beside this test (`cargo build --workspace`).
+
+mod support;
+
+use lab::spec::{Expiry, LabSpec};
+use lab::{Lab, UpOptions};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use support::{certrotate_bin, text};
+
+fn up(dir: &Path, expiry: Expiry) -> Lab {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the lab tests need root");
+    Lab::up(
+        dir,
+        LabSpec { expiry, ..LabSpec::default() },
+        UpOptions {
+            lab_binary: Some(env!("CARGO_BIN_EXE_lab").into()),
+            owner_pid: Some(std::process::id()),
+            timeout: Some(Duration::from_secs(120)),
+        },
+    )
+    .expect("lab up")
+}
+
+/// The flags every cluster command needs, plus the Azure ones apply needs for VM reboots.
+fn cluster_flags(lab: &Lab) -> Vec<String> {
+    let env = lab.env();
+    [
+        ("--api-model", "LAB_API_MODEL"),
+        ("--ssh-host", "LAB_SSH_HOST"),
+        ("--linux-ssh-private-key", "LAB_SSH_KEY"),
+        ("--known-hosts", "LAB_KNOWN_HOSTS"),
+        ("--apiserver", "LAB_APISERVER"),
+        ("--resource-group", "LAB_RESOURCE_GROUP"),
+        ("--subscription-id", "LAB_SUBSCRIPTION_ID"),
+        ("--tenant-id", "LAB_TENANT_ID"),
+        ("--ca-bundle", "LAB_ARM_CA_BUNDLE"),
+    ]
+    .iter()
+    .flat_map(|(flag, var)| [flag.to_string(), env[*var].clone()])
+    .collect()
+}
+
+fn certrotate(args: &[&str], lab: &Lab) -> Output {
+    Command::new(certrotate_bin()).args(args).args(cluster_flags(lab)).env("NO_COLOR", "1").output().unwrap()
+}
+
+fn plan(lab: &Lab, profile: &str, out: &Path) -> Output {
+    certrotate(&["plan", "--profile", profile, "--detailed-exitcode", "--out", out.to_str().unwrap()], lab)
+}
+
+fn ssh(lab: &Lab, node: &str, command: &str) -> String {
+    let env = lab.env();
+    let out = Command::new("ssh")
+        .arg("-F")
+        .arg(&env["LAB_SSH_CONFIG"])
+        .arg("-J")
+        .arg(format!("azureuser@{}", env["LAB_SSH_HOST"]))
+        .arg(format!("azureuser@{node}"))
+        .arg(command)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command} on {node}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn model_dir(lab: &Lab) -> PathBuf {
+    PathBuf::from(&lab.env()["LAB_API_MODEL"]).parent().unwrap().to_path_buf()
+}
+
+fn apimodel_ca(lab: &Lab) -> String {
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&lab.env()["LAB_API_MODEL"]).unwrap()).unwrap();
+    doc["properties"]["certificateProfile"]["caCertificate"].as_str().unwrap().to_string()
+}
+
+fn nodes(lab: &Lab) -> Vec<String> {
+    let s = &lab.env()["LAB_NAME_SUFFIX"];
+    (0..3).map(|i| format!("k8s-master-{s}-{i}")).chain((0..2).map(|i| format!("k8s-agentpool1-{s}-{i}"))).collect()
+}
+
+fn assert_plan_has_no_changes(lab: &Lab, dir: &Path, profile: &str) {
+    let out = plan(lab, profile, &dir.join("after.plan.yaml"));
+    assert_eq!(out.status.code(), Some(0), "after apply, plan must find nothing to do: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No changes"), "{}", text(&out));
+}
+
+/// Every node Ready according to the real kubectl with the admin kubeconfig beside the API model.
+fn kubectl_nodes_ready(lab: &Lab) -> Vec<String> {
+    let env = lab.env();
+    let kubeconfig = model_dir(lab).join("kubeconfig").join(format!("kubeconfig.{}.json", env["LAB_LOCATION"]));
+    let mut last = String::new();
+    for _ in 0..30 {
+        let out = Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args(["get", "nodes", "-o", "json"]).output().unwrap();
+        if out.status.success() {
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let ready: Vec<String> = doc["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|n| n["status"]["conditions"].as_array().unwrap().iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                .map(|n| n["metadata"]["name"].as_str().unwrap().to_string())
+                .collect();
+            if ready.len() == 5 {
+                return ready;
+            }
+            last = format!("{ready:?}");
+        } else {
+            last = text(&out);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("not every node Ready in kubectl: {last}");
+}
+
+/// Probes /readyz through the masters as the internal load balancer would: a probe fails
+/// only when no master answers 200 (the lab has no load balancer of its own).
+struct ReadyzProber {
+    stop: Arc<AtomicBool>,
+    probes: Arc<AtomicU64>,
+    failures: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl ReadyzProber {
+    fn start(lab: &Lab) -> ReadyzProber {
+        let model = certrotate::model::apimodel::ApiModel::load(Path::new(&lab.env()["LAB_API_MODEL"])).unwrap();
+        let topo = certrotate::model::topology::Topology::derive(&model, None).unwrap();
+        let masters: Vec<String> = topo.masters.iter().map(|m| format!("https://{}:443/readyz", m.ip.unwrap())).collect();
+        let ca = reqwest::Certificate::from_pem(apimodel_ca(lab).as_bytes()).unwrap();
+        let (stop, probes, failures) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let (s, p, f) = (stop.clone(), probes.clone(), failures.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async move {
+                let client = reqwest::Client::builder()
+                    .add_root_certificate(ca)
+                    .tls_built_in_root_certs(false)
+                    .timeout(Duration::from_millis(800))
+                    .build()
+                    .unwrap();
+                while !s.load(Ordering::SeqCst) {
+                    let mut ok = false;
+                    for url in &masters {
+                        if let Ok(r) = client.get(url).send().await {
+                            if r.status().is_success() {
+                                ok = true;
+                                break;
+                            }
+                        }
+                    }
+                    p.fetch_add(1, Ordering::SeqCst);
+                    if !ok {
+                        f.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+        });
+        ReadyzProber { stop, probes, failures, thread }
+    }
+
+    fn stop(self) -> (u64, u64) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.thread.join().unwrap();
+        (self.probes.load(Ordering::SeqCst), self.failures.load(Ordering::SeqCst))
+    }
+}
+
+/// Files apply wrote on the operator side, plus its output: none may hold key material.
+fn assert_no_secret(lab: &Lab, outputs: &[&Output]) {
+    let mut texts: Vec<(String, String)> = outputs.iter().map(|o| ("output".to_string(), text(o))).collect();
+    let runs = model_dir(lab).join("_rotate_certs_output");
+    for run in std::fs::read_dir(&runs).unwrap().flatten() {
+        for name in ["journal.jsonl", "state.json", "plan.yaml"] {
+            if let Ok(t) = std::fs::read_to_string(run.path().join(name)) {
+                texts.push((format!("{}/{name}", run.path().display()), t));
+            }
+        }
+        use std::os::unix::fs::PermissionsExt;
+        let pki = run.path().join("pki");
+        assert_eq!(std::fs::metadata(&pki).unwrap().permissions().mode() & 0o777, 0o700, "{}", pki.display());
+        for f in std::fs::read_dir(&pki).unwrap().flatten() {
+            assert_eq!(f.metadata().unwrap().permissions().mode() & 0o777, 0o600, "{}", f.path().display());
+        }
+    }
+    for n in nodes(lab) {
+        texts.push((format!("{n}:/var/log/azure/rotate-certs.log"), ssh(lab, &n, "sudo cat /var/log/azure/rotate-certs.log")));
+    }
+    for (what, t) in texts {
+        assert!(!t.contains("PRIVATE KEY"), "a private key reached {what}");
+        assert!(!t.contains("client-key-data\": \"LS0t"), "an embedded key reached {what}");
+    }
+}
+
+#[test]
+fn renew_expiring_keeps_the_api_up_and_leaves_nothing_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up(dir.path(), Expiry::In(20 * 86_400));
+    let saved = dir.path().join("renew.plan.yaml");
+    let out = plan(&lab, "renew-expiring", &saved);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    let prober = ReadyzProber::start(&lab);
+    let applied = certrotate(&["apply", saved.to_str().unwrap()], &lab);
+    let (probes, failures) = prober.stop();
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied));
+    assert!(probes >= 20, "the prober ran throughout ({probes} probes)");
+    assert_eq!(failures, 0, "/readyz failed {failures} of {probes} times during a rolling renewal");
+    let stderr = String::from_utf8_lossy(&applied.stderr);
+    assert!(stderr.contains("API downtime        0.0s"), "{stderr}");
+
+    assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
+    kubectl_nodes_ready(&lab);
+    assert_no_secret(&lab, &[&out, &applied]);
+    lab.down().unwrap();
+}
+
+#[test]
+fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up(dir.path(), Expiry::Default);
+    let old_ca = apimodel_ca(&lab);
+    let saved = dir.path().join("all.plan.yaml");
+    let out = plan(&lab, "rotate-all", &saved);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let prober = ReadyzProber::start(&lab);
+    let applied = certrotate(&["apply", saved.to_str().unwrap()], &lab);
+    let (probes, failures) = prober.stop();
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied));
+    // The plan promised an outage (masters reboot together); the prober must see it, which
+    // also shows it can fail.
+    assert!(failures > 0, "no /readyz failure in {probes} probes while every master rebooted");
+
+    // A new CA in the API model, and on every node.
+    let new_ca = apimodel_ca(&lab);
+    assert_ne!(new_ca, old_ca, "rotate-all replaces the cluster CA");
+    for n in nodes(&lab) {
+        assert_eq!(ssh(&lab, &n, "cat /etc/kubernetes/certs/ca.crt"), new_ca, "ca.crt on {n}");
+        assert!(ssh(&lab, &n, "sudo ls /etc/kubernetes/certs.bak").contains("ca.crt"), "backup on {n}");
+    }
+    // The API model is still one AKS Engine reads: validate finds its certificates consistent.
+    let v = Command::new(certrotate_bin()).args(["validate", "--api-model", &lab.env()["LAB_API_MODEL"]]).output().unwrap();
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+    let backups: Vec<_> = std::fs::read_dir(model_dir(&lab).join("_rotate_certs_backup")).unwrap().flatten().collect();
+    assert!(backups.iter().any(|b| b.path().join("apimodel.json").is_file()), "the API model was backed up");
+    // The real kubectl with the new admin kubeconfig; etcd with the new client certificate.
+    kubectl_nodes_ready(&lab);
+    let master = &nodes(&lab)[0];
+    let health = ssh(
+        &lab,
+        master,
+        "sudo ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/certs/ca.crt --cert=/etc/kubernetes/certs/etcdclient.crt --key=/etc/kubernetes/certs/etcdclient.key endpoint health --cluster 2>&1",
+    );
+    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+    assert_no_secret(&lab, &[&out, &applied]);
+
+    let rolled = Command::new(certrotate_bin()).args(["rollback", "--auto-approve"]).args(cluster_flags(&lab)).output().unwrap();
+    assert_eq!(rolled.status.code(), Some(0), "{}", text(&rolled));
+    assert_eq!(apimodel_ca(&lab), old_ca, "the API model is back");
+    for n in nodes(&lab) {
+        assert_eq!(ssh(&lab, &n, "cat /etc/kubernetes/certs/ca.crt"), old_ca, "ca.crt on {n} is back");
+    }
+    kubectl_nodes_ready(&lab);
+    lab.down().unwrap();
+}
+
+#[test]
+fn an_expired_cluster_is_rotated_without_the_api() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up(dir.path(), Expiry::Expired);
+    let saved = dir.path().join("expired.plan.yaml");
+    let out = plan(&lab, "renew-expiring", &saved);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let applied = certrotate(&["apply", saved.to_str().unwrap()], &lab);
+    assert_eq!(applied.status.code(), Some(0), "{}", text(&applied));
+    assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
+    kubectl_nodes_ready(&lab);
+    lab.down().unwrap();
+}
+
+#[test]
+fn a_killed_apply_resumes_and_a_second_apply_meanwhile_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up(dir.path(), Expiry::In(20 * 86_400));
+    let saved = dir.path().join("renew.plan.yaml");
+    let out = plan(&lab, "renew-expiring", &saved);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    let mut first = Command::new(certrotate_bin())
+        .args(["apply", saved.to_str().unwrap()])
+        .args(cluster_flags(&lab))
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("start  installCerts@") {
+            break;
+        }
+    }
+    assert!(seen.last().is_some_and(|l| l.contains("installCerts@")), "apply never reached an install:\n{}", seen.join("\n"));
+
+    let second = certrotate(&["apply", saved.to_str().unwrap()], &lab);
+    assert_eq!(second.status.code(), Some(1), "{}", text(&second));
+    let flat: String = String::from_utf8_lossy(&second.stderr).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("locked by another apply"), "{}", text(&second));
+
+    unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
+    first.wait().unwrap();
+    drop(lines);
+
+    let resumed = certrotate(&["apply", saved.to_str().unwrap()], &lab);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(stderr.contains("took over the cluster lock"), "{stderr}");
+    assert!(stderr.contains("already done (journal)"), "the rerun skips what the killed run finished: {stderr}");
+    assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
+    kubectl_nodes_ready(&lab);
+    lab.down().unwrap();
+}
