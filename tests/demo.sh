@@ -2,7 +2,8 @@
 # The main job on a fresh machine (README "Set-up"): installs what is needed, builds certrotate
 # and the lab, brings up a local lab cluster (3 masters, 2 agents, certificates expiring in 20
 # days), and runs certrotate against it: status, plan with a saved plan, show and graph of that
-# plan. The lab is taken down at the end, whatever happens. `apply` is not built yet (issue #5).
+# plan, apply of exactly that plan, and plan again (no changes). The lab is taken down at the
+# end, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/install-deps.sh
@@ -31,6 +32,14 @@ code=0
 echo "== certrotate show $labdir/renew.plan.yaml (summary)"
 "$bin" show "$labdir/renew.plan.yaml" | tail -1
 echo "== certrotate graph (first lines of DOT)"
-"$bin" graph "$labdir/renew.plan.yaml" | head -5
-echo "== certrotate apply: not built yet (issue #5)"
-"$bin" apply "$labdir/renew.plan.yaml" "${cluster[@]}" 2>&1 | head -3 || true
+"$bin" graph "$labdir/renew.plan.yaml" | sed -n 1,5p
+echo "== certrotate apply $labdir/renew.plan.yaml (masters one at a time; the API stays up)"
+"$bin" apply "$labdir/renew.plan.yaml" "${cluster[@]}" --apiserver "$LAB_APISERVER" \
+    --resource-group "$LAB_RESOURCE_GROUP" --subscription-id "$LAB_SUBSCRIPTION_ID" \
+    --tenant-id "$LAB_TENANT_ID" --ca-bundle "$LAB_ARM_CA_BUNDLE"
+
+echo "== certrotate plan again: nothing left to do"
+"$bin" plan "${cluster[@]}" --profile renew-expiring --detailed-exitcode | tail -1
+
+echo "== certrotate status after the rotation"
+"$bin" status "${cluster[@]}" | sed -n 1,8p

@@ -437,7 +437,8 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
                 });
                 let outcome = run_step(&ctx2, &step).await;
                 let secs = started.elapsed().as_secs_f64();
-                let waiting = step.operation.is_gate() || step.operation == Operation::RebootVm;
+                // Restarts and reboots wait on the node's services, not on certrotate.
+                let waiting = step.operation.is_gate() || step.operation.is_restart();
                 (step, outcome, secs, waiting)
             });
         }

@@ -134,7 +134,7 @@ pub enum Event {
 
 /// The end-of-run numbers. `waiting_secs` and `own_work_secs` are wall-clock: own work is
 /// time when at least one step did its own work; waiting is time when steps ran but all of
-/// them waited (gates, reboots). What is left of `total_secs` is time between steps.
+/// them waited (gates, reboots). What is left of `total_secs` is the lock, the re-read of the nodes and time between steps.
 #[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Summary {
@@ -357,7 +357,7 @@ impl Reporter {
             fmt_secs(summary.waiting_secs),
             pct(summary.waiting_secs)
         ));
-        s.push_str(&format!("{:<14}{:>10}  {}  (between steps)\n", "other", fmt_secs(between), pct(between)));
+        s.push_str(&format!("{:<14}{:>10}  {}  (lock, re-read, between steps)\n", "other", fmt_secs(between), pct(between)));
         if summary.api_probes == 0 {
             s.push_str(&format!("{:<14}{:>10}\n", "API downtime", "not probed"));
         } else {
@@ -1029,7 +1029,7 @@ front proxy        30.0s   15%
 total             3m 20s
 own work           40.0s   20%
 waiting           2m 30s   75%  (gates and reboots)
-other              10.0s    5%  (between steps)
+other              10.0s    5%  (lock, re-read, between steps)
 API downtime        4.5s        (3 of 100 probes failed)
 steps         12 done, 2 skipped
 ";

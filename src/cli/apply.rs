@@ -99,6 +99,8 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
     let plan_path = a.plan_file.clone();
     let result = runtime.block_on(async move {
+        // The run's time includes taking the lock and re-reading the nodes.
+        let started = Instant::now();
         let first = ctx.topo.masters.first().map(|m| m.name.clone()).ok_or_else(|| miette!("the cluster has no master"))?;
         let holder = LockHolder::me(&digest.to_string());
         let answer = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), false)).await.map_err(step_report)?;
@@ -127,7 +129,6 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         reporter.set_phase_totals(&executor::phase_totals(&ctx));
         ctx.emit(Event::ApplyStarted { plan_digest: digest.to_string(), steps: ctx.graph.len(), already_done: already });
         let prober = ApiProber::start(ctx.clone());
-        let started = Instant::now();
         let walked = executor::walk(ctx.clone()).await;
         let (probes, failures, down) = prober.stop().await;
         let total = started.elapsed().as_secs_f64();
@@ -182,14 +183,7 @@ async fn preflight(ctx: &Arc<Context>, plan: &PlanFile, model: &ApiModel) -> mie
             model_digest
         ));
     }
-    let inventory = crate::remote::refresh::refresh(
-        ctx.fleet.clone(),
-        &ctx.topo,
-        &ctx.catalogue,
-        crate::remote::refresh::RefreshOptions { parallelism: ctx.parallelism, skip_unreachable: false },
-    )
-    .await
-    .map_err(|e| miette!(help = "every node must answer before apply changes anything", "{e}"))?;
+    let inventory = read_nodes(ctx).await?;
     let live = observed(&ctx.topo, &inventory);
     let applied = applied_material(ctx);
     let stale = stale_items(&plan.observed, &live, &applied);
@@ -217,6 +211,50 @@ async fn preflight(ctx: &Arc<Context>, plan: &PlanFile, model: &ApiModel) -> mie
         ctx.check_azure().await.map_err(|e| miette!(help = "this plan restarts master VMs through Azure; check the Azure flags and the service principal", "Azure does not answer: {}", e.message))?;
     }
     Ok(())
+}
+
+/// Reads every node as refresh does, over the connections the walk will go on using, so each
+/// node sees one SSH login for the whole apply (reboots aside).
+async fn read_nodes(ctx: &Arc<Context>) -> miette::Result<crate::model::inventory::Inventory> {
+    use crate::remote::script::{parse_output, refresh_script, NodeReadSpec};
+    let mut tasks = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(ctx.parallelism.max(1)));
+    for node in ctx.topo.nodes() {
+        let spec = NodeReadSpec::for_node(node, &ctx.catalogue, &ctx.topo.admin_username);
+        let (ctx, permits, name) = (ctx.clone(), permits.clone(), node.name.clone());
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await.expect("semaphore never closes");
+            let out = ctx.run_root(&name, "refresh", &refresh_script(&spec)).await;
+            let read = out.and_then(|o| parse_output(&name, &spec, &o).map_err(|e| StepError::new(e.to_string())));
+            (name, read)
+        });
+    }
+    let mut nodes = Vec::new();
+    let mut failed = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(inv))) => nodes.push(inv),
+            Ok((name, Err(e))) => failed.push(format!("  {name}: {}", e.message)),
+            Err(e) => failed.push(format!("  a read task failed: {e}")),
+        }
+    }
+    if !failed.is_empty() {
+        failed.sort();
+        return Err(miette!(
+            help = "every node must answer before apply changes anything; check --ssh-host and the SSH key",
+            "{} node(s) could not be read; nothing was changed:\n{}",
+            failed.len(),
+            failed.join("\n")
+        ));
+    }
+    let order: Vec<&str> = ctx.topo.nodes().map(|n| n.name.as_str()).collect();
+    nodes.sort_by_key(|n| order.iter().position(|o| *o == n.node));
+    for n in &nodes {
+        if !n.hostname.is_empty() {
+            crate::model::topology::check_hostname_suffix(&ctx.topo.name_suffix, &n.hostname).map_err(|e| miette!("{e}"))?;
+        }
+    }
+    Ok(crate::model::inventory::Inventory { taken_at: time::OffsetDateTime::now_utc(), nodes, unreachable: Vec::new() })
 }
 
 /// What this plan's persisted PKI would put on each node (and in etcd), as refresh sees it.

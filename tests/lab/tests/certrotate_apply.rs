@@ -331,3 +331,40 @@ fn a_killed_apply_resumes_and_a_second_apply_meanwhile_is_refused() {
     kubectl_nodes_ready(&lab);
     lab.down().unwrap();
 }
+
+#[test]
+fn a_stale_plan_is_refused_naming_what_changed_and_apply_without_a_file_plans_afresh() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up(dir.path(), Expiry::In(20 * 86_400));
+    let saved = dir.path().join("renew.plan.yaml");
+    let out = plan(&lab, "renew-expiring", &saved);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let agent = nodes(&lab)[3].clone();
+    ssh(&lab, &agent, "sudo cp /etc/kubernetes/certs/kubeletserver.crt /etc/kubernetes/certs/client.crt");
+
+    let refused = certrotate(&["apply", saved.to_str().unwrap()], &lab);
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let flat: String = String::from_utf8_lossy(&refused.stderr).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    assert!(flat.contains("the plan is stale"), "{}", text(&refused));
+    assert!(flat.contains(&format!("{agent} /etc/kubernetes/certs/client.crt: sha256:")), "names the node, the file and both fingerprints: {flat}");
+    // Nothing was changed: no step ran, the lock is gone, the node still has what was there.
+    let runs = model_dir(&lab).join("_rotate_certs_output");
+    for run in std::fs::read_dir(&runs).unwrap().flatten() {
+        let journal = std::fs::read_to_string(run.path().join("journal.jsonl")).unwrap_or_default();
+        assert!(journal.trim().is_empty(), "a step ran although the plan was stale: {journal}");
+    }
+    assert!(!ssh(&lab, &nodes(&lab)[0], "ls /etc/kubernetes/").contains("certrotate.lock"), "the lock is released");
+
+    // Without a file, apply plans against what is there now and, approved, applies it.
+    let fresh = Command::new(certrotate_bin())
+        .args(["apply", "--profile", "renew-expiring", "--auto-approve"])
+        .args(cluster_flags(&lab))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(fresh.status.code(), Some(0), "{}", text(&fresh));
+    assert!(String::from_utf8_lossy(&fresh.stdout).contains("Plan: "), "apply shows the plan it makes: {}", text(&fresh));
+    assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
+    kubectl_nodes_ready(&lab);
+    lab.down().unwrap();
+}
