@@ -84,7 +84,7 @@ pub struct Context {
     pub timings: Mutex<Timings>,
     pub pki: Mutex<Option<Arc<NewPki>>>,
     pub state: Mutex<RunState>,
-    sessions: tokio::sync::Mutex<HashMap<String, Arc<NodeSession>>>,
+    sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Arc<NodeSession>>>>>>,
     compute: tokio::sync::OnceCell<Result<Arc<AzureCompute>, String>>,
 }
 
@@ -123,7 +123,7 @@ impl Context {
             timings: Mutex::new(Timings::new()),
             pki: Mutex::new(None),
             state: Mutex::new(state),
-            sessions: tokio::sync::Mutex::new(HashMap::new()),
+            sessions: Mutex::new(HashMap::new()),
             compute: tokio::sync::OnceCell::new(),
         }
     }
@@ -171,21 +171,46 @@ impl Context {
         self.run.save_state(&state).map_err(StepError::from)
     }
 
-    /// The node's one multiplexed connection, opened on first use and reused.
+    /// The node's one multiplexed connection, opened on first use and reused. Each node has
+    /// its own lock, so a slow or unreachable node does not hold up the others.
     pub async fn session(&self, name: &str) -> Result<Arc<NodeSession>, StepError> {
-        let mut sessions = self.sessions.lock().await;
-        if let Some(s) = sessions.get(name) {
+        let slot = self.sessions.lock().expect("sessions lock").entry(name.to_string()).or_default().clone();
+        let mut slot = slot.lock().await;
+        if let Some(s) = slot.as_ref() {
             return Ok(s.clone());
         }
         let via_jumpbox = self.topo.masters.first().map(|m| m.name.as_str()) != Some(name);
         let s = Arc::new(self.fleet.connect(name, via_jumpbox).await?);
-        sessions.insert(name.to_string(), s.clone());
+        *slot = Some(s.clone());
         Ok(s)
     }
 
     /// Forgets a node's connection (after a reboot, or when it broke).
     async fn drop_session(&self, name: &str) {
-        self.sessions.lock().await.remove(name);
+        let slot = self.sessions.lock().expect("sessions lock").get(name).cloned();
+        if let Some(slot) = slot {
+            *slot.lock().await = None;
+        }
+    }
+
+    /// Runs a program with a script on stdin (PowerShell on Windows nodes), with the same
+    /// time limit and single reconnect as [`Context::run_root`].
+    pub async fn run_program(&self, name: &str, what: &str, program: &str, args: &[&str], stdin: &str) -> Result<String, StepError> {
+        let attempt = async {
+            let session = self.session(name).await?;
+            match session.run_program(what, program, args, stdin).await {
+                Err(RemoteError::Unreachable { .. }) => {
+                    self.drop_session(name).await;
+                    let session = self.session(name).await?;
+                    Ok(session.run_program(what, program, args, stdin).await?)
+                }
+                other => Ok(other?),
+            }
+        };
+        match tokio::time::timeout(Duration::from_secs(300), attempt).await {
+            Ok(r) => r,
+            Err(_) => Err(StepError::new(format!("{name}: `{what}` did not finish within 5 minutes"))),
+        }
     }
 
     /// Runs a root script on a node; a broken connection is reopened once. A script that runs
@@ -210,10 +235,12 @@ impl Context {
     }
 
     pub async fn close_sessions(&self) {
-        let sessions: Vec<Arc<NodeSession>> = self.sessions.lock().await.drain().map(|(_, s)| s).collect();
-        for s in sessions {
-            if let Ok(s) = Arc::try_unwrap(s) {
-                s.close().await;
+        let slots: Vec<_> = self.sessions.lock().expect("sessions lock").drain().map(|(_, s)| s).collect();
+        for slot in slots {
+            if let Some(s) = slot.lock().await.take() {
+                if let Ok(s) = Arc::try_unwrap(s) {
+                    s.close().await;
+                }
             }
         }
     }
@@ -412,7 +439,10 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
             // Keep the plan's order among ready steps, so the run reads like the plan.
             ready.sort_by_key(|id| std::cmp::Reverse(position.get(id.as_str()).copied().unwrap_or(usize::MAX)));
             let id = ready.pop().expect("not empty");
-            if ctx.journal.is_done(&id) {
+            // Gates look again on every run: what held before a failure may not hold now.
+            // Steps skipped under --force were not done and run when they can.
+            let gate = ctx.graph.step(&id).map(|s| s.operation.is_gate()).unwrap_or(false);
+            if !gate && ctx.journal.is_done(&id) && !ctx.journal.was_forced(&id) {
                 ctx.emit(Event::StepSkipped { id: id.clone(), reason: "already done (journal)".into() });
                 result.skipped += 1;
                 for n in &successors[&id] {

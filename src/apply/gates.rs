@@ -36,7 +36,13 @@ fn scope_of(step: &Step) -> &str {
 }
 
 /// One look at the gate: the problems seen (empty = passes).
-async fn look(ctx: &Context, step: &Step, spec: &GateSpec, kind: GateKind) -> Result<Vec<String>, StepError> {
+async fn look(
+    ctx: &Context,
+    step: &Step,
+    spec: &GateSpec,
+    kind: GateKind,
+    since: k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc>,
+) -> Result<Vec<String>, StepError> {
     let nodes: Vec<String> = if spec.nodes.is_empty() { ctx.topo.masters.iter().map(|m| m.name.clone()).collect() } else { spec.nodes.clone() };
     let expired = spec.why_ssh.is_some();
     let mut problems = Vec::new();
@@ -104,6 +110,8 @@ async fn look(ctx: &Context, step: &Step, spec: &GateSpec, kind: GateKind) -> Re
         (GateKind::NodesReady, Probe::Api) | (GateKind::ControlPlanePodsReady, Probe::Api) | (GateKind::KubeSystemReady, _) => {
             let client = ctx.kube_client().await?;
             let r = match kind {
+                // After a restart, Ready must come from the restarted kubelet, not from before.
+                GateKind::NodesReady if scope_of(step) != "preflight" => kops::nodes_not_ready_since(&client, &nodes, since).await,
                 GateKind::NodesReady => kops::nodes_not_ready(&client, &nodes).await,
                 GateKind::ControlPlanePodsReady => kops::control_plane_not_ready(&client, &nodes).await,
                 _ => kops::kube_system_not_ready(&client).await,
@@ -117,13 +125,14 @@ async fn look(ctx: &Context, step: &Step, spec: &GateSpec, kind: GateKind) -> Re
 pub async fn run_gate(ctx: &Context, step: &Step, kind: GateKind) -> Result<Option<String>, StepError> {
     let spec = step.gate.as_ref().ok_or_else(|| StepError::new(format!("gate {} has no specification in the plan", step.id)))?;
     let started = Instant::now();
+    let since = k8s_openapi::chrono::Utc::now();
     let deadline = started + spec.timeout.as_std();
     let interval = spec.interval.as_std();
     let api_level = spec.probe == Probe::Api && !matches!(kind, GateKind::EtcdHealthy | GateKind::ApiserverServesNewCert);
     loop {
         // A probe that hangs (a half-open TLS port, a stuck command) counts as a miss.
         let budget = deadline.saturating_duration_since(Instant::now()).clamp(Duration::from_secs(5), Duration::from_secs(60));
-        let looked = match tokio::time::timeout(budget, look(ctx, step, spec, kind)).await {
+        let looked = match tokio::time::timeout(budget, look(ctx, step, spec, kind, since)).await {
             Ok(r) => r,
             Err(_) => Err(StepError::new(format!("the probe did not answer within {}s", budget.as_secs()))),
         };

@@ -20,6 +20,9 @@ pub struct JournalEntry {
     pub note: Option<String>,
 }
 
+/// How a step skipped under `--force` begins its note.
+pub const FORCED_NOTE: &str = "skipped (--force";
+
 pub struct Journal {
     path: PathBuf,
     done: Mutex<BTreeMap<String, JournalEntry>>,
@@ -52,6 +55,11 @@ impl Journal {
 
     pub fn is_done(&self, step: &str) -> bool {
         self.done.lock().expect("journal lock").contains_key(step)
+    }
+
+    /// Whether the step was only skipped because of `--force` (its note says so).
+    pub fn was_forced(&self, step: &str) -> bool {
+        self.done.lock().expect("journal lock").get(step).and_then(|e| e.note.as_deref()).is_some_and(|n| n.starts_with(FORCED_NOTE))
     }
 
     pub fn done_count(&self) -> usize {

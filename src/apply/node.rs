@@ -89,7 +89,7 @@ pub fn stage_script(stamp: &str, files: &[NodeFile]) -> String {
     for f in files {
         let b64 = base64::engine::general_purpose::STANDARD.encode(&f.content);
         let wrapped: Vec<&str> = b64.as_bytes().chunks(76).map(|c| std::str::from_utf8(c).expect("base64 is ascii")).collect();
-        s.push_str(&format!("base64 -d > \"$D.tmp/{}\" <<'CERTROTATE_EOF'\n{}\nCERTROTATE_EOF\n", f.staged_name(), wrapped.join("\n")));
+        s.push_str(&format!("base64 -d > \"$D.tmp/\"{} <<'CERTROTATE_EOF'\n{}\nCERTROTATE_EOF\n", sh_quote(&f.staged_name()), wrapped.join("\n")));
     }
     s.push_str(&format!(
         "cat > \"$D.tmp/.manifest\" <<'CERTROTATE_EOF'\n{manifest}CERTROTATE_EOF\n\
@@ -123,7 +123,8 @@ mkdir -m 0700 "$X.tmp"
         c = sh_quote(CERT_DIR)
     ));
     s.push_str(&format!(
-        "if [ -e {p} ] || [ -L {p} ]; then cp -a {p} \"$X.tmp/kubelet-client-current.pem\"; fi\n",
+        "if [ -e {p} ] || [ -L {p} ]; then cp -a {p} \"$X.tmp/kubelet-client-current.pem\"; fi\n\
+         if [ -e {p} ]; then cp -L {p} \"$X.tmp/kubelet-client-current.pem.content\"; fi\n",
         p = sh_quote(KUBELET_CLIENT_CURRENT)
     ));
     if let Some(k) = admin_kubeconfig {
@@ -220,11 +221,11 @@ pub fn etcd_put_script(stamp: &str, puts: &[(&str, &NodeFile)]) -> String {
     let e = etcdctl("https://127.0.0.1:2379");
     for (key, file) in puts {
         s.push_str(&format!(
-            "{e} put {k} < \"$D/{n}\" >/dev/null || fail 'etcdctl put {key} failed'\n\
+            "{e} put {k} < \"$D/\"{n} >/dev/null || fail 'etcdctl put {key} failed'\n\
              [ \"$({e} get {k} --print-value-only | head -c -1 | sha256sum | cut -d' ' -f1)\" = {sha} ] || fail 'etcd does not return the new value of {key}'\n\
              log 'wrote {key} in etcd'\n",
             k = sh_quote(key),
-            n = file.staged_name(),
+            n = sh_quote(&file.staged_name()),
             sha = file.sha256()
         ));
     }
@@ -312,6 +313,7 @@ pub fn restore_script(stamp: &str, admin_kubeconfig: Option<&str>) -> String {
     s.push_str(&format!(
         r#"B={b}; X={x}; C={c}
 [ -d "$B" ] || fail "there is no backup $B on this node"
+[ -f "$X/stamp" ] && [ "$(cat "$X/stamp")" = "$STAMP" ] || fail "$B was not made by the plan being rolled back (stamp $(cat "$X/stamp" 2>/dev/null || echo none), expected $STAMP)"
 T=$(date -u +%Y%m%d%H%M%S)
 if [ -d "$C" ] && diff -r "$B" "$C" >/dev/null 2>&1; then log 'certificates already match the backup'; else
   rm -rf "$C.restore.tmp"
@@ -321,7 +323,14 @@ if [ -d "$C" ] && diff -r "$B" "$C" >/dev/null 2>&1; then log 'certificates alre
   mv "$C.restore.tmp" "$C"
   log "restored $C from $B (the replaced one is kept as $C.rolledback.$T)"
 fi
-if [ -e "$X/kubelet-client-current.pem" ] || [ -L "$X/kubelet-client-current.pem" ]; then cp -a "$X/kubelet-client-current.pem" {p}; fi
+if [ -e "$X/kubelet-client-current.pem" ] || [ -L "$X/kubelet-client-current.pem" ]; then
+  rm -f {p}; cp -a "$X/kubelet-client-current.pem" {p}
+  if [ ! -e {p} ] && [ -f "$X/kubelet-client-current.pem.content" ]; then rm -f {p}; cp -p "$X/kubelet-client-current.pem.content" {p}; fi
+elif [ -e {p} ] || [ -L {p} ]; then
+  # kubelet prefers this file over client.crt; one it got after the backup would keep the rotated identity.
+  mv {p} "{p}.rolledback.$T"; log "moved aside a kubelet-client-current.pem the backup did not have"
+fi
+rm -rf /etc/kubernetes/.certrotate-*
 "#,
         b = sh_quote(BACKUP),
         x = sh_quote(BACKUP_EXTRA),
@@ -333,6 +342,11 @@ if [ -e "$X/kubelet-client-current.pem" ] || [ -L "$X/kubelet-client-current.pem
     }
     s.push_str("echo OK\n");
     s
+}
+
+/// Whether this node holds a backup made for the plan `stamp` (prints `BACKUP <stamp>` or `NONE`).
+pub fn backup_stamp_script() -> String {
+    format!("set -u\nif [ -d {b} ] && [ -f {x}/stamp ]; then printf 'BACKUP %s\\n' \"$(cat {x}/stamp)\"; else echo NONE; fi\n", b = sh_quote(BACKUP), x = sh_quote(BACKUP_EXTRA))
 }
 
 /// Rollback of the front-proxy material in etcd from the restored files.

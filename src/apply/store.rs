@@ -101,11 +101,18 @@ pub struct RunState {
 /// Copies apimodel.json and the artifacts beside it (azuredeploy*.json, kubeconfig/) into a new
 /// `_rotate_certs_backup/<UTC time>/`; an existing backup is never overwritten. Returns its path.
 pub fn backup_api_model(model_dir: &Path) -> Result<PathBuf, StoreError> {
+    backup_api_model_as(model_dir, "")
+}
+
+/// As [`backup_api_model`], the directory name starting with `prefix` (rollback keeps the
+/// rotated model as `before-rollback-<time>`, which is never mistaken for an apply's backup).
+pub fn backup_api_model_as(model_dir: &Path, prefix: &str) -> Result<PathBuf, StoreError> {
     let base = model_dir.join(BACKUP_DIR);
     private_dir(&base)?;
     let stamp = time::OffsetDateTime::now_utc()
         .format(&time::macros::format_description!("[year][month][day]T[hour][minute][second]Z"))
         .expect("formats");
+    let stamp = format!("{prefix}{stamp}");
     let mut dir = base.join(&stamp);
     let mut n = 1;
     loop {
@@ -320,12 +327,36 @@ pub fn issue_pki(ids: &[String], topo: &Topology, catalogue: &[CertEntry], model
                         }
                     }
                 }
-                ca.issue(&t).map_err(failed(id))?
+                if e.kind == CertKind::Apiserver && !wanted("ca") {
+                    // Service-account tokens are signed with this key: keep it, or every token
+                    // breaks from the first master restart until tokens are recreated.
+                    let key = kept_apiserver_key(model).map_err(failed(id))?;
+                    ca.issue_with_key(&t, &key).map_err(failed(id))?
+                } else {
+                    ca.issue(&t).map_err(failed(id))?
+                }
             }
         };
         items.insert(id.clone(), pair);
     }
     Ok(NewPki { items, ca_cert_pem: ca_pair.cert_pem, proxy_ca_cert_pem })
+}
+
+/// The apiserver's current key, from apiServerPrivateKey in the API model, checked against
+/// apiServerCertificate there.
+fn kept_apiserver_key(model: &ApiModel) -> Result<issue::GeneratedKey, issue::IssueError> {
+    let cp = model.view.properties.certificate_profile.clone().unwrap_or_default();
+    let bad = |reason: &str| issue::IssueError::BadKey {
+        what: "apiServerPrivateKey",
+        reason: format!("{reason}; the plan keeps the apiserver key so service-account tokens stay valid: fix apimodel.json, or plan with a profile that replaces the CA"),
+    };
+    let (Some(cert), Some(key)) = (cp.api_server_certificate.as_deref(), cp.api_server_private_key.as_deref()) else {
+        return Err(bad("apimodel.json holds no apiServerCertificate/apiServerPrivateKey"));
+    };
+    if !inspect::key_matches_cert(key, cert).unwrap_or(false) {
+        return Err(bad("apiServerPrivateKey in apimodel.json does not belong to apiServerCertificate"));
+    }
+    issue::GeneratedKey::from_pem(key, "apiServerPrivateKey")
 }
 
 /// The API model's certificateProfile with every changed certificate kept there replaced.

@@ -7,9 +7,8 @@ use crate::apply::windows;
 use crate::plan::graph::{Operation, Step};
 
 async fn run_ps(ctx: &Context, node: &str, what: &str, script: &str) -> Result<String, StepError> {
-    let session = ctx.session(node).await?;
     let (program, args) = windows::POWERSHELL_COMMAND.split_first().expect("a program");
-    Ok(session.run_program(what, program, args, script).await?)
+    ctx.run_program(node, what, program, args, script).await
 }
 
 /// The Windows version of a node step; steps with no Windows counterpart are no-ops that say so.

@@ -4,7 +4,7 @@
 
 use super::args::{ApplyArgs, ClusterArgs, RollbackArgs};
 use super::plan::{colour_wanted, make_plan, observed};
-use super::status::{read_cluster, ssh_settings};
+use super::status::ssh_settings;
 use super::Outcome;
 use crate::apply::executor::{self, Context, StepError};
 use crate::apply::journal::Journal;
@@ -72,7 +72,7 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
     let run = RunDir::open(&model.dir(), digest.hex()).into_diagnostic()?;
     write_atomic(&run.root.join("plan.yaml"), plan.to_yaml().into_diagnostic()?.as_bytes(), Some(0o600)).into_diagnostic()?;
     let journal = Journal::open(&run.journal_path()).into_diagnostic()?;
-    if graph.steps().all(|s| journal.is_done(&s.id)) {
+    if graph.steps().all(|s| journal.is_done(&s.id) && !journal.was_forced(&s.id)) {
         println!("This plan has already been applied completely (journal {}). Nothing to do.", journal.path().display());
         return Ok(Outcome::Ok);
     }
@@ -144,14 +144,14 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
             Ok(Outcome::Ok)
         } else {
             let (id, e) = &walked.failed[0];
-            let again = match &plan_path {
-                Some(p) => format!("certrotate apply {} <same flags>", p.display()),
-                None => format!("certrotate apply {}/plan.yaml <same flags>", ctx.run.root.display()),
-            };
+            let saved = plan_path.clone().unwrap_or_else(|| ctx.run.root.join("plan.yaml"));
+            let args: Vec<String> = std::env::args().collect();
+            let again = command_line("apply", &saved, &args);
+            let back = command_line("rollback", &saved, &args);
             let observed = if e.observed.is_empty() { String::new() } else { format!("\nobserved:\n  {}", e.observed.join("\n  ")) };
             Err(miette!(
                 help = format!(
-                    "fix the cause, then resume with `{again}` (finished steps are skipped; journal {}), or return to the previous certificates with `certrotate rollback <same flags>`",
+                    "fix the cause, then resume with `{again}` (finished steps are skipped; journal {}), or return to the previous certificates with `{back}`",
                     ctx.journal.path().display()
                 ),
                 "step {id} failed: {}{observed}",
@@ -160,6 +160,46 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         }
     });
     result
+}
+
+/// The command that resumes (or rolls back) this run: the same flags, the saved plan instead of
+/// planning again, nothing that answers a prompt, and never a secret's value.
+pub fn command_line(command: &str, plan: &std::path::Path, args: &[String]) -> String {
+    fn quote(s: &str) -> String {
+        if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./:=@,+".contains(c)) {
+            s.to_string()
+        } else {
+            format!("'{}'", s.replace('\'', r"'\''"))
+        }
+    }
+    let program = args.first().map(|p| quote(p)).unwrap_or_else(|| "certrotate".into());
+    let mut out = vec![program, command.to_string()];
+    if command == "apply" {
+        out.push(quote(&plan.display().to_string()));
+    }
+    let plan_arg = args.get(2).filter(|a| !a.starts_with('-')).cloned();
+    let mut rest = args.iter().skip(2).peekable();
+    while let Some(a) = rest.next() {
+        if Some(a) == plan_arg.as_ref() {
+            continue;
+        }
+        let (flag, inline) = match a.split_once('=') {
+            Some((f, v)) if f.starts_with("--") => (f, Some(v)),
+            _ => (a.as_str(), None),
+        };
+        let takes_value = !matches!(flag, "--auto-approve" | "--break-lock" | "--json" | "--force" | "--skip-unreachable" | "--detailed-exitcode" | "--offline");
+        let drop = matches!(flag, "--profile" | "--auto-approve" | "--break-lock" | "--out" | "--certificate-profile")
+            || (command == "rollback" && matches!(flag, "--json" | "--parallelism"));
+        let value = if takes_value && inline.is_none() && flag.starts_with("--") { rest.next().cloned() } else { inline.map(str::to_string) };
+        if drop {
+            continue;
+        }
+        out.push(flag.to_string());
+        if let Some(v) = value {
+            out.push(if flag == "--client-secret" { "\"$AZURE_CLIENT_SECRET\"".into() } else { quote(&v) });
+        }
+    }
+    out.join(" ")
 }
 
 fn step_report(e: StepError) -> miette::Report {
@@ -359,143 +399,267 @@ impl ApiProber {
     }
 }
 
-/// `rollback`: every node's /etc/kubernetes/certs from certs.bak, etcd's front-proxy material
-/// from the restored files, restarts, the API model and admin kubeconfig from the latest local
-/// backup, then the gates.
+/// The run an apply left beside the API model: the given plan's, or the most recent one.
+fn run_to_roll_back(model: &ApiModel, plan_file: Option<&std::path::Path>) -> miette::Result<(RunDir, PlanFile)> {
+    let base = model.dir().join(store::OUTPUT_DIR);
+    let dir = match plan_file {
+        Some(p) => {
+            let plan = PlanFile::read(p)?;
+            let digest = plan.digest.clone().ok_or_else(|| miette!("the plan is not sealed"))?;
+            base.join(&digest.hex()[..16])
+        }
+        None => std::fs::read_dir(&base)
+            .ok()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let j = e.path().join("journal.jsonl");
+                let modified = std::fs::metadata(&j).and_then(|m| m.modified()).ok()?;
+                Some((modified, e.path()))
+            })
+            .max()
+            .map(|(_, p)| p)
+            .ok_or_else(|| miette!(help = "rollback undoes what apply did; pass the applied plan file", "no apply to roll back in {}", base.display()))?,
+    };
+    let journal = dir.join("journal.jsonl");
+    if !journal.is_file() {
+        return Err(miette!(
+            help = "rollback undoes an apply of this plan; it may have been rolled back already",
+            "no journal of an apply in {} (nothing to roll back for this plan)",
+            dir.display()
+        ));
+    }
+    let plan = PlanFile::read(&dir.join("plan.yaml"))?;
+    Ok((RunDir { root: dir }, plan))
+}
+
+/// `rollback`: for the nodes the applied plan touched, /etc/kubernetes/certs from the backup
+/// that plan made (refused where the backup is another plan's), etcd's front-proxy material
+/// from the restored files, restarts; then the API model and admin kubeconfig from the plan's
+/// local backup, the autoscaler back, and the wait until the cluster is Ready.
 pub fn run_rollback(a: &RollbackArgs) -> miette::Result<Outcome> {
     let c: &ClusterArgs = &a.cluster;
-    let (model, topo, _cat, inventory) = read_cluster(c)?;
-    let backups = model.dir().join(store::BACKUP_DIR);
-    let latest = std::fs::read_dir(&backups)
-        .ok()
-        .into_iter()
-        .flatten()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().join("apimodel.json").is_file())
-        .map(|e| e.path())
-        .max()
-        .ok_or_else(|| miette!(help = "rollback restores what apply backed up; apply has not run here", "no backup in {}", backups.display()))?;
-    let unreachable: Vec<&str> = inventory.unreachable.iter().map(|u| u.node.as_str()).collect();
-    if !unreachable.is_empty() {
-        return Err(miette!("rollback needs every node; these cannot be reached: {}", unreachable.join(", ")));
-    }
-    println!("Rollback will restore on every node /etc/kubernetes/certs from {} and restart etcd and kubelet,", node::BACKUP);
-    println!("and restore {} and the admin kubeconfig from {}.", model.path().display(), latest.display());
+    let model = ApiModel::load(&c.model.api_model)?;
+    let (run, plan) = run_to_roll_back(&model, a.plan_file.as_deref())?;
+    let topo = Topology::derive(&model, c.model.name_suffix.as_deref().or(Some(plan.cluster.name_suffix.as_str())))?;
+    let stamp = run.root.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let state = run.load_state();
+    let local_backup = state
+        .backup_dir
+        .clone()
+        .filter(|d| d.join("apimodel.json").is_file())
+        .ok_or_else(|| miette!("the apply of plan {stamp} made no local backup of the API model (state in {}); nothing was changed", run.root.display()))?;
+    let graph = ActionGraph::from_saved(&plan.graph).map_err(|e| miette!("the plan's graph cannot be used: {e}"))?;
+    let touched: Vec<String> = graph.steps().filter(|s| s.operation == Operation::DistributeCerts).filter_map(|s| s.target.clone()).collect();
+    let tokens_changed = graph.steps().any(|s| s.operation == Operation::DeleteServiceAccountTokens);
+    println!("Rollback of plan {stamp} (applied from {}):", run.root.display());
+    println!("  restore /etc/kubernetes/certs from {} on {}", node::BACKUP, touched.join(", "));
+    println!("  restart etcd and the control plane on those masters, kubelet on those agents");
+    println!("  restore {} and the admin kubeconfig from {}", model.path().display(), local_backup.display());
     if !a.auto_approve && !ask_yes("\nDo you want to roll back?") {
         println!("\nRollback cancelled; nothing was changed.");
         return Err(miette!("rollback cancelled"));
     }
     let settings = ssh_settings(c, &model, &topo)?;
     let fleet = Arc::new(SshFleet::new(settings).into_diagnostic()?);
-    let stamp = format!("rollback-{}", time::OffsetDateTime::now_utc().unix_timestamp());
-    let run = RunDir::open(&model.dir(), &stamp).into_diagnostic()?;
     let journal = Journal::open(&run.journal_path()).into_diagnostic()?;
     let reporter = Arc::new(Reporter::new(Mode::detect(false), 0));
-    let old_admin = std::fs::read_to_string(latest.join("kubeconfig").join(format!("kubeconfig.{}.json", topo.location))).ok();
-    let mut ctx = Context::new(ActionGraph::from_saved(&crate::plan::file::ActionGraph { nodes: vec![], edges: vec![] }).expect("empty graph"), topo.clone(), crate::model::profile::Profile::load(&c.model.profile)?, model.path().to_path_buf(), run, journal, reporter, fleet, stamp.clone());
+    let old_admin = std::fs::read_to_string(local_backup.join("kubeconfig").join(format!("kubeconfig.{}.json", topo.location))).ok();
+    let empty = crate::plan::file::ActionGraph { nodes: vec![], edges: vec![] };
+    let mut ctx = Context::new(ActionGraph::from_saved(&empty).expect("empty graph"), topo.clone(), plan.profile.clone(), model.path().to_path_buf(), run, journal, reporter, fleet, stamp.clone());
     ctx.apiserver = c.apiserver.clone();
     ctx.old_admin_kubeconfig = old_admin;
-    ctx.force = c.force;
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
     runtime.block_on(async move {
         let ctx = Arc::new(ctx);
         let started = Instant::now();
-        let admin = format!("/home/{}/.kube/config", topo.admin_username);
-        let masters: Vec<String> = topo.masters.iter().map(|m| m.name.clone()).collect();
-        let agents: Vec<(String, bool)> = topo.agents.iter().map(|m| (m.name.clone(), m.os == OsType::Windows)).collect();
-        let fail = |what: &str, e: StepError| miette!(help = "fix the cause and run rollback again (it is idempotent)", "{what}: {}", e.message);
-        let on_all = |names: Vec<String>, script: String, what: &'static str| {
-            let ctx = ctx.clone();
-            async move {
-                let mut set = tokio::task::JoinSet::new();
-                for n in names {
-                    let (ctx, script) = (ctx.clone(), script.clone());
-                    set.spawn(async move { ctx.run_root(&n, what, &script).await.map_err(|e| (n, e)) });
-                }
-                while let Some(r) = set.join_next().await {
-                    if let Ok(Err((n, e))) = r {
-                        return Err(StepError::new(format!("{n}: {}", e.message)));
-                    }
-                }
-                Ok(())
+        let first = topo.masters.first().map(|m| m.name.clone()).ok_or_else(|| miette!("the cluster has no master"))?;
+        let lock_id = format!("rollback-of-{stamp}");
+        let holder = LockHolder::me(&lock_id);
+        let answer = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), false)).await.map_err(step_report)?;
+        // Rollback never breaks a live lock: the apply holding it may still be changing nodes.
+        match lock::decide(&answer, false) {
+            (LockOutcome::Held(who), _) => {
+                return Err(miette!(
+                    help = "wait for that apply to finish before rolling back; if it is gone for good, stop it and run rollback again",
+                    "the cluster is locked by {who} (lock file {} on {first}); nothing was changed",
+                    node::LOCK_FILE
+                ))
             }
-        };
-        println!("restoring certificates on the masters");
-        on_all(masters.clone(), node::restore_script(&stamp, Some(&admin)), "restore certificates").await.map_err(|e| fail("restoring the masters", e))?;
-        println!("restarting etcd on every master");
-        on_all(masters.clone(), node::restart_script(&stamp, "rollback", &["etcd"], &[]), "restart etcd").await.map_err(|e| fail("restarting etcd", e))?;
-        wait_etcd(&ctx, &masters).await.map_err(|e| fail("etcd did not become healthy with the restored certificates", e))?;
-        ctx.run_root(&masters[0], "restore front-proxy material in etcd", &node::etcd_restore_proxy_script(&stamp)).await.map_err(|e| fail("restoring /proxycerts", e))?;
-        println!("restarting kubelet and the control plane on every master");
-        on_all(masters.clone(), node::restart_script(&stamp, "rollback", &["kubelet"], &["kube-apiserver", "kube-controller-manager", "kube-scheduler"]), "restart control plane")
-            .await
-            .map_err(|e| fail("restarting the control plane", e))?;
-        println!("restoring the agents");
-        for (n, windows) in &agents {
-            if *windows {
-                crate::apply::winexec::restore_windows(&ctx, n).await.map_err(|e| fail(n, e))?;
-            } else {
-                ctx.run_root(n, "restore certificates", &node::restore_script(&stamp, None)).await.map_err(|e| fail(n, e))?;
-                ctx.run_root(n, "restart kubelet", &node::restart_script(&stamp, "rollback", &["kubelet"], &[])).await.map_err(|e| fail(n, e))?;
+            (LockOutcome::TakenFrom(who), _) => {
+                ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), true)).await.map_err(step_report)?;
+                eprintln!("warning: took over the cluster lock held by {who}");
             }
+            (LockOutcome::Taken, _) => {}
         }
-        println!("restoring {} from {}", model.path().display(), latest.display());
-        let current_backup = store::backup_api_model(&model.dir()).map_err(|e| miette!("{e}"))?;
-        println!("(the rotated API model is kept in {})", current_backup.display());
-        let restored = std::fs::read(latest.join("apimodel.json")).into_diagnostic()?;
-        write_atomic(model.path(), &restored, None).into_diagnostic()?;
-        let kc_dir = latest.join("kubeconfig");
-        if kc_dir.is_dir() {
-            for e in std::fs::read_dir(&kc_dir).into_diagnostic()?.flatten() {
-                let bytes = std::fs::read(e.path()).into_diagnostic()?;
-                write_atomic(&model.dir().join("kubeconfig").join(e.file_name()), &bytes, Some(0o600)).into_diagnostic()?;
-            }
-        }
-        // A re-apply of a rolled-back plan must run again, not skip what its journal says it did.
-        if let Ok(dirs) = std::fs::read_dir(model.dir().join(store::OUTPUT_DIR)) {
-            for d in dirs.flatten() {
-                let j = d.path().join("journal.jsonl");
-                if j.is_file() {
-                    let _ = std::fs::rename(&j, d.path().join(format!("journal.rolled-back-{}.jsonl", time::OffsetDateTime::now_utc().unix_timestamp())));
-                }
-            }
-        }
-        println!("waiting for every node to be Ready and kube-system to settle");
-        let deadline = Instant::now() + ctx.profile.gates.timing(crate::model::profile::GateKind::NodesReady).timeout.as_std();
-        let all: Vec<String> = topo.nodes().map(|n| n.name.clone()).collect();
-        let mut tokens_renewed = false;
-        loop {
-            let problems = match ctx.kube_client().await {
-                Ok(client) => {
-                    if !tokens_renewed {
-                        // Tokens signed with the rotated apiserver key are invalid again.
-                        if let Ok(n) = crate::cloud::kube::delete_service_account_tokens(&client).await {
-                            let stamp_time = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
-                            let rolled = crate::cloud::kube::rollout_restart_all(&client, &stamp_time).await.unwrap_or(0);
-                            println!("deleted {n} service-account token secrets and restarted {rolled} deployments and daemonsets");
-                            tokens_renewed = true;
-                        }
-                    }
-                    let mut p = crate::cloud::kube::nodes_not_ready(&client, &all).await.unwrap_or_else(|e| vec![e.to_string()]);
-                    if p.is_empty() {
-                        p = crate::cloud::kube::kube_system_not_ready(&client).await.unwrap_or_else(|e| vec![e.to_string()]);
-                    }
-                    p
-                }
-                Err(e) => vec![e.message],
-            };
-            if problems.is_empty() {
-                break;
-            }
-            if Instant::now() > deadline {
-                return Err(miette!("the cluster is not Ready after rollback:\n  {}", problems.join("\n  ")));
-            }
-            tokio::time::sleep(Duration::from_secs(2)).await;
-        }
+        let result = rollback_nodes(&ctx, &topo, &touched, &stamp, &local_backup, &model, tokens_changed, &state).await;
+        let _ = ctx.run_root(&first, "release the cluster lock", &node::lock_release_script(&lock_id)).await;
         ctx.close_sessions().await;
-        println!("\nRollback complete in {:.1}s: every node holds its backed-up certificates and the cluster is Ready.", started.elapsed().as_secs_f64());
+        result?;
+        println!("\nRollback complete in {:.1}s: the nodes hold the certificates they had before plan {stamp}, and the cluster is Ready.", started.elapsed().as_secs_f64());
         Ok(Outcome::Ok)
     })
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn rollback_nodes(
+    ctx: &Arc<Context>,
+    topo: &Topology,
+    touched: &[String],
+    stamp: &str,
+    local_backup: &std::path::Path,
+    model: &ApiModel,
+    tokens_changed: bool,
+    state: &store::RunState,
+) -> miette::Result<()> {
+    let fail = |what: &str, e: StepError| {
+        miette!(help = "fix the cause and run rollback again: nodes already restored are left as they are", "{what}: {}", e.message)
+    };
+    let admin = format!("/home/{}/.kube/config", topo.admin_username);
+    let masters: Vec<String> = topo.masters.iter().map(|m| m.name.clone()).filter(|m| touched.contains(m)).collect();
+    let agents: Vec<(String, bool)> =
+        topo.agents.iter().filter(|a| touched.contains(&a.name)).map(|a| (a.name.clone(), a.os == OsType::Windows)).collect();
+
+    // Every touched Linux node must hold this plan's backup before any is restored.
+    let mut missing = Vec::new();
+    for n in masters.iter().chain(agents.iter().filter(|(_, w)| !w).map(|(n, _)| n)) {
+        let answer = ctx.run_root(n, "check the backup", &node::backup_stamp_script()).await.map_err(|e| fail(n, e))?;
+        if answer.trim() != format!("BACKUP {stamp}") {
+            missing.push(format!("  {n}: {}", answer.trim().replace("BACKUP ", "backup of plan ")));
+        }
+    }
+    if !missing.is_empty() {
+        return Err(miette!(
+            help = "these nodes do not hold the backup this plan's apply made; restore them by hand from /etc/kubernetes/certs.bak* if you know which is right",
+            "nothing was changed; no backup of plan {stamp} on:\n{}",
+            missing.join("\n")
+        ));
+    }
+    let on_all = |names: Vec<String>, script: String, what: &'static str| {
+        let ctx = ctx.clone();
+        async move {
+            let mut set = tokio::task::JoinSet::new();
+            for n in names {
+                let (ctx, script) = (ctx.clone(), script.clone());
+                set.spawn(async move { ctx.run_root(&n, what, &script).await.map_err(|e| (n, e)) });
+            }
+            while let Some(r) = set.join_next().await {
+                if let Ok(Err((n, e))) = r {
+                    return Err(StepError::new(format!("{n}: {}", e.message)));
+                }
+            }
+            Ok(())
+        }
+    };
+    if !masters.is_empty() {
+        println!("restoring certificates on {}", masters.join(", "));
+        on_all(masters.clone(), node::restore_script(stamp, Some(&admin)), "restore certificates").await.map_err(|e| fail("restoring the masters", e))?;
+        println!("restarting etcd");
+        on_all(masters.clone(), node::restart_script(stamp, "rollback", &["etcd"], &[]), "restart etcd").await.map_err(|e| fail("restarting etcd", e))?;
+        let all_masters: Vec<String> = topo.masters.iter().map(|m| m.name.clone()).collect();
+        wait_etcd(ctx, &all_masters).await.map_err(|e| fail("etcd did not become healthy with the restored certificates", e))?;
+        ctx.run_root(&masters[0], "restore front-proxy material in etcd", &node::etcd_restore_proxy_script(stamp))
+            .await
+            .map_err(|e| fail("restoring /proxycerts", e))?;
+        println!("restarting kubelet and the control plane");
+        on_all(masters.clone(), node::restart_script(stamp, "rollback", &["kubelet"], &["kube-apiserver", "kube-controller-manager", "kube-scheduler"]), "restart control plane")
+            .await
+            .map_err(|e| fail("restarting the control plane", e))?;
+    }
+    for (n, windows) in &agents {
+        println!("restoring {n}");
+        if *windows {
+            crate::apply::winexec::restore_windows(ctx, n).await.map_err(|e| fail(n, e))?;
+        } else {
+            ctx.run_root(n, "restore certificates", &node::restore_script(stamp, None)).await.map_err(|e| fail(n, e))?;
+            ctx.run_root(n, "restart kubelet", &node::restart_script(stamp, "rollback", &["kubelet"], &[])).await.map_err(|e| fail(n, e))?;
+        }
+    }
+
+    println!("restoring {} from {}", model.path().display(), local_backup.display());
+    let kept = store::backup_api_model_as(&model.dir(), "before-rollback-").map_err(|e| miette!("{e}"))?;
+    println!("(the rotated API model is kept in {})", kept.display());
+    let restored = std::fs::read(local_backup.join("apimodel.json")).into_diagnostic()?;
+    write_atomic(model.path(), &restored, None).into_diagnostic()?;
+    let kc_dir = local_backup.join("kubeconfig");
+    if kc_dir.is_dir() {
+        for e in std::fs::read_dir(&kc_dir).into_diagnostic()?.flatten() {
+            let bytes = std::fs::read(e.path()).into_diagnostic()?;
+            write_atomic(&model.dir().join("kubeconfig").join(e.file_name()), &bytes, Some(0o600)).into_diagnostic()?;
+        }
+    }
+    // A re-apply of a rolled-back plan must run again, not skip what its journal says it did.
+    let archived = ctx.run.root.join(format!("journal.rolled-back-{}.jsonl", time::OffsetDateTime::now_utc().unix_timestamp()));
+    std::fs::rename(ctx.run.journal_path(), &archived).into_diagnostic()?;
+
+    println!("waiting for every node to be Ready and kube-system to settle");
+    let deadline = Instant::now() + ctx.profile.gates.timing(crate::model::profile::GateKind::NodesReady).timeout.as_std();
+    let all: Vec<String> = topo.nodes().map(|n| n.name.clone()).collect();
+    let mut tokens_renewed = !tokens_changed;
+    let mut autoscaler_back = !(state.autoscaler_paused && state.autoscaler_replicas.is_some());
+    loop {
+        let problems = match ctx.kube_client().await {
+            Ok(client) => {
+                if !autoscaler_back {
+                    if let Some(n) = state.autoscaler_replicas {
+                        if crate::cloud::kube::scale_autoscaler(&client, n).await.is_ok() {
+                            println!("scaled cluster-autoscaler back to {n}");
+                            autoscaler_back = true;
+                        }
+                    }
+                }
+                if !tokens_renewed {
+                    // Tokens signed with the rotated apiserver key are invalid again.
+                    if let Ok(n) = crate::cloud::kube::delete_service_account_tokens(&client).await {
+                        let at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
+                        let rolled = crate::cloud::kube::rollout_restart_all(&client, &at).await.unwrap_or(0);
+                        println!("deleted {n} service-account token secrets and restarted {rolled} deployments and daemonsets");
+                        tokens_renewed = true;
+                    }
+                }
+                let mut p = crate::cloud::kube::nodes_not_ready(&client, &all).await.unwrap_or_else(|e| vec![e.to_string()]);
+                if p.is_empty() {
+                    p = crate::cloud::kube::kube_system_not_ready(&client).await.unwrap_or_else(|e| vec![e.to_string()]);
+                }
+                p
+            }
+            Err(e) => vec![e.message],
+        };
+        if problems.is_empty() && tokens_renewed && autoscaler_back {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(miette!(
+                help = "the certificates and the API model are restored; find out why with `kubectl get nodes` and `kubectl -n kube-system get pods` (rollback need not run again)",
+                "the cluster is not Ready after rollback:\n  {}",
+                problems.join("\n  ")
+            ));
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::command_line;
+    use std::path::Path;
+
+    fn argv(s: &str) -> Vec<String> {
+        s.split(' ').map(str::to_string).collect()
+    }
+
+    #[test]
+    fn resume_command_repeats_the_flags_uses_the_saved_plan_and_hides_the_secret() {
+        let args = argv("certrotate apply --profile rotate-all --auto-approve --api-model /m/apimodel.json --client-secret s3cr3t --force --parallelism 4");
+        assert_eq!(
+            command_line("apply", Path::new("/m/_rotate_certs_output/ab/plan.yaml"), &args),
+            "certrotate apply /m/_rotate_certs_output/ab/plan.yaml --api-model /m/apimodel.json --client-secret \"$AZURE_CLIENT_SECRET\" --force --parallelism 4"
+        );
+        let args = argv("certrotate apply /p/x.yaml --api-model=/m/a.json --break-lock --json");
+        assert_eq!(command_line("apply", Path::new("/p/x.yaml"), &args), "certrotate apply /p/x.yaml --api-model /m/a.json --json");
+        assert_eq!(command_line("rollback", Path::new("/p/x.yaml"), &args), "certrotate rollback --api-model /m/a.json");
+    }
 }
 
 async fn wait_etcd(ctx: &Context, masters: &[String]) -> Result<(), StepError> {

@@ -222,8 +222,11 @@ pub struct ValidateArgs {
 
 #[derive(Debug, Args)]
 pub struct RollbackArgs {
+    /// The applied plan to roll back (default: the most recent apply beside the API model).
+    pub plan_file: Option<PathBuf>,
     #[command(flatten)]
     pub cluster: ClusterArgs,
+    /// Do not ask for confirmation.
     #[arg(long)]
     pub auto_approve: bool,
 }

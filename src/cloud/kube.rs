@@ -444,6 +444,51 @@ fn condition_text(kind: &str, status: &str, reason: Option<&str>, message: Optio
     format!("{kind}={status}{detail}")
 }
 
+/// As [`nodes_not_ready`], and each node must also have reported since `since` (its kubelet
+/// restarted then): a Ready condition from before a restart proves nothing, because the node
+/// controller keeps it for its grace period (40 s by default) after a kubelet stops. The
+/// kubelet's Lease in kube-node-lease is the heartbeat on current clusters; where there is
+/// none, the Ready condition's lastHeartbeatTime is used.
+pub async fn nodes_not_ready_since(
+    client: &kube::Client,
+    nodes: &[String],
+    since: k8s_openapi::chrono::DateTime<k8s_openapi::chrono::Utc>,
+) -> Result<Vec<String>, KubeOpsError> {
+    use k8s_openapi::api::coordination::v1::Lease;
+    let mut problems = nodes_not_ready(client, nodes).await?;
+    if !problems.is_empty() {
+        return Ok(problems);
+    }
+    // Kubernetes times have whole seconds; a heartbeat in the same second as `since` counts.
+    let since = since - k8s_openapi::chrono::Duration::milliseconds(i64::from(since.timestamp_subsec_millis()));
+    let node_api: Api<Node> = Api::all(client.clone());
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    for name in nodes {
+        let lease = match leases.get_opt(name).await {
+            Ok(l) => l.and_then(|l| l.spec).and_then(|s| s.renew_time).map(|t| t.0),
+            Err(_) => None,
+        };
+        let heartbeat = match lease {
+            Some(t) => Some(t),
+            None => node_api
+                .get_opt(name)
+                .await
+                .map_err(|e| KubeOpsError::api("reading a node", &e))?
+                .and_then(|n| n.status)
+                .and_then(|s| s.conditions)
+                .and_then(|cs| cs.into_iter().find(|c| c.type_ == "Ready"))
+                .and_then(|c| c.last_heartbeat_time)
+                .map(|t| t.0),
+        };
+        match heartbeat {
+            Some(t) if t >= since => {}
+            Some(t) => problems.push(format!("{name}: Ready, but its kubelet has not reported since the restart (last heartbeat {})", t.to_rfc3339())),
+            None => problems.push(format!("{name}: Ready, but no heartbeat time is recorded")),
+        }
+    }
+    Ok(problems)
+}
+
 /// Gate probes: each returns the list of problems observed (empty = gate passes), e.g.
 /// "k8s-agentpool1-12345678-0: Ready=False (KubeletNotReady: ...)", "k8s-master-...-1: not registered".
 pub async fn nodes_not_ready(client: &kube::Client, nodes: &[String]) -> Result<Vec<String>, KubeOpsError> {

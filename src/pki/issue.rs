@@ -119,6 +119,22 @@ impl GeneratedKey {
     }
 }
 
+impl GeneratedKey {
+    /// An existing private key (PKCS#1, SEC1 or PKCS#8 PEM), to issue a renewed certificate
+    /// over the same key pair. `Debug` never shows it either.
+    pub fn from_pem(pem: &str, what: &'static str) -> Result<GeneratedKey, IssueError> {
+        let facts = crate::pki::inspect::parse_key_pem(pem).map_err(|e| IssueError::BadKey { what, reason: e.to_string() })?;
+        let spec = match (facts.algorithm.as_str(), facts.bits) {
+            ("RSA", 2048) => KeySpec::Rsa2048,
+            ("RSA", 3072) => KeySpec::Rsa3072,
+            ("RSA", 4096) => KeySpec::Rsa4096,
+            ("ECDSA P-256", 256) => KeySpec::EcdsaP256,
+            (algorithm, bits) => return Err(IssueError::UnsupportedKey { what, algorithm: format!("{algorithm} {bits}") }),
+        };
+        Ok(GeneratedKey { spec, key_pair: key_pair_from_pem(pem, what)? })
+    }
+}
+
 /// Generates one private key of the given kind.
 pub fn generate_key(spec: KeySpec) -> Result<GeneratedKey, IssueError> {
     let generated = match spec {

@@ -103,9 +103,16 @@ impl Diff {
         self.action_of("proxy-ca") != ChangeAction::Noop || self.action_of("proxy") != ChangeAction::Noop
     }
 
-    /// Whether the apiserver gets a new key pair; service-account tokens are signed with it.
-    pub fn apiserver_key_changes(&self) -> bool {
+    /// Whether the apiserver's certificate changes at all.
+    pub fn apiserver_cert_changes(&self) -> bool {
         self.action_of("apiserver") != ChangeAction::Noop
+    }
+
+    /// Whether the apiserver gets a new key pair; service-account tokens are signed with it. A
+    /// reissue under the kept CA keeps the key (as `kubeadm certs renew` does), so tokens stay
+    /// valid while masters restart one at a time.
+    pub fn apiserver_key_changes(&self) -> bool {
+        matches!(self.action_of("apiserver"), ChangeAction::Replace | ChangeAction::Create)
     }
 
     /// Whether the cluster is past the point where its API can be used before rotation.

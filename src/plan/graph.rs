@@ -739,7 +739,7 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
     match &b.g.masters.clone() {
         MasterPlan::Untouched => {}
         MasterPlan::Rolling => {
-            let apiserver_changes = diff.apiserver_key_changes();
+            let apiserver_changes = diff.apiserver_cert_changes();
             for m in &masters_main {
                 let ids = main_phase_ids(&m.name);
                 let mut requires = master_end.clone();
