@@ -9,7 +9,7 @@ use crate::model::profile::Profile;
 use crate::model::topology::{Role, Topology};
 use crate::pki::audit::audit_certificate_profile;
 use crate::plan::diff::{diff_with, DiffInput};
-use crate::plan::file::{ClusterIdentity, FileDigest, NodeRole, Observed, ObservedItem, ObservedNode, PlanFile, Sha256Digest};
+use crate::plan::file::{ClusterIdentity, FileDigest, Finding, NodeRole, Observed, ObservedItem, ObservedNode, PlanFile, Severity, Sha256Digest};
 use crate::plan::graph;
 use crate::plan::render::{self, PlanParts, PlanView};
 use crate::pki::catalogue::{ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY};
@@ -82,6 +82,21 @@ pub fn make_plan(args: &ClusterArgs) -> miette::Result<MadePlan> {
         },
     };
     let mut plan = parts.into_plan(cluster, profile);
+    // Agents only the Kubernetes API knows (see status::add_registered_nodes): say so in the plan.
+    let from_model = Topology::derive_with_suffix(&model, &topo.name_suffix)?;
+    for added in from_model.agents_missing_from(&topo) {
+        plan.findings.push(Finding {
+            severity: Severity::Info,
+            code: "node-from-api".into(),
+            node: Some(added.name.clone()),
+            path: None,
+            message: format!(
+                "{} is registered in the Kubernetes API but not in the API model (pool {} lists fewer agents); it is planned like the others",
+                added.name,
+                added.pool.as_deref().unwrap_or("?")
+            ),
+        });
+    }
     plan.observed = observed(&topo, &inventory);
     plan.seal();
     Ok(MadePlan { plan, has_changes: diff.has_changes() })

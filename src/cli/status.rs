@@ -4,6 +4,7 @@
 use super::args::{ClusterArgs, StatusArgs};
 use super::validate::{render_expiry_table, ExpiryRow};
 use super::Outcome;
+use crate::cloud::kube::{self as kube_ops, KubeAccess};
 use crate::model::apimodel::ApiModel;
 use crate::model::inventory::{Inventory, ObservedContent};
 use crate::model::topology::Topology;
@@ -12,7 +13,9 @@ use crate::pki::catalogue::{self, CertEntry};
 use crate::remote::refresh::{refresh, RefreshError, RefreshOptions};
 use crate::remote::ssh::{HostKeyPolicy, SshFleet, SshSettings};
 use miette::{miette, IntoDiagnostic};
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// File beside the API model where trust-on-first-use records node host keys.
 pub const TOFU_KNOWN_HOSTS: &str = "certrotate_known_hosts";
@@ -61,14 +64,78 @@ pub fn ssh_settings(args: &ClusterArgs, model: &ApiModel, topo: &Topology) -> mi
     })
 }
 
-/// Reads the cluster: API model, topology, catalogue, and the live inventory.
+/// How long the Kubernetes API gets to answer the node list: on a cluster whose certificates
+/// have expired it never will, and that must not hold up planning.
+pub const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The admin kubeconfig AKS Engine writes beside the API model.
+pub fn admin_kubeconfig_path(model: &ApiModel, topo: &Topology) -> PathBuf {
+    model.dir().join("kubeconfig").join(format!("kubeconfig.{}.json", topo.location))
+}
+
+/// The topology plus the Linux agents the Kubernetes API lists and the API model does not
+/// (nodes added by `aks-engine scale`). The API is asked only when the admin kubeconfig is
+/// beside the API model, within NODE_LIST_TIMEOUT; whatever happens, the operator gets one
+/// `note:` line per thing worth knowing on stderr and the API model's nodes are kept.
+pub fn add_registered_nodes(runtime: &tokio::runtime::Runtime, args: &ClusterArgs, model: &ApiModel, topo: Topology) -> Topology {
+    let path = admin_kubeconfig_path(model, &topo);
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        eprintln!(
+            "note: no admin kubeconfig at {}; the Kubernetes API was not consulted, so only the API model's nodes are included",
+            path.display()
+        );
+        return topo;
+    };
+    let access = match KubeAccess::from_kubeconfigs(&[(path.display().to_string(), text)], args.apiserver.as_deref()) {
+        Ok(access) => access,
+        Err(e) => {
+            eprintln!("note: the Kubernetes API was not consulted ({e}); only the API model's nodes are included");
+            return topo;
+        }
+    };
+    let listed = runtime.block_on(async {
+        let list = async {
+            let (client, _) = access.client(NODE_LIST_TIMEOUT).await?;
+            kube_ops::registered_nodes(&client).await
+        };
+        tokio::time::timeout(NODE_LIST_TIMEOUT * 2, list).await
+    });
+    let registered = match listed {
+        Ok(Ok(nodes)) => nodes,
+        Ok(Err(e)) => {
+            eprintln!("note: the Kubernetes API did not list the nodes ({e}); going on with the API model's nodes");
+            return topo;
+        }
+        Err(_) => {
+            eprintln!("note: the Kubernetes API did not list the nodes within {}s; going on with the API model's nodes", (NODE_LIST_TIMEOUT * 2).as_secs());
+            return topo;
+        }
+    };
+    let (with, notes) = topo.with_registered_nodes(&registered);
+    for note in notes {
+        eprintln!("note: {note}");
+    }
+    for added in topo.agents_missing_from(&with) {
+        eprintln!(
+            "note: {} is registered in the Kubernetes API but not in the API model (added by aks-engine scale?); it is included as agent {} of pool {}",
+            added.name,
+            added.index,
+            added.pool.as_deref().unwrap_or("?")
+        );
+    }
+    with
+}
+
+/// Reads the cluster: API model, topology (with agents only the Kubernetes API knows),
+/// catalogue, and the live inventory.
 pub fn read_cluster(args: &ClusterArgs) -> miette::Result<(ApiModel, Topology, Vec<CertEntry>, Inventory)> {
     let model = ApiModel::load(&args.model.api_model)?;
     let topo = Topology::derive(&model, args.model.name_suffix.as_deref())?;
+    let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
+    let topo = add_registered_nodes(&runtime, args, &model, topo);
     let cat = catalogue::catalogue(&topo);
     let settings = ssh_settings(args, &model, &topo)?;
     let fleet = Arc::new(SshFleet::new(settings).into_diagnostic()?);
-    let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
     let opts = RefreshOptions { parallelism: args.parallelism as usize, skip_unreachable: args.skip_unreachable };
     let inventory = runtime.block_on(refresh(fleet, &topo, &cat, opts)).map_err(|e| {
         let help = match &e {

@@ -511,6 +511,28 @@ pub async fn nodes_not_ready(client: &kube::Client, nodes: &[String]) -> Result<
     Ok(problems)
 }
 
+/// Every node the API lists, with the operating system it reports (`status.nodeInfo.operatingSystem`,
+/// else the `kubernetes.io/os` label; Linux when neither says).
+pub async fn registered_nodes(client: &kube::Client) -> Result<Vec<crate::model::topology::RegisteredNode>, KubeOpsError> {
+    use crate::model::topology::{OsType, RegisteredNode};
+    let api: Api<Node> = Api::all(client.clone());
+    let list = api.list(&ListParams::default()).await.map_err(|e| KubeOpsError::api("listing nodes", &e))?;
+    Ok(list
+        .items
+        .iter()
+        .filter_map(|n| {
+            let name = n.metadata.name.clone()?;
+            let from_status = n.status.as_ref().and_then(|s| s.node_info.as_ref()).map(|i| i.operating_system.clone());
+            let from_label = n.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/os").cloned());
+            let os = match from_status.filter(|s| !s.is_empty()).or(from_label) {
+                Some(s) if s.eq_ignore_ascii_case("windows") => OsType::Windows,
+                _ => OsType::Linux,
+            };
+            Some(RegisteredNode { name, os })
+        })
+        .collect())
+}
+
 /// Why a pod is not Ready, or None when it is.
 fn pod_problem(pod: &Pod) -> Option<String> {
     let status = pod.status.as_ref();

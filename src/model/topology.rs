@@ -76,6 +76,28 @@ pub struct Topology {
     pub cluster_domain: String,
     /// masterProfile.subjectAltNames, extra DNS names for the apiserver.
     pub extra_apiserver_names: Vec<String>,
+    /// The agent pools of the API model, in its order (also those with count 0), so nodes
+    /// found later can be matched to their pool.
+    #[serde(default)]
+    pub pools: Vec<AgentPool>,
+}
+
+/// One entry of agentPoolProfiles, as far as node naming needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentPool {
+    pub name: String,
+    pub os: OsType,
+    pub availability: Availability,
+    /// `count` in the API model.
+    pub count: usize,
+}
+
+/// A node as the Kubernetes API lists it: its name and the operating system it reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegisteredNode {
+    pub name: String,
+    pub os: OsType,
 }
 
 /// Where the name suffix came from, for messages.
@@ -156,12 +178,14 @@ impl Topology {
             });
         }
         let mut agents = Vec::new();
+        let mut pools = Vec::new();
         for (pool_index, pool) in props.agent_pool_profiles.iter().enumerate() {
             let os = match pool.os_type.as_deref() {
                 Some(t) if t.eq_ignore_ascii_case("windows") => OsType::Windows,
                 _ => OsType::Linux,
             };
             let availability = Availability::parse(pool.availability_profile.as_deref());
+            pools.push(AgentPool { name: pool.name.clone(), os, availability, count: pool.count as usize });
             for i in 0..pool.count as usize {
                 let name = match os {
                     OsType::Linux => format!("k8s-{}-{name_suffix}-{i}", pool.name),
@@ -225,7 +249,72 @@ impl Topology {
             service_cluster_ip,
             cluster_domain,
             extra_apiserver_names: mp.subject_alt_names.clone(),
+            pools,
         })
+    }
+
+    /// The topology plus the Linux agents the Kubernetes API lists but the API model does not
+    /// (added by `aks-engine scale`, which may leave apimodel.json behind), and one note per
+    /// registered node that was not added and why. Pure: the caller lists the nodes.
+    ///
+    /// A node is added when its name is `k8s-<pool>-<nameSuffix>-<index>` for a Linux pool of
+    /// the API model and it reports Linux. Masters are never added (their count fixes the
+    /// etcd membership and the apiserver certificate's addresses, which only the API model
+    /// may change); Windows nodes are skipped, and so is anything named otherwise.
+    pub fn with_registered_nodes(&self, registered: &[RegisteredNode]) -> (Topology, Vec<String>) {
+        let mut topo = self.clone();
+        let mut notes = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
+        let mut added = Vec::new();
+        for node in registered {
+            let name = node.name.as_str();
+            if !seen.insert(name) || topo.node(name).is_some() {
+                continue;
+            }
+            if node.os == OsType::Windows {
+                notes.push(format!("{name} is a Windows node the API model does not list; it was skipped (Windows nodes are named after another scheme)"));
+                continue;
+            }
+            let Some((pool, index)) = parse_linux_node_name(name, &self.name_suffix) else {
+                notes.push(format!(
+                    "{name} is registered but does not follow this cluster's naming (k8s-<pool>-{}-<index>); it was not added",
+                    self.name_suffix
+                ));
+                continue;
+            };
+            if pool == "master" {
+                notes.push(format!(
+                    "{name} is registered as a master, but the API model has {} master(s); masters are taken from the API model only, so it was not added",
+                    self.masters.len()
+                ));
+                continue;
+            }
+            match self.pools.iter().find(|p| p.name == pool) {
+                None => notes.push(format!("{name} is registered but the API model has no agent pool {pool:?}; it was not added")),
+                Some(p) if p.os == OsType::Windows => {
+                    notes.push(format!("{name} is registered but pool {pool:?} is a Windows pool in the API model; it was not added"))
+                }
+                Some(p) => added.push(Node {
+                    name: name.to_string(),
+                    role: Role::Agent,
+                    os: OsType::Linux,
+                    pool: Some(p.name.clone()),
+                    index,
+                    ip: None,
+                    availability: p.availability,
+                }),
+            }
+        }
+        // Keep the API model's order: pools in agentPoolProfiles order, then by index.
+        topo.agents.extend(added);
+        let pool_rank = |n: &Node| self.pools.iter().position(|p| Some(&p.name) == n.pool.as_ref()).unwrap_or(usize::MAX);
+        topo.agents.sort_by_key(|n| (pool_rank(n), n.index));
+        (topo, notes)
+    }
+
+    /// Agents that `other` has and this topology does not (those `with_registered_nodes` added).
+    pub fn agents_missing_from<'a>(&self, other: &'a Topology) -> Vec<&'a Node> {
+        other.agents.iter().filter(|n| self.node(&n.name).is_none()).collect()
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Node> {
@@ -349,6 +438,19 @@ pub fn read_name_suffix_from_azuredeploy(path: &Path) -> Result<Option<(NameSuff
     Ok(Some((NameSuffixSource { value: value.to_string(), from: path.display().to_string() }, src)))
 }
 
+/// `(pool, index)` of a name `k8s-<pool>-<suffix>-<index>` (pool `master` for masters);
+/// `None` for anything else, including another suffix or an index with leading zeros.
+fn parse_linux_node_name<'a>(name: &'a str, suffix: &str) -> Option<(&'a str, usize)> {
+    let rest = name.strip_prefix("k8s-")?;
+    let (head, index) = rest.rsplit_once('-')?;
+    let pool = head.strip_suffix(suffix)?.strip_suffix('-')?;
+    let canonical = !index.is_empty() && index.bytes().all(|b| b.is_ascii_digit()) && (index == "0" || !index.starts_with('0'));
+    if pool.is_empty() || !canonical {
+        return None;
+    }
+    Some((pool, index.parse().ok()?))
+}
+
 /// Cross-checks the suffix against a host name seen on a node (`k8s-master-<suffix>-<i>`).
 pub fn check_hostname_suffix(expected: &str, hostname: &str) -> Result<(), String> {
     let parts: Vec<&str> = hostname.rsplitn(3, '-').collect();
@@ -436,6 +538,90 @@ mod tests {
         let t = Topology::derive_with_suffix(&model(&json), "12345678").unwrap();
         let win: Vec<_> = t.agents.iter().filter(|n| n.os == OsType::Windows).map(|n| n.name.as_str()).collect();
         assert_eq!(win, ["12345k8s9010", "12345k8s9011"]);
+    }
+
+    fn registered(names: &[&str]) -> Vec<RegisteredNode> {
+        names.iter().map(|n| RegisteredNode { name: n.to_string(), os: OsType::Linux }).collect()
+    }
+
+    #[test]
+    fn registered_agents_missing_from_the_model_are_added_to_their_pool() {
+        let t = Topology::derive_with_suffix(&model(THREE_MASTERS), "12345678").unwrap();
+        let nodes = registered(&["k8s-master-12345678-0", "k8s-linuxpool-12345678-0", "k8s-linuxpool-12345678-3", "k8s-linuxpool-12345678-1", "k8s-linuxpool-12345678-2"]);
+        let (with, notes) = t.with_registered_nodes(&nodes);
+        assert!(notes.is_empty(), "{notes:?}");
+        let names: Vec<_> = with.agents.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["k8s-linuxpool-12345678-0", "k8s-linuxpool-12345678-1", "k8s-linuxpool-12345678-2", "k8s-linuxpool-12345678-3"]);
+        let added = with.node("k8s-linuxpool-12345678-3").unwrap();
+        assert_eq!((added.role, added.os, added.pool.as_deref(), added.index, added.ip), (Role::Agent, OsType::Linux, Some("linuxpool"), 3, None));
+        assert_eq!(with.masters, t.masters);
+        let missing: Vec<_> = t.agents_missing_from(&with).iter().map(|n| n.name.clone()).collect();
+        assert_eq!(missing, ["k8s-linuxpool-12345678-2", "k8s-linuxpool-12345678-3"]);
+        // Nothing registered beyond the model: the same topology, no notes.
+        assert_eq!(t.with_registered_nodes(&registered(&["k8s-linuxpool-12345678-0"])), (t.clone(), vec![]));
+    }
+
+    #[test]
+    fn foreign_names_are_noted_not_added() {
+        let t = Topology::derive_with_suffix(&model(THREE_MASTERS), "12345678").unwrap();
+        let odd = ["k8s-linuxpool-87654321-2", "k8s-otherpool-12345678-0", "k8s-linuxpool-12345678-02", "k8s-linuxpool-12345678-vmss000002", "aks-nodepool1-1234-vmss000000", "k8s--12345678-4"];
+        let (with, notes) = t.with_registered_nodes(&registered(&odd));
+        assert_eq!(with, t);
+        assert_eq!(notes.len(), odd.len(), "{notes:?}");
+        for (name, note) in odd.iter().zip(&notes) {
+            assert!(note.starts_with(name) && note.contains("not added"), "{note}");
+        }
+        assert!(notes[1].contains("no agent pool \"otherpool\""), "{}", notes[1]);
+    }
+
+    #[test]
+    fn masters_are_never_added() {
+        let t = Topology::derive_with_suffix(&model(THREE_MASTERS), "12345678").unwrap();
+        let (with, notes) = t.with_registered_nodes(&registered(&["k8s-master-12345678-2", "k8s-master-12345678-3"]));
+        assert_eq!(with, t);
+        assert_eq!(notes.len(), 1);
+        assert!(notes[0].starts_with("k8s-master-12345678-3") && notes[0].contains("3 master(s)"), "{}", notes[0]);
+    }
+
+    #[test]
+    fn windows_nodes_are_skipped() {
+        let json = THREE_MASTERS.replace(
+            r#"[{"name":"linuxpool","count":2}]"#,
+            r#"[{"name":"linuxpool","count":1},{"name":"winpool","count":1,"osType":"Windows"}]"#,
+        );
+        let t = Topology::derive_with_suffix(&model(&json), "12345678").unwrap();
+        let nodes = vec![
+            RegisteredNode { name: "12345k8s9011".into(), os: OsType::Windows },
+            // Linux-shaped name but the node says Windows.
+            RegisteredNode { name: "k8s-linuxpool-12345678-5".into(), os: OsType::Windows },
+            // Linux node claiming a Windows pool's name scheme.
+            RegisteredNode { name: "k8s-winpool-12345678-1".into(), os: OsType::Linux },
+            // Already in the model: silent.
+            RegisteredNode { name: "12345k8s9010".into(), os: OsType::Windows },
+        ];
+        let (with, notes) = t.with_registered_nodes(&nodes);
+        assert_eq!(with, t);
+        assert_eq!(notes.len(), 3, "{notes:?}");
+        assert!(notes[0].contains("Windows node") && notes[1].contains("Windows node"), "{notes:?}");
+        assert!(notes[2].contains("Windows pool"), "{}", notes[2]);
+    }
+
+    #[test]
+    fn duplicates_count_once() {
+        let t = Topology::derive_with_suffix(&model(THREE_MASTERS), "12345678").unwrap();
+        let (with, notes) = t.with_registered_nodes(&registered(&["k8s-linuxpool-12345678-2", "k8s-linuxpool-12345678-2", "k8s-x-1", "k8s-x-1"]));
+        assert_eq!(with.agents.len(), 3);
+        assert_eq!(notes.len(), 1, "{notes:?}");
+    }
+
+    #[test]
+    fn pools_with_count_zero_still_take_nodes() {
+        let json = THREE_MASTERS.replace(r#""count":2"#, r#""count":0,"availabilityProfile":"AvailabilitySet""#);
+        let t = Topology::derive_with_suffix(&model(&json), "12345678").unwrap();
+        assert!(t.agents.is_empty());
+        let (with, notes) = t.with_registered_nodes(&registered(&["k8s-linuxpool-12345678-0"]));
+        assert!(notes.is_empty());
+        assert_eq!(with.agents[0].availability, Availability::AvailabilitySet);
     }
 
     #[test]
