@@ -58,6 +58,9 @@ pub struct WalkResult {
     pub own_secs: f64,
 }
 
+/// A node's connection, behind a lock of its own so nodes connect independently.
+type SessionSlot = Arc<tokio::sync::Mutex<Option<Arc<NodeSession>>>>;
+
 /// Everything a step may need.
 pub struct Context {
     pub graph: ActionGraph,
@@ -84,7 +87,7 @@ pub struct Context {
     pub timings: Mutex<Timings>,
     pub pki: Mutex<Option<Arc<NewPki>>>,
     pub state: Mutex<RunState>,
-    sessions: Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<Arc<NodeSession>>>>>>,
+    sessions: Mutex<HashMap<String, SessionSlot>>,
     compute: tokio::sync::OnceCell<Result<Arc<AzureCompute>, String>>,
 }
 

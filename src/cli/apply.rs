@@ -61,7 +61,7 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
             model.dns_prefix()
         ));
     }
-    let topo = Topology::derive(&model, a.cluster.model.name_suffix.as_deref().or(Some(plan.cluster.name_suffix.as_str())))?;
+    let topo = topology_of_plan(&model, a.cluster.model.name_suffix.as_deref(), &plan)?;
     let graph = ActionGraph::from_saved(&plan.graph).map_err(|e| miette!("the plan's graph cannot be used: {e}"))?;
     graph.validate().map_err(|e| miette!(help = "make a new plan", "the plan's graph is not valid: {e}"))?;
     if graph.is_empty() {
@@ -148,13 +148,22 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
             let args: Vec<String> = std::env::args().collect();
             let again = command_line("apply", &saved, &args);
             let back = command_line("rollback", &saved, &args);
+            let autoscaler = {
+                let st = ctx.state.lock().expect("state lock");
+                match (st.autoscaler_paused, st.autoscaler_replicas) {
+                    (true, Some(n)) => format!(
+                        "\ncluster-autoscaler stays scaled to 0 until the apply completes (to run it meanwhile: kubectl -n kube-system scale deployment cluster-autoscaler --replicas={n})"
+                    ),
+                    _ => String::new(),
+                }
+            };
             let observed = if e.observed.is_empty() { String::new() } else { format!("\nobserved:\n  {}", e.observed.join("\n  ")) };
             Err(miette!(
                 help = format!(
                     "fix the cause, then resume with `{again}` (finished steps are skipped; journal {}), or return to the previous certificates with `{back}`",
                     ctx.journal.path().display()
                 ),
-                "step {id} failed: {}{observed}",
+                "step {id} failed: {}{observed}{autoscaler}",
                 e.message
             ))
         }
@@ -200,6 +209,32 @@ pub fn command_line(command: &str, plan: &std::path::Path, args: &[String]) -> S
         }
     }
     out.join(" ")
+}
+
+/// The cluster as the plan saw it: the API model's nodes plus agents the plan read that the
+/// API model does not count (added by `aks-engine scale`, found through the Kubernetes API).
+fn topology_of_plan(model: &ApiModel, name_suffix: Option<&str>, plan: &PlanFile) -> miette::Result<Topology> {
+    let topo = Topology::derive(model, name_suffix.or(Some(plan.cluster.name_suffix.as_str())))?;
+    let observed: Vec<crate::model::topology::RegisteredNode> = plan
+        .observed
+        .nodes
+        .iter()
+        .filter(|n| topo.node(&n.node).is_none())
+        .map(|n| crate::model::topology::RegisteredNode { name: n.node.clone(), os: OsType::Linux })
+        .collect();
+    if observed.is_empty() {
+        return Ok(topo);
+    }
+    let (extended, notes) = topo.with_registered_nodes(&observed);
+    if let Some(missing) = observed.iter().find(|n| extended.node(&n.name).is_none()) {
+        return Err(miette!(
+            help = "make a new plan against the current apimodel.json",
+            "the plan names node {}, which this API model cannot place ({}); nothing was changed",
+            missing.name,
+            notes.join("; ")
+        ));
+    }
+    Ok(extended)
 }
 
 fn step_report(e: StepError) -> miette::Report {
@@ -442,7 +477,7 @@ pub fn run_rollback(a: &RollbackArgs) -> miette::Result<Outcome> {
     let c: &ClusterArgs = &a.cluster;
     let model = ApiModel::load(&c.model.api_model)?;
     let (run, plan) = run_to_roll_back(&model, a.plan_file.as_deref())?;
-    let topo = Topology::derive(&model, c.model.name_suffix.as_deref().or(Some(plan.cluster.name_suffix.as_str())))?;
+    let topo = topology_of_plan(&model, c.model.name_suffix.as_deref(), &plan)?;
     let stamp = run.root.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
     let state = run.load_state();
     let local_backup = state
@@ -640,6 +675,18 @@ async fn rollback_nodes(
     }
 }
 
+async fn wait_etcd(ctx: &Context, masters: &[String]) -> Result<(), StepError> {
+    let endpoints: Vec<String> = ctx.topo.masters.iter().filter_map(|m| m.ip).map(|ip| format!("https://{ip}:2379")).collect();
+    let deadline = Instant::now() + ctx.profile.gates.timing(crate::model::profile::GateKind::EtcdHealthy).timeout.as_std();
+    loop {
+        match ctx.run_root(&masters[0], "etcd health", &node::etcd_health_script(&endpoints)).await {
+            Ok(_) => return Ok(()),
+            Err(e) if Instant::now() > deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::command_line;
@@ -659,17 +706,5 @@ mod tests {
         let args = argv("certrotate apply /p/x.yaml --api-model=/m/a.json --break-lock --json");
         assert_eq!(command_line("apply", Path::new("/p/x.yaml"), &args), "certrotate apply /p/x.yaml --api-model /m/a.json --json");
         assert_eq!(command_line("rollback", Path::new("/p/x.yaml"), &args), "certrotate rollback --api-model /m/a.json");
-    }
-}
-
-async fn wait_etcd(ctx: &Context, masters: &[String]) -> Result<(), StepError> {
-    let endpoints: Vec<String> = ctx.topo.masters.iter().filter_map(|m| m.ip).map(|ip| format!("https://{ip}:2379")).collect();
-    let deadline = Instant::now() + ctx.profile.gates.timing(crate::model::profile::GateKind::EtcdHealthy).timeout.as_std();
-    loop {
-        match ctx.run_root(&masters[0], "etcd health", &node::etcd_health_script(&endpoints)).await {
-            Ok(_) => return Ok(()),
-            Err(e) if Instant::now() > deadline => return Err(e),
-            Err(_) => tokio::time::sleep(Duration::from_secs(2)).await,
-        }
     }
 }

@@ -368,3 +368,39 @@ fn a_stale_plan_is_refused_naming_what_changed_and_apply_without_a_file_plans_af
     kubectl_nodes_ready(&lab);
     lab.down().unwrap();
 }
+
+#[test]
+fn a_failed_gate_stops_with_what_it_saw_and_the_rerun_resumes_after_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up(dir.path(), Expiry::In(20 * 86_400));
+    // renew-expiring with short gate timeouts, so the failure comes quickly.
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plans/renew-expiring.yaml")).unwrap();
+    let (head, _) = shipped.split_once("\ngates:").unwrap();
+    let profile = dir.path().join("renew-fast.yaml");
+    std::fs::write(&profile, format!("{head}\ngates:\n  timeout: 15s\n  interval: 1s\n")).unwrap();
+    let saved = dir.path().join("renew.plan.yaml");
+    let out = plan(&lab, profile.to_str().unwrap(), &saved);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+
+    // One etcd member down: the preflight etcd gate must stop the run before any change.
+    let stopped = nodes(&lab)[2].clone();
+    lab.fault(lab::control::Fault::StopEtcd { node: stopped.clone() }).unwrap();
+    let failed = certrotate(&["apply", saved.to_str().unwrap()], &lab);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    let flat: String = String::from_utf8_lossy(&failed.stderr).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    // etcd down on a master also takes its apiserver and node status down: whichever preflight
+    // gate times out first stops the run.
+    assert!(flat.contains("@preflight failed"), "{flat}");
+    assert!(flat.contains("observed:"), "says what it saw: {flat}");
+    assert!(flat.contains(&format!("apply {}", saved.display())), "prints the command that resumes: {flat}");
+    assert!(flat.contains("rollback"), "and the one that rolls back: {flat}");
+    let installed = ssh(&lab, &nodes(&lab)[0], "sudo cat /var/log/azure/rotate-certs.log 2>/dev/null || true");
+    assert!(!installed.contains("installed"), "nothing was installed behind a failed preflight gate: {installed}");
+
+    lab.fault(lab::control::Fault::StartEtcd { node: stopped }).unwrap();
+    let resumed = certrotate(&["apply", saved.to_str().unwrap()], &lab);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("already done (journal)"), "{}", text(&resumed));
+    assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
+    lab.down().unwrap();
+}
