@@ -42,9 +42,16 @@ impl LockHolder {
         })
     }
 
-    /// Whether the holder is a process of this machine that no longer runs.
+    /// Whether the holder is a process of this machine that no longer runs. A process we may
+    /// not signal (EPERM) still lives: /proc may hide other users' processes.
     pub fn is_dead_local_process(&self) -> bool {
-        self.host == local_host() && !std::path::Path::new(&format!("/proc/{}", self.pid)).exists()
+        if self.host != local_host() {
+            return false;
+        }
+        let Ok(pid) = libc::pid_t::try_from(self.pid) else { return false };
+        // SAFETY: signal 0 only checks whether the process exists; nothing is delivered.
+        let alive = unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        !alive
     }
 
     pub fn describe(&self) -> String {
@@ -56,8 +63,13 @@ fn short(d: &str) -> &str {
     &d[..d.len().min(16)]
 }
 
+/// This machine: host name and machine id, so two jumpboxes cloned with one host name differ.
 fn local_host() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_else(|_| "localhost".into());
+    match std::fs::read_to_string("/etc/machine-id") {
+        Ok(id) if !id.trim().is_empty() => format!("{name}/{}", &id.trim()[..id.trim().len().min(12)]),
+        _ => name,
+    }
 }
 
 /// What taking the lock found.
@@ -67,6 +79,12 @@ pub enum LockOutcome {
     /// Taken over from a dead process of this machine or broken with --break-lock.
     TakenFrom(String),
     Held(String),
+}
+
+/// What `decide` read, for the compare-and-swap take-over.
+pub fn held_line(answer: &str) -> Option<&str> {
+    let mut lines = answer.lines();
+    (lines.next().map(str::trim) == Some("HELD")).then(|| lines.next().unwrap_or("").trim())
 }
 
 /// Interprets the take script's answer and says whether to force it.

@@ -219,6 +219,22 @@ pub fn etcd_put_script(stamp: &str, puts: &[(&str, &NodeFile)]) -> String {
     let mut s = prelude(stamp, "putFrontProxyInEtcd");
     s.push_str(&format!("D={}\n[ -f \"$D/.complete\" ] || fail 'the staged files are missing'\n", sh_quote(&staging_dir(stamp))));
     let e = etcdctl("https://127.0.0.1:2379");
+    // etcd's values are backed up before the first put, beside this plan's node backup, so
+    // rollback restores what etcd held even where it differed from the files on disk.
+    s.push_str(&format!(
+        "X={x}\n[ -f \"$X/stamp\" ] && [ \"$(cat \"$X/stamp\")\" = \"$STAMP\" ] || fail 'no backup for this plan on this node; refusing to change etcd'\n\
+         if [ ! -f \"$X/etcd-proxycerts/.saved\" ]; then\n  mkdir -p \"$X/etcd-proxycerts.tmp\"\n",
+        x = sh_quote(BACKUP_EXTRA)
+    ));
+    for (key, _) in puts {
+        let name = key.rsplit('/').next().unwrap_or(key);
+        s.push_str(&format!(
+            "  {e} get {k} --print-value-only | head -c -1 > \"$X/etcd-proxycerts.tmp/\"{n} || fail 'cannot read {key} from etcd to back it up'\n",
+            k = sh_quote(key),
+            n = sh_quote(name)
+        ));
+    }
+    s.push_str("  touch \"$X/etcd-proxycerts.tmp/.saved\"\n  rm -rf \"$X/etcd-proxycerts\"\n  mv \"$X/etcd-proxycerts.tmp\" \"$X/etcd-proxycerts\"\n  log 'backed up /proxycerts from etcd'\nfi\n");
     for (key, file) in puts {
         s.push_str(&format!(
             "{e} put {k} < \"$D/\"{n} >/dev/null || fail 'etcdctl put {key} failed'\n\
@@ -241,16 +257,22 @@ pub fn cleanup_script(stamp: &str) -> String {
 }
 
 /// Takes the cluster lock atomically (noclobber); prints `TAKEN`, or `HELD` and the holder.
-/// `force` overwrites whatever holds it.
-pub fn lock_take_script(line: &str, force: bool) -> String {
+/// `replacing`: take it over only if it still holds exactly that line (compare and swap,
+/// under flock where the node has it), so two resumes cannot both take a dead holder's lock.
+pub fn lock_take_script(line: &str, replacing: Option<&str>) -> String {
     let l = sh_quote(line);
-    if force {
-        format!("set -eu\nOLD=$(cat {f} 2>/dev/null || true)\nprintf '%s\\n' {l} > {f}.tmp && mv -f {f}.tmp {f}\necho TAKEN\nprintf '%s\\n' \"$OLD\"\n", f = LOCK_FILE)
-    } else {
-        format!(
-            "set -eu\nmkdir -p /etc/kubernetes\nif ( set -C; printf '%s\\n' {l} > {f} ) 2>/dev/null; then echo TAKEN; else echo HELD; cat {f}; fi\n",
+    // The guard lives in /run: it only serialises takers and needs no history.
+    let guard = "mkdir -p /etc/kubernetes\nexec 9>>/run/certrotate.lock.guard\nif command -v flock >/dev/null 2>&1; then flock -w 10 9 || { echo HELD; echo 'another certrotate is taking the lock'; exit 0; }; fi\n";
+    match replacing {
+        Some(old) => format!(
+            "set -eu\n{guard}if [ \"$(cat {f} 2>/dev/null || true)\" = {o} ]; then printf '%s\\n' {l} > {f}.tmp && mv -f {f}.tmp {f}; echo TAKEN; else echo HELD; cat {f} 2>/dev/null || true; fi\n",
+            f = LOCK_FILE,
+            o = sh_quote(old)
+        ),
+        None => format!(
+            "set -eu\n{guard}if ( set -C; printf '%s\\n' {l} > {f} ) 2>/dev/null; then echo TAKEN; else echo HELD; cat {f}; fi\n",
             f = LOCK_FILE
-        )
+        ),
     }
 }
 
@@ -358,9 +380,13 @@ pub fn etcd_restore_proxy_script(stamp: &str) -> String {
         (crate::pki::catalogue::ETCD_PROXY_CERT_KEY, "proxy.crt"),
         (crate::pki::catalogue::ETCD_PROXY_KEY_KEY, "proxy.key"),
     ] {
+        let saved = key.rsplit('/').next().unwrap_or(key);
         s.push_str(&format!(
-            "if [ -f {c}/{file} ]; then {e} put {k} < {c}/{file} >/dev/null || fail 'etcdctl put {key} failed'; log 'restored {key} in etcd'; fi\n",
+            "S={x}/etcd-proxycerts/{saved}\n\
+             if [ -f {x}/etcd-proxycerts/.saved ] && [ -s \"$S\" ]; then {e} put {k} < \"$S\" >/dev/null || fail 'etcdctl put {key} failed'; log 'restored {key} in etcd from its backup'\n\
+             elif [ -f {c}/{file} ]; then {e} put {k} < {c}/{file} >/dev/null || fail 'etcdctl put {key} failed'; log 'restored {key} in etcd from {file}'; fi\n",
             c = CERT_DIR,
+            x = sh_quote(BACKUP_EXTRA),
             k = sh_quote(key)
         ));
     }

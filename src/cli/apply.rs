@@ -103,8 +103,9 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         let started = Instant::now();
         let first = ctx.topo.masters.first().map(|m| m.name.clone()).ok_or_else(|| miette!("the cluster has no master"))?;
         let holder = LockHolder::me(&digest.to_string());
-        let answer = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), false)).await.map_err(step_report)?;
+        let answer = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), None)).await.map_err(step_report)?;
         let (outcome, _) = lock::decide(&answer, a.break_lock);
+        let held = lock::held_line(&answer).unwrap_or("").to_string();
         match &outcome {
             LockOutcome::Held(who) => {
                 return Err(miette!(
@@ -114,7 +115,14 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
                 ))
             }
             LockOutcome::TakenFrom(who) => {
-                ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), true)).await.map_err(step_report)?;
+                let again = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), Some(&held))).await.map_err(step_report)?;
+                if !again.trim_start().starts_with("TAKEN") {
+                    return Err(miette!(
+                        help = "another certrotate took the lock at the same moment; nothing was changed",
+                        "the cluster lock changed hands while taking it over: {}",
+                        again.lines().nth(1).unwrap_or("").trim()
+                    ));
+                }
                 reporter.emit(Event::Warning { message: format!("took over the cluster lock held by {who}") });
             }
             LockOutcome::Taken => {}
@@ -512,8 +520,9 @@ pub fn run_rollback(a: &RollbackArgs) -> miette::Result<Outcome> {
         let first = topo.masters.first().map(|m| m.name.clone()).ok_or_else(|| miette!("the cluster has no master"))?;
         let lock_id = format!("rollback-of-{stamp}");
         let holder = LockHolder::me(&lock_id);
-        let answer = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), false)).await.map_err(step_report)?;
+        let answer = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), None)).await.map_err(step_report)?;
         // Rollback never breaks a live lock: the apply holding it may still be changing nodes.
+        let held = lock::held_line(&answer).unwrap_or("").to_string();
         match lock::decide(&answer, false) {
             (LockOutcome::Held(who), _) => {
                 return Err(miette!(
@@ -523,7 +532,10 @@ pub fn run_rollback(a: &RollbackArgs) -> miette::Result<Outcome> {
                 ))
             }
             (LockOutcome::TakenFrom(who), _) => {
-                ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), true)).await.map_err(step_report)?;
+                let again = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), Some(&held))).await.map_err(step_report)?;
+                if !again.trim_start().starts_with("TAKEN") {
+                    return Err(miette!("the cluster lock changed hands while taking it over; nothing was changed"));
+                }
                 eprintln!("warning: took over the cluster lock held by {who}");
             }
             (LockOutcome::Taken, _) => {}

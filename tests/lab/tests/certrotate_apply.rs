@@ -120,6 +120,33 @@ fn kubectl_nodes_ready(lab: &Lab) -> Vec<String> {
     panic!("not every node Ready in kubectl: {last}");
 }
 
+/// Every kube-system pod Ready according to the real kubectl (after the token rollouts).
+fn kubectl_kube_system_ready(lab: &Lab) {
+    let env = lab.env();
+    let kubeconfig = model_dir(lab).join("kubeconfig").join(format!("kubeconfig.{}.json", env["LAB_LOCATION"]));
+    let mut last = String::new();
+    for _ in 0..30 {
+        let out = Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args(["-n", "kube-system", "get", "pods", "-o", "json"]).output().unwrap();
+        if out.status.success() {
+            let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            let pods = doc["items"].as_array().unwrap();
+            let not_ready: Vec<&str> = pods
+                .iter()
+                .filter(|p| !p["status"]["conditions"].as_array().is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+                .map(|p| p["metadata"]["name"].as_str().unwrap_or("?"))
+                .collect();
+            if !pods.is_empty() && not_ready.is_empty() {
+                return;
+            }
+            last = format!("not Ready: {not_ready:?}");
+        } else {
+            last = text(&out);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("kube-system is not Ready in kubectl: {last}");
+}
+
 /// Probes /readyz through the masters as the internal load balancer would: a probe fails
 /// only when no master answers 200 (the lab has no load balancer of its own).
 struct ReadyzProber {
@@ -253,6 +280,7 @@ fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
     assert!(backups.iter().any(|b| b.path().join("apimodel.json").is_file()), "the API model was backed up");
     // The real kubectl with the new admin kubeconfig; etcd with the new client certificate.
     kubectl_nodes_ready(&lab);
+    kubectl_kube_system_ready(&lab);
     let master = &nodes(&lab)[0];
     let health = ssh(
         &lab,
