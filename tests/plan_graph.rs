@@ -161,7 +161,12 @@ fn an_expired_cluster_checks_over_ssh_before_rotation() {
     let g = graph::build(&healthy.diff(&p), &healthy.topo, &p);
     let gate = g.step(&format!("{}@preflight", GateKind::NodesReady.as_str())).unwrap().gate.clone().unwrap();
     assert_eq!(gate.probe, Probe::Api);
-    assert!(g.precedes("pauseAutoscaler", &format!("{}@preflight", GateKind::NodesReady.as_str())));
+    // On a healthy cluster the autoscaler is paused once the preflight passed, and before any
+    // change: a failed preflight leaves the cluster as it was.
+    assert!(g.precedes(&format!("{}@preflight", GateKind::NodesReady.as_str()), "pauseAutoscaler"));
+    for m in 0..3 {
+        assert!(g.precedes("pauseAutoscaler", &format!("installCerts@{}", healthy.master(m))));
+    }
 }
 
 /// Walks the graph as fast as its edges allow (every step takes one tick, unlimited workers)

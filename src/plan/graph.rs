@@ -555,7 +555,10 @@ impl Builder<'_> {
             Some(t) => format!("{}@{t}", op.as_str()),
             None => op.as_str().to_string(),
         };
-        let mut requires: Vec<String> = requires.iter().map(|ix| self.g.graph[*ix].id.clone()).collect();
+        // Only gates are requirements; a caller may pass the last steps of a phase, which can
+        // be an action (the autoscaler pause) when that phase changed nothing.
+        let mut requires: Vec<String> =
+            requires.iter().filter(|ix| self.g.graph[**ix].operation.is_gate()).map(|ix| self.g.graph[*ix].id.clone()).collect();
         requires.sort();
         requires.dedup();
         self.g.add(Step { id, operation: op, target: target.map(str::to_string), description, parameters, gate: None, requires })
@@ -647,20 +650,8 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
         &[],
     );
     b.g.edge(backup, issue);
-    let mut before_changes = vec![issue];
+    let before_changes = vec![issue];
     let mut pause = None;
-    if !expired {
-        let p = b.action(
-            Operation::PauseAutoscaler,
-            None,
-            "scale cluster-autoscaler to 0 replicas (if deployed) and remember its replica count".into(),
-            BTreeMap::new(),
-            &[],
-        );
-        b.g.edge(issue, p);
-        before_changes = vec![p];
-        pause = Some(p);
-    }
 
     // Preflight: the cluster must be healthy before anything changes.
     let pre_etcd = b.gate(
@@ -702,6 +693,21 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
         b.g.edges_from(&before_changes, gate);
     }
     let preflight = vec![pre_etcd, pre_nodes, pre_cp];
+    // The autoscaler is paused once the preflight passed, so a failed preflight leaves the
+    // cluster exactly as it was. (On an expired cluster it waits for the API, further down.)
+    let mut changes_start = preflight.clone();
+    if !expired {
+        let p = b.action(
+            Operation::PauseAutoscaler,
+            None,
+            "scale cluster-autoscaler to 0 replicas (if deployed) and remember its replica count".into(),
+            BTreeMap::new(),
+            &preflight,
+        );
+        b.g.edges_from(&preflight, p);
+        changes_start = vec![p];
+        pause = Some(p);
+    }
 
     // Copy and back up on every node that changes; harmless, so it overlaps the preflight.
     let mut staged: HashMap<String, NodeIndex> = HashMap::new();
@@ -735,7 +741,7 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
     let removal = |node: &str| diff.kubelet_client_current_removals.iter().any(|n| n == node);
 
     // Masters.
-    let mut master_end = preflight.clone();
+    let mut master_end = changes_start.clone();
     match &b.g.masters.clone() {
         MasterPlan::Untouched => {}
         MasterPlan::Rolling => {
@@ -815,7 +821,7 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
             for m in &masters_main {
                 let ids = main_phase_ids(&m.name);
                 let admin = kubeconfig_changes(&m.name).then_some(topo.admin_username.as_str());
-                let mut last = b.install_on_master(&m.name, &ids, &preflight, &preflight, staged[&m.name], admin);
+                let mut last = b.install_on_master(&m.name, &ids, &preflight, &changes_start, staged[&m.name], admin);
                 if removal(&m.name) {
                     let r = b.action(
                         Operation::RemoveKubeletClientCurrent,
