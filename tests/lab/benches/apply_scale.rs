@@ -13,8 +13,10 @@
 //! Run as root after building certrotate in the same profile:
 //!   cargo build --workspace && cargo bench -p certrotate-lab --bench apply_scale --profile dev
 //! `APPLY_SCALE_SHAPES=3x2,3x20`, `APPLY_SCALE_PROFILES=renew-expiring,rotate-all` and
-//! `APPLY_SCALE_ROUNDS=1` (the defaults) change what is measured. The JSON lines and stderr of
-//! a failed apply are kept under `$TMPDIR/apply_scale-<pid>/`.
+//! `APPLY_SCALE_ROUNDS=1` (the defaults) change what is measured. `APPLY_SCALE_REBOOT_DELAY=90s`
+//! makes every VM restart through the Azure stand-in take that long (the lab's default is a
+//! few seconds; Azure takes minutes), to judge the own-work share under realistic waits. The
+//! JSON lines and stderr of a failed apply are kept under `$TMPDIR/apply_scale-<pid>/`.
 
 use lab::spec::{Expiry, LabSpec};
 use lab::{Lab, UpOptions};
@@ -133,9 +135,15 @@ fn main() {
         .map(str::to_string)
         .collect();
     let rounds: usize = std::env::var("APPLY_SCALE_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(1);
+    let reboot_delay: Option<Duration> = std::env::var("APPLY_SCALE_REBOOT_DELAY")
+        .ok()
+        .map(|d| humantime::parse_duration(&d).expect("APPLY_SCALE_REBOOT_DELAY is a duration such as 90s"));
     let keep = std::env::temp_dir().join(format!("apply_scale-{}", std::process::id()));
 
     println!("certrotate apply on lab clusters (certificates expiring in 20 days), a fresh lab per run, {rounds} round(s) each");
+    if let Some(d) = reboot_delay {
+        println!("VM restarts take {} (APPLY_SCALE_REBOOT_DELAY)", humantime::format_duration(d));
+    }
     let header = format!(
         "{:<6} {:<15} {:>7} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>6} {:>8} {:>11} {:>8}",
         "shape", "profile", "lab up", "wall", "CPU", "peak RSS", "total", "waiting", "own", "own%", "API down", "logins/node", "jumpbox"
@@ -155,6 +163,9 @@ fn main() {
                 )
                 .expect("lab up");
                 let up_time = up_start.elapsed();
+                if let Some(d) = reboot_delay {
+                    lab.fault(lab::control::Fault::RebootDelay { node: None, millis: d.as_millis() as u64 }).expect("set the reboot delay");
+                }
                 let env = lab.env();
                 let suffix = env["LAB_NAME_SUFFIX"].clone();
                 let nodes: Vec<String> = (0..masters)
