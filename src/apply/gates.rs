@@ -31,6 +31,18 @@ async fn probe(ctx: &Context, node: &str, script: &str) -> Result<(bool, Vec<Str
     Ok((ok, lines))
 }
 
+/// Runs a probe script on each node; the output of every failing one, prefixed by the node.
+async fn probe_each(ctx: &Context, nodes: &[String], script: impl Fn(&str) -> String) -> Result<Vec<String>, StepError> {
+    let mut problems = Vec::new();
+    for n in nodes {
+        let (ok, lines) = probe(ctx, n, &script(n)).await?;
+        if !ok {
+            problems.extend(lines.into_iter().map(|l| format!("{n}: {l}")));
+        }
+    }
+    Ok(problems)
+}
+
 fn scope_of(step: &Step) -> &str {
     step.id.rsplit_once('@').map(|(_, s)| s).unwrap_or("")
 }
@@ -47,14 +59,7 @@ async fn look(
     let expired = spec.why_ssh.is_some();
     let mut problems = Vec::new();
     match (kind, spec.probe) {
-        (GateKind::EtcdHealthy, _) if expired => {
-            for n in &nodes {
-                let (ok, lines) = probe(ctx, n, &node::etcd_alive_script()).await?;
-                if !ok {
-                    problems.extend(lines.into_iter().map(|l| format!("{n}: {l}")));
-                }
-            }
-        }
+        (GateKind::EtcdHealthy, _) if expired => problems = probe_each(ctx, &nodes, |_| node::etcd_alive_script()).await?,
         (GateKind::EtcdHealthy, _) => {
             let endpoints: Vec<String> = ctx.topo.masters.iter().filter_map(|m| m.ip).map(|ip| format!("https://{ip}:2379")).collect();
             let scope = scope_of(step);
@@ -90,22 +95,13 @@ async fn look(
                 }
             }
         }
-        (GateKind::NodesReady, Probe::Ssh) => {
-            for n in &nodes {
-                let (ok, lines) = probe(ctx, n, &node::unit_active_script("kubelet")).await?;
-                if !ok {
-                    problems.extend(lines.into_iter().map(|l| format!("{n}: {l}")));
-                }
-            }
-        }
+        (GateKind::NodesReady, Probe::Ssh) => problems = probe_each(ctx, &nodes, |_| node::unit_active_script("kubelet")).await?,
         (GateKind::ControlPlanePodsReady, Probe::Ssh) => {
-            for n in &nodes {
+            problems = probe_each(ctx, &nodes, |n| {
                 let ip = ctx.topo.node(n).and_then(|x| x.ip).map(|ip| ip.to_string()).unwrap_or_else(|| "127.0.0.1".into());
-                let (ok, lines) = probe(ctx, n, &node::port_open_script(&ip)).await?;
-                if !ok {
-                    problems.extend(lines.into_iter().map(|l| format!("{n}: {l}")));
-                }
-            }
+                node::port_open_script(&ip)
+            })
+            .await?
         }
         (GateKind::NodesReady, Probe::Api) | (GateKind::ControlPlanePodsReady, Probe::Api) | (GateKind::KubeSystemReady, _) => {
             let client = ctx.kube_client().await?;

@@ -20,9 +20,7 @@ pub const BACKUP: &str = "/etc/kubernetes/certs.bak";
 /// and the stamp of the plan it was made for.
 pub const BACKUP_EXTRA: &str = "/etc/kubernetes/certs.bak.extra";
 
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
+pub use crate::remote::script::sh_quote;
 
 /// The staging directory of one plan on a node (0700, root).
 pub fn staging_dir(stamp: &str) -> String {

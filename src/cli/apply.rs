@@ -103,29 +103,8 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         let started = Instant::now();
         let first = ctx.topo.masters.first().map(|m| m.name.clone()).ok_or_else(|| miette!("the cluster has no master"))?;
         let holder = LockHolder::me(&digest.to_string());
-        let answer = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), None)).await.map_err(step_report)?;
-        let (outcome, _) = lock::decide(&answer, a.break_lock);
-        let held = lock::held_line(&answer).unwrap_or("").to_string();
-        match &outcome {
-            LockOutcome::Held(who) => {
-                return Err(miette!(
-                    help = "wait for that apply to finish; if it is gone for good, run again with --break-lock",
-                    "the cluster is locked by another apply: {who} (lock file {} on {first}); nothing was changed",
-                    node::LOCK_FILE
-                ))
-            }
-            LockOutcome::TakenFrom(who) => {
-                let again = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), Some(&held))).await.map_err(step_report)?;
-                if !again.trim_start().starts_with("TAKEN") {
-                    return Err(miette!(
-                        help = "another certrotate took the lock at the same moment; nothing was changed",
-                        "the cluster lock changed hands while taking it over: {}",
-                        again.lines().nth(1).unwrap_or("").trim()
-                    ));
-                }
-                reporter.emit(Event::Warning { message: format!("took over the cluster lock held by {who}") });
-            }
-            LockOutcome::Taken => {}
+        if let Some(who) = take_lock(&ctx, &first, &holder, a.break_lock, "another apply: ", "wait for that apply to finish; if it is gone for good, run again with --break-lock").await? {
+            reporter.emit(Event::Warning { message: format!("took over the cluster lock held by {who}") });
         }
         let ctx = Arc::new(ctx);
         let checked = preflight(&ctx, &plan, &model).await;
@@ -243,6 +222,32 @@ fn topology_of_plan(model: &ApiModel, name_suffix: Option<&str>, plan: &PlanFile
         ));
     }
     Ok(extended)
+}
+
+/// Takes the cluster lock on `first`; `Some(holder)` when it was taken over from a dead holder
+/// (or broken with `break_lock`), an error naming the holder when a live one has it.
+async fn take_lock(ctx: &Context, first: &str, holder: &LockHolder, break_lock: bool, held_by: &str, held_help: &str) -> miette::Result<Option<String>> {
+    let answer = ctx.run_root(first, "take the cluster lock", &node::lock_take_script(&holder.line(), None)).await.map_err(step_report)?;
+    let held = lock::held_line(&answer).unwrap_or("").to_string();
+    match lock::decide(&answer, break_lock).0 {
+        LockOutcome::Taken => Ok(None),
+        LockOutcome::Held(who) => Err(miette!(
+            help = held_help.to_string(),
+            "the cluster is locked by {held_by}{who} (lock file {} on {first}); nothing was changed",
+            node::LOCK_FILE
+        )),
+        LockOutcome::TakenFrom(who) => {
+            let again = ctx.run_root(first, "take the cluster lock", &node::lock_take_script(&holder.line(), Some(&held))).await.map_err(step_report)?;
+            if !again.trim_start().starts_with("TAKEN") {
+                return Err(miette!(
+                    help = "another certrotate took the lock at the same moment; nothing was changed",
+                    "the cluster lock changed hands while taking it over: {}",
+                    again.lines().nth(1).unwrap_or("").trim()
+                ));
+            }
+            Ok(Some(who))
+        }
+    }
 }
 
 fn step_report(e: StepError) -> miette::Report {
@@ -520,25 +525,10 @@ pub fn run_rollback(a: &RollbackArgs) -> miette::Result<Outcome> {
         let first = topo.masters.first().map(|m| m.name.clone()).ok_or_else(|| miette!("the cluster has no master"))?;
         let lock_id = format!("rollback-of-{stamp}");
         let holder = LockHolder::me(&lock_id);
-        let answer = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), None)).await.map_err(step_report)?;
         // Rollback never breaks a live lock: the apply holding it may still be changing nodes.
-        let held = lock::held_line(&answer).unwrap_or("").to_string();
-        match lock::decide(&answer, false) {
-            (LockOutcome::Held(who), _) => {
-                return Err(miette!(
-                    help = "wait for that apply to finish before rolling back; if it is gone for good, stop it and run rollback again",
-                    "the cluster is locked by {who} (lock file {} on {first}); nothing was changed",
-                    node::LOCK_FILE
-                ))
-            }
-            (LockOutcome::TakenFrom(who), _) => {
-                let again = ctx.run_root(&first, "take the cluster lock", &node::lock_take_script(&holder.line(), Some(&held))).await.map_err(step_report)?;
-                if !again.trim_start().starts_with("TAKEN") {
-                    return Err(miette!("the cluster lock changed hands while taking it over; nothing was changed"));
-                }
-                eprintln!("warning: took over the cluster lock held by {who}");
-            }
-            (LockOutcome::Taken, _) => {}
+        let help = "wait for that apply to finish before rolling back; if it is gone for good, stop it and run rollback again";
+        if let Some(who) = take_lock(&ctx, &first, &holder, false, "", help).await? {
+            eprintln!("warning: took over the cluster lock held by {who}");
         }
         let result = rollback_nodes(&ctx, &topo, &touched, &stamp, &local_backup, &model, tokens_changed, &state).await;
         let _ = ctx.run_root(&first, "release the cluster lock", &node::lock_release_script(&lock_id)).await;

@@ -43,7 +43,8 @@ impl NodeReadSpec {
     }
 }
 
-fn sh_quote(s: &str) -> String {
+/// A single-quoted sh word; shared by every script certrotate sends to a node.
+pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
