@@ -166,7 +166,8 @@ fn attributes_show_what_changes_and_what_is_known_only_after_apply() {
     let d = c.diff(&shipped("renew-expiring"));
     let api = change(&d, &c.master(1), CertId::Apiserver, "apiserver.crt");
     assert_eq!(api.after["fingerprint"], AttrValue::Unknown);
-    assert_eq!(api.after["publicKey"], AttrValue::Unknown);
+    // Reissued under the kept CA with the API model's key, so tokens stay valid: the key is known.
+    assert_eq!(api.after["publicKey"], api.before["publicKey"]);
     assert_eq!(api.after["notAfter"], AttrValue::Text("2028-11-26 (apply time + 2y)".into()));
     assert_eq!(api.before["notAfter"], AttrValue::Text("2026-12-17T12:00:00Z".into()));
     // Same CA: the issuer fingerprint is known and unchanged.
@@ -176,6 +177,81 @@ fn attributes_show_what_changes_and_what_is_known_only_after_apply() {
     let d = c.diff(&shipped("rotate-ca"));
     let api = change(&d, &c.master(1), CertId::Apiserver, "apiserver.crt");
     assert_eq!(api.after["issuerFingerprint"], AttrValue::Unknown, "a new CA's fingerprint is only known at apply");
+}
+
+// ---- certificates supplied with --certificate-profile ----
+
+#[test]
+fn supplied_certificates_the_nodes_already_hold_change_nothing_the_profile_would_not() {
+    let c = cluster(3, 2, Age::Healthy);
+    let d = c.diff_supplied(&shipped("renew-expiring"), &c.apimodel);
+    assert!(!d.has_changes(), "{:?}", d.decisions.iter().filter(|x| x.action != ChangeAction::Noop).collect::<Vec<_>>());
+    // rotate-all would replace the CA and every leaf; what is supplied wins, and only what the
+    // API model does not keep (front-proxy, kubelet serving) follows the profile.
+    let d = c.diff_supplied(&shipped("rotate-all"), &c.apimodel);
+    for id in ["ca", "apiserver", "client", "kubeconfig", "etcdserver", "etcdclient", "etcdpeer0"] {
+        assert_eq!(d.decision(id).unwrap().action, ChangeAction::Noop, "{id}");
+    }
+    assert_eq!(d.decision("proxy").unwrap().action, ChangeAction::Replace);
+    assert!(!d.cluster_ca_changes());
+    assert!(!d.apiserver_key_changes());
+}
+
+#[test]
+fn a_supplied_ca_replaces_everything_it_signs_and_the_plan_shows_the_supplied_fingerprints() {
+    use certrotate::plan::file::AttrValue;
+    let c = cluster(3, 2, Age::ExpiringInDays(20));
+    // Another cluster's PKI: a CA the nodes do not trust yet.
+    let other = cluster(3, 2, Age::Healthy);
+    let d = c.diff_supplied(&shipped("renew-expiring"), &other.apimodel);
+    assert!(d.cluster_ca_changes());
+    assert!(d.apiserver_key_changes(), "a new CA brings new service-account tokens");
+    let ca = d.decision("ca").unwrap();
+    assert_eq!(ca.action, ChangeAction::Replace);
+    assert_eq!(ca.reasons[0].code, ReasonCode::Supplied, "{:?}", ca.reasons);
+    let s = counts(&d);
+    assert_eq!(s.replace, cluster_ca_leaf_copies(3, 2) + cluster_ca_copies(3, 2) + front_proxy_copies(3));
+    let supplied_fp = |id: &str| other.apimodel.iter().find(|(i, _)| i == id).unwrap().1.sha256_fingerprint.clone();
+    let api = change(&d, &c.master(2), CertId::Apiserver, "apiserver.crt");
+    assert_eq!(api.action, ChangeAction::Replace);
+    assert_eq!(api.after["fingerprint"], AttrValue::Text(format!("sha256:{}", supplied_fp("apiserver"))));
+    assert_eq!(api.after["issuerFingerprint"], AttrValue::Text(format!("sha256:{}", supplied_fp("ca"))));
+    let ca_copy = change(&d, &c.agent(1), CertId::Ca, "ca.crt");
+    assert_eq!(ca_copy.after["fingerprint"], AttrValue::Text(format!("sha256:{}", supplied_fp("ca"))));
+    // Kubelet serving certificates are not in the API model: the profile keeps them.
+    assert_eq!(change(&d, &c.agent(1), CertId::KubeletServer, "kubeletserver.crt").action, ChangeAction::Noop);
+    let g = graph::build(&d, &c.topo, &shipped("renew-expiring"));
+    g.validate().unwrap();
+}
+
+#[test]
+fn a_supplied_leaf_under_the_kept_ca_is_reissued_everywhere_it_lives() {
+    use certrotate::plan::file::AttrValue;
+    let mut c = cluster(3, 2, Age::Healthy);
+    let new_client = c.issue_variant("client", |_| {});
+    let new_facts = certrotate::pki::inspect::parse_cert_pem(&new_client.cert_pem).unwrap();
+    let mut supplied = c.apimodel.clone();
+    supplied.iter_mut().find(|(id, _)| id == "client").unwrap().1 = new_facts.clone();
+    let d = c.diff_supplied(&shipped("renew-expiring"), &supplied);
+    assert!(!d.cluster_ca_changes());
+    let client = d.decision("client").unwrap();
+    assert_eq!(client.action, ChangeAction::Reissue);
+    assert_eq!(client.reasons[0].code, ReasonCode::Supplied);
+    let changed: Vec<&str> = d.decisions.iter().filter(|x| x.action != ChangeAction::Noop).map(|x| x.id.as_str()).collect();
+    assert_eq!(changed, ["client"]);
+    // client.crt on every node and clientCertificate in the API model.
+    assert_eq!(counts(&d).reissue, 5 + 1);
+    let on_agent = change(&d, &c.agent(0), CertId::Client, "client.crt");
+    assert_eq!(on_agent.after["fingerprint"], AttrValue::Text(format!("sha256:{}", new_facts.sha256_fingerprint)));
+    assert_eq!(d.kubelet_client_current_removals.len(), 5, "kubelet must stop preferring its old pem");
+    assert!(!d.apiserver_key_changes());
+    // Once installed everywhere, the same file plans nothing.
+    for node in c.topo.nodes().map(|n| n.name.clone()).collect::<Vec<_>>() {
+        *c.file_mut(&node, "/etc/kubernetes/certs/client.crt") = plan_fixture::cert_file("/etc/kubernetes/certs/client.crt", "root", 0o644, &new_client.cert_pem);
+        *c.file_mut(&node, "/etc/kubernetes/certs/client.key") = plan_fixture::key_file("/etc/kubernetes/certs/client.key", "root", &new_client.key_pem);
+    }
+    c.apimodel = supplied.clone();
+    assert!(!c.diff_supplied(&shipped("renew-expiring"), &supplied).has_changes());
 }
 
 // ---- drift ----

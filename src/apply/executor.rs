@@ -86,6 +86,9 @@ pub struct Context {
     /// Time per phase and waiting versus own work, from the events.
     pub timings: Mutex<Timings>,
     pub pki: Mutex<Option<Arc<NewPki>>>,
+    /// The operator's certificates (`--certificate-profile`), read again and checked against
+    /// the digest the plan recorded.
+    pub supplied: Option<Arc<crate::model::apimodel::CertificateProfile>>,
     pub state: Mutex<RunState>,
     sessions: Mutex<HashMap<String, SessionSlot>>,
     compute: tokio::sync::OnceCell<Result<Arc<AzureCompute>, String>>,
@@ -125,6 +128,7 @@ impl Context {
             master_kubeconfig_servers: Mutex::new(HashMap::new()),
             timings: Mutex::new(Timings::new()),
             pki: Mutex::new(None),
+            supplied: None,
             state: Mutex::new(state),
             sessions: Mutex::new(HashMap::new()),
             compute: tokio::sync::OnceCell::new(),
@@ -546,8 +550,8 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
             }
             let ids = list_param(step, "certificates");
             let model = ApiModel::load(&ctx.model_path).map_err(|e| StepError::new(format!("{e}")))?;
-            let (topo, catalogue, profile) = (ctx.topo.clone(), ctx.catalogue.clone(), ctx.profile.clone());
-            let pki = tokio::task::spawn_blocking(move || store::issue_pki(&ids, &topo, &catalogue, &model, &profile))
+            let (topo, catalogue, profile, supplied) = (ctx.topo.clone(), ctx.catalogue.clone(), ctx.profile.clone(), ctx.supplied.clone());
+            let pki = tokio::task::spawn_blocking(move || store::issue_pki(&ids, &topo, &catalogue, &model, &profile, supplied.as_deref()))
                 .await
                 .map_err(|e| StepError::new(format!("issuing panicked: {e}")))??;
             pki.persist(&ctx.run.pki_dir())?;

@@ -248,7 +248,17 @@ impl NewPki {
 /// Issues the certificates named by the plan's issuePki step. With the CA kept, leaves are
 /// signed by the CA from the API model's certificateProfile; the front-proxy client always
 /// comes with a new front-proxy CA, whose key no node keeps.
-pub fn issue_pki(ids: &[String], topo: &Topology, catalogue: &[CertEntry], model: &ApiModel, profile: &Profile) -> Result<NewPki, StoreError> {
+///
+/// With `supplied` (the operator's `--certificate-profile`), every certificate the API model
+/// keeps is taken from it as it is; only the others (front-proxy, kubelet serving) are issued.
+pub fn issue_pki(
+    ids: &[String],
+    topo: &Topology,
+    catalogue: &[CertEntry],
+    model: &ApiModel,
+    profile: &Profile,
+    supplied: Option<&CertificateProfile>,
+) -> Result<NewPki, StoreError> {
     let now = time::OffsetDateTime::now_utc();
     let not_before = now - time::Duration::minutes(5);
     let until = |d: crate::model::profile::Duration| now + time::Duration::seconds(d.as_secs() as i64);
@@ -270,7 +280,13 @@ pub fn issue_pki(ids: &[String], topo: &Topology, catalogue: &[CertEntry], model
     let wanted = |id: &str| ids.iter().any(|i| i == id);
     let mut items = BTreeMap::new();
 
-    let ca_pair = if wanted("ca") {
+    let supplied_ca = supplied.and_then(|cp| supplied_pair(cp, &ApiModelField::Pair { cert: "caCertificate".into(), key: "caPrivateKey".into() }));
+    let ca_pair = if let Some(pair) = supplied_ca {
+        if wanted("ca") {
+            items.insert("ca".to_string(), pair.clone());
+        }
+        pair
+    } else if wanted("ca") {
         let t = entry("ca")?.template(profile.key.ca_key(), not_before, until(profile.validity.ca));
         let pair = issue::issue_ca(&t).map_err(failed("the cluster CA"))?;
         items.insert("ca".to_string(), pair.clone());
@@ -304,6 +320,10 @@ pub fn issue_pki(ids: &[String], topo: &Topology, catalogue: &[CertEntry], model
             continue;
         }
         let e = entry(id)?;
+        if let Some(pair) = supplied.zip(e.apimodel_field.as_ref()).and_then(|(cp, field)| supplied_pair(cp, field)) {
+            items.insert(id.clone(), pair);
+            continue;
+        }
         let pair = match e.kind {
             CertKind::KubeletServer => {
                 let t = e.template(profile.key.leaf_key(), not_before, until(profile.validity.leaf));
@@ -340,6 +360,15 @@ pub fn issue_pki(ids: &[String], topo: &Topology, catalogue: &[CertEntry], model
         items.insert(id.clone(), pair);
     }
     Ok(NewPki { items, ca_cert_pem: ca_pair.cert_pem, proxy_ca_cert_pem })
+}
+
+/// The pair a certificateProfile holds for one of its fields, when both halves are there.
+fn supplied_pair(cp: &CertificateProfile, field: &ApiModelField) -> Option<KeyCertPair> {
+    let (cert, key) = match field {
+        ApiModelField::Pair { cert, .. } => cp.pair(cert),
+        ApiModelField::PeerIndex(i) => (cp.etcd_peer_certificates.get(*i).map(String::as_str), cp.etcd_peer_private_keys.get(*i).map(String::as_str)),
+    };
+    Some(KeyCertPair { cert_pem: cert?.to_string(), key_pem: key?.to_string() })
 }
 
 /// The apiserver's current key, from apiServerPrivateKey in the API model, checked against

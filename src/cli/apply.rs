@@ -95,6 +95,14 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
     ctx.apiserver = a.cluster.apiserver.clone();
     ctx.azure = azure;
     ctx.old_admin_kubeconfig = old_admin;
+    if let Some(recorded) = &plan.supplied_certificates {
+        // A resumed run installs what the first run persisted; the file is needed only
+        // until then.
+        let persisted = matches!(NewPki::load(&ctx.run.pki_dir()), Ok(Some(_)));
+        if !persisted {
+            ctx.supplied = Some(Arc::new(super::supplied::reload(recorded)?));
+        }
+    }
 
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
     let plan_path = a.plan_file.clone();

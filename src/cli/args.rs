@@ -49,8 +49,9 @@ pub struct ModelArgs {
     #[arg(long, value_name = "NAME|PATH", default_value = "renew-expiring")]
     pub profile: String,
 
-    /// aks-engine's certificate profile JSON (certificates you supply); `validate` checks it,
-    /// `plan` does not take it yet.
+    /// aks-engine's certificate profile JSON: certificates you supply instead of having
+    /// certrotate issue them (the front-proxy pair and kubelet serving certificates still
+    /// follow --profile). The plan records the file's digest, never its keys.
     #[arg(long, value_name = "FILE")]
     pub certificate_profile: Option<PathBuf>,
 

@@ -5,6 +5,7 @@ pub mod args;
 mod apply;
 mod plan;
 mod status;
+mod supplied;
 mod validate;
 
 use args::{Cli, Command};

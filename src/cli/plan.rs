@@ -4,6 +4,7 @@
 use super::args::{ClusterArgs, GraphArgs, PlanArgs, ShowArgs};
 use super::status::read_cluster;
 use super::Outcome;
+use crate::model::apimodel::ApiModel;
 use crate::model::inventory::{Inventory, ObservedContent};
 use crate::model::profile::Profile;
 use crate::model::topology::{Role, Topology};
@@ -45,18 +46,15 @@ pub struct MadePlan {
 /// Refreshes the cluster, diffs it against the profile, builds and checks the graph, and
 /// seals the result as a plan file (not written anywhere).
 pub fn make_plan(args: &ClusterArgs) -> miette::Result<MadePlan> {
-    if let Some(path) = &args.model.certificate_profile {
-        // Loaded and checked by `validate`; planning with user-supplied certificates as the
-        // desired state is not built yet, and silently ignoring the flag would mislead.
-        return Err(miette!(
-            help = "check the file with `certrotate validate --certificate-profile FILE`; plan without the flag to have certrotate issue the certificates",
-            "planning with --certificate-profile {} (certificates you supply) is not built yet; nothing was read or changed",
-            path.display()
-        ));
-    }
     let profile = Profile::load(&args.model.profile)?;
-    let (model, topo, cat, inventory) = read_cluster(args)?;
     let now = time::OffsetDateTime::now_utc();
+    // The operator's certificates are checked before the cluster is contacted: a bad file
+    // costs nothing but a message.
+    let supplied = match &args.model.certificate_profile {
+        Some(path) => Some(super::supplied::load(path, &ApiModel::load(&args.model.api_model)?, args.model.name_suffix.as_deref(), now)?),
+        None => None,
+    };
+    let (model, topo, cat, inventory) = read_cluster(args)?;
     let audit = audit_certificate_profile(&model, &cat, now)?;
     let diff = diff_with(DiffInput {
         topology: &topo,
@@ -65,6 +63,7 @@ pub fn make_plan(args: &ClusterArgs) -> miette::Result<MadePlan> {
         apimodel_certificates: Some(&audit.certificates),
         profile: &profile,
         now,
+        supplied: supplied.as_ref().map(|s| s.facts.as_slice()),
     });
     let action_graph = graph::build(&diff, &topo, &profile);
     action_graph.validate().map_err(|e| miette!("internal error: the planned action graph is invalid: {e}"))?;
@@ -82,6 +81,10 @@ pub fn make_plan(args: &ClusterArgs) -> miette::Result<MadePlan> {
         },
     };
     let mut plan = parts.into_plan(cluster, profile);
+    if let Some(s) = supplied {
+        plan.supplied_certificates = Some(s.file);
+        plan.findings.extend(s.findings);
+    }
     // Agents only the Kubernetes API knows (see status::add_registered_nodes): say so in the plan.
     let from_model = Topology::derive_with_suffix(&model, &topo.name_suffix)?;
     for added in from_model.agents_missing_from(&topo) {
@@ -157,6 +160,9 @@ pub fn run_show(a: &ShowArgs) -> miette::Result<Outcome> {
             "Plan for {} ({}), made {} by certrotate {} with profile {}.\n",
             plan.cluster.dns_prefix, plan.cluster.apiserver_fqdn, plan.created_at, plan.tool_version, plan.profile.name
         );
+        if let Some(s) = &plan.supplied_certificates {
+            println!("Certificates supplied by {} ({}); apply reads them from there.\n", s.path.display(), s.digest);
+        }
         print!("{}", render::human(&view, colour_wanted()));
     }
     Ok(Outcome::Ok)

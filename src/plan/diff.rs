@@ -32,6 +32,10 @@ pub struct DiffInput<'a> {
     pub apimodel_certificates: Option<&'a [(String, CertFacts)]>,
     pub profile: &'a Profile,
     pub now: OffsetDateTime,
+    /// Certificates the operator supplied with `--certificate-profile` (catalogue id, facts):
+    /// for those, the desired state is exactly that certificate, whatever the profile's
+    /// policies say. `None` when certrotate issues everything.
+    pub supplied: Option<&'a [(String, CertFacts)]>,
 }
 
 /// The decision about one catalogue certificate, cluster-wide.
@@ -77,6 +81,8 @@ pub struct Diff {
     pub expired: Vec<ExpiredCopy>,
     /// Nodes where kubelet-client-current.pem exists and must go because the CA changes.
     pub kubelet_client_current_removals: Vec<String>,
+    /// Whether the apiserver ends up with another key pair (see `apiserver_key_changes`).
+    pub apiserver_new_key: bool,
 }
 
 impl Diff {
@@ -111,8 +117,9 @@ impl Diff {
     /// Whether the apiserver gets a new key pair; service-account tokens are signed with it. A
     /// reissue under the kept CA keeps the key (as `kubeadm certs renew` does), so tokens stay
     /// valid while masters restart one at a time.
+    /// A supplied apiserver certificate brings its own key, which may differ.
     pub fn apiserver_key_changes(&self) -> bool {
-        matches!(self.action_of("apiserver"), ChangeAction::Replace | ChangeAction::Create)
+        self.apiserver_new_key
     }
 
     /// Whether the cluster is past the point where its API can be used before rotation.
@@ -147,7 +154,7 @@ impl Diff {
 
 /// `diff_with` without the API model's certificateProfile.
 pub fn diff(topo: &Topology, catalogue: &[CertEntry], inventory: &Inventory, profile: &Profile, now: OffsetDateTime) -> Diff {
-    diff_with(DiffInput { topology: topo, catalogue, inventory, apimodel_certificates: None, profile, now })
+    diff_with(DiffInput { topology: topo, catalogue, inventory, apimodel_certificates: None, profile, now, supplied: None })
 }
 
 /// The id the saved plan uses for a catalogue kind.
@@ -399,7 +406,8 @@ fn api_critical(kind: CertKind) -> bool {
 
 /// Computes the diff.
 pub fn diff_with(input: DiffInput<'_>) -> Diff {
-    let DiffInput { topology: topo, catalogue, inventory, apimodel_certificates, profile, now } = input;
+    let DiffInput { topology: topo, catalogue, inventory, apimodel_certificates, profile, now, supplied } = input;
+    let supplied_facts = |id: &str| supplied.and_then(|s| s.iter().find(|(i, _)| i == id).map(|(_, f)| f));
     let mut findings: Vec<Finding> = Vec::new();
 
     // Which topology nodes were observed; the others are named so the plan cannot look complete.
@@ -449,7 +457,18 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
         }
         ca_policy_reason(policy, ca.map(|c| &c.facts), now, what)
     };
-    let cluster_ca_reason = ca_decision(CertId::Ca, &profile.ca, cluster_ca.as_ref(), "cluster CA");
+    let cluster_ca_reason = match supplied_facts("ca") {
+        // The operator's CA is the desired one: it replaces the cluster CA unless the nodes
+        // already trust exactly it, whatever the profile's CA policy says.
+        Some(want) => match &cluster_ca {
+            Some(ca) if ca.facts.sha256_fingerprint == want.sha256_fingerprint => None,
+            _ => Some(reason(
+                ReasonCode::Supplied,
+                format!("the certificate profile you supplied holds another cluster CA ({})", short_fingerprint(&want.sha256_fingerprint)),
+            )),
+        },
+        None => ca_decision(CertId::Ca, &profile.ca, cluster_ca.as_ref(), "cluster CA"),
+    };
     let mut proxy_ca_reason = ca_decision(CertId::ProxyCa, &profile.front_proxy.ca, proxy_ca.as_ref(), "front-proxy CA");
     if let Some(ca) = &cluster_ca {
         if ca.facts.not_after <= now && cluster_ca_reason.is_none() {
@@ -521,7 +540,9 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
     for entry in catalogue {
         let id = cert_id(entry.kind);
         let desired = desired_entry(entry, profile);
-        let in_scope = profile.in_scope(id);
+        let supplied_cert = supplied_facts(&entry.id()).filter(|_| !is_authority(entry.kind));
+        // What the operator supplied is wanted whatever the profile's scope says.
+        let in_scope = profile.in_scope(id) || supplied_facts(&entry.id()).is_some();
         let (signer, signer_reason): (Option<&ObservedCa>, Option<&Reason>) = match entry.issuer {
             IssuerRef::ClusterCa => (cluster_ca.as_ref(), cluster_ca_reason.as_ref()),
             IssuerRef::FrontProxyCa => (proxy_ca.as_ref(), proxy_ca_reason.as_ref()),
@@ -744,6 +765,25 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
             ChangeAction::Replace
         } else if is_authority(entry.kind) {
             ChangeAction::Noop
+        } else if let Some(want) = supplied_cert {
+            // Exactly the supplied certificate is wanted: installed where a node or the API
+            // model holds anything else, or where its key is missing or wrong.
+            let other = |f: &CertFacts| f.sha256_fingerprint != want.sha256_fingerprint;
+            let on_nodes = copies.iter().any(|c| c.cert_facts().is_none_or(|(f, _)| other(f)));
+            let in_model = apimodel_copy.as_ref().is_some_and(|(_, f, _)| f.is_none_or(other));
+            let broken_key = per_copy.iter().flat_map(|(r, _)| r).any(|r| matches!(r.code, ReasonCode::KeyMismatch | ReasonCode::Missing));
+            if on_nodes || in_model || broken_key {
+                all_reasons.insert(
+                    0,
+                    reason(
+                        ReasonCode::Supplied,
+                        format!("the certificate profile you supplied holds another certificate ({})", short_fingerprint(&want.sha256_fingerprint)),
+                    ),
+                );
+                if nothing_observed { ChangeAction::Create } else { ChangeAction::Reissue }
+            } else {
+                ChangeAction::Noop
+            }
         } else if profile.leaves == LeafPolicy::Always {
             // No ReasonCode names the leaf policy; CaPolicy is the closest ("the profile says so").
             all_reasons.insert(0, reason(ReasonCode::CaPolicy, "the profile reissues every certificate in scope (leaves: always)"));
@@ -766,6 +806,19 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
             }
         }
 
+        // What plan can already tell about the material apply installs.
+        let known_after = KnownAfter {
+            exact: supplied_facts(&entry.id()),
+            exact_issuer: match entry.issuer {
+                IssuerRef::ClusterCa => supplied_facts("ca").map(|f| f.sha256_fingerprint.clone()),
+                _ => None,
+            },
+            // A reissue under the kept CA keeps the apiserver key of the API model (see
+            // `Diff::apiserver_key_changes`).
+            kept_public_key: (entry.kind == CertKind::Apiserver && action == ChangeAction::Reissue)
+                .then(|| apimodel_facts("apiserver").map(|f| f.public_key_sha256.clone()))
+                .flatten(),
+        };
         let holder_names: Vec<String> = copies.iter().map(|c| c.node.name.clone()).collect();
         let summary_reason = all_reasons.first().cloned();
         let per_target_reasons = |own: &[Reason], missing: bool| -> (ChangeAction, Vec<Reason>) {
@@ -784,7 +837,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                 if let Some(r) = all_reasons.iter().find(|r| r.code == ReasonCode::SignerReplaced) {
                     reasons.push(r.clone());
                 }
-            } else if profile.leaves == LeafPolicy::Always {
+            } else if profile.leaves == LeafPolicy::Always || supplied_cert.is_some() {
                 reasons.push(all_reasons[0].clone());
             }
             for r in own {
@@ -806,7 +859,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
             let (a, reasons) = per_target_reasons(own, *missing);
             let issuer_fp = signer.map(|c| c.facts.sha256_fingerprint.as_str());
             let before = copy.cert_facts().map(|(f, _)| attributes(f, issuer_fp)).unwrap_or_default();
-            let after = after_attributes(entry, &desired, a, profile, now, signer, signer_reason.is_some() || own_ca_reason.is_some());
+            let after = after_attributes(entry, &desired, a, profile, now, signer, signer_reason.is_some() || own_ca_reason.is_some(), &known_after);
             node_changes.entry(copy.node.name.clone()).or_default().push(CertificateChange {
                 certificate: id,
                 location: entry.cert_file.path.clone(),
@@ -862,7 +915,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                     action: a,
                     reasons,
                     before: facts.map(|f| attributes(f, issuer_fp)).unwrap_or_default(),
-                    after: after_attributes(entry, &desired, a, profile, now, signer, signer_reason.is_some() || own_ca_reason.is_some()),
+                    after: after_attributes(entry, &desired, a, profile, now, signer, signer_reason.is_some() || own_ca_reason.is_some(), &known_after),
                 });
             }
         }
@@ -1010,6 +1063,14 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
         changes.push(TargetChanges { target: ChangeTarget::Etcd {}, certificates: etcd_changes });
     }
 
+    let apiserver_new_key = match decisions.iter().find(|d| d.id == "apiserver").map(|d| d.action) {
+        Some(ChangeAction::Replace | ChangeAction::Create) => true,
+        // Certrotate reissues with the API model's key; a supplied certificate brings its own.
+        Some(ChangeAction::Reissue) => supplied_facts("apiserver")
+            .is_some_and(|want| apimodel_facts("apiserver").is_none_or(|have| have.public_key_sha256 != want.public_key_sha256)),
+        _ => false,
+    };
+
     Diff {
         profile_name: profile.name.clone(),
         now,
@@ -1018,7 +1079,19 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
         decisions,
         expired,
         kubelet_client_current_removals: removals,
+        apiserver_new_key,
     }
+}
+
+/// What plan already knows about a certificate apply will install.
+#[derive(Default)]
+struct KnownAfter<'a> {
+    /// The very certificate (supplied by the operator).
+    exact: Option<&'a CertFacts>,
+    /// Fingerprint of the supplied CA that signs it.
+    exact_issuer: Option<String>,
+    /// Public-key fingerprint of a key that is kept.
+    kept_public_key: Option<String>,
 }
 
 /// Attributes after apply: what the profile decides is known now, what only issuance decides
@@ -1031,10 +1104,15 @@ fn after_attributes(
     now: OffsetDateTime,
     signer: Option<&ObservedCa>,
     signer_changes: bool,
+    known: &KnownAfter<'_>,
 ) -> BTreeMap<String, AttrValue> {
     let mut out = BTreeMap::new();
     if action == ChangeAction::Noop {
         return out;
+    }
+    if let Some(facts) = known.exact {
+        let issuer_fp = known.exact_issuer.clone().or_else(|| signer.filter(|_| !signer_changes).map(|c| c.facts.sha256_fingerprint.clone()));
+        return attributes(facts, issuer_fp.as_deref());
     }
     let id = cert_id(entry.kind);
     let validity = profile.validity_for(id);
@@ -1059,7 +1137,10 @@ fn after_attributes(
     out.insert("dnsSans".into(), AttrValue::List(desired.dns_sans.clone()));
     out.insert("ipSans".into(), AttrValue::List(desired.ip_sans.iter().map(|i| i.to_string()).collect()));
     out.insert("key".into(), AttrValue::Text(key_text(profile.key_for(id))));
-    out.insert("publicKey".into(), AttrValue::Unknown);
+    out.insert(
+        "publicKey".into(),
+        known.kept_public_key.as_deref().map(|k| AttrValue::Text(fingerprint(k))).unwrap_or(AttrValue::Unknown),
+    );
     out.insert("fingerprint".into(), AttrValue::Unknown);
     out.insert("serial".into(), AttrValue::Unknown);
     out

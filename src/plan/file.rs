@@ -42,6 +42,11 @@ pub struct PlanFile {
     pub profile: Profile,
     /// `Profile::digest()` of `profile`.
     pub profile_digest: Sha256Digest,
+    /// The certificates the operator supplied (`--certificate-profile`): the file and the
+    /// digest of its bytes. Apply reads the material from that file again and refuses it if
+    /// it changed; the plan itself holds no key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub supplied_certificates: Option<FileDigest>,
     /// Digests of everything read from the cluster, so apply can tell whether it changed.
     pub observed: Observed,
     /// What changes, per target (node, API model, etcd), per certificate.
@@ -247,6 +252,8 @@ pub enum ReasonCode {
     UpToDate,
     /// Not managed under this profile's scope.
     OutOfScope,
+    /// The operator supplied another certificate (`--certificate-profile`).
+    Supplied,
 }
 
 /// An attribute value in `before`/`after`. `Unknown` is a value only apply will know (the
@@ -622,6 +629,7 @@ impl PlanFile {
             cluster,
             profile_digest: profile.digest(),
             profile,
+            supplied_certificates: None,
             observed: Observed::default(),
             changes: Vec::new(),
             findings: Vec::new(),

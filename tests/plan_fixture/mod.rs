@@ -227,6 +227,20 @@ impl Cluster {
             apimodel_certificates: Some(&self.apimodel),
             profile,
             now: NOW,
+            supplied: None,
+        })
+    }
+
+    /// The diff with certificates supplied by the operator (`--certificate-profile`).
+    pub fn diff_supplied(&self, profile: &Profile, supplied: &[(String, CertFacts)]) -> Diff {
+        diff::diff_with(DiffInput {
+            topology: &self.topo,
+            catalogue: &self.catalogue,
+            inventory: &self.inventory,
+            apimodel_certificates: Some(&self.apimodel),
+            profile,
+            now: NOW,
+            supplied: Some(supplied),
         })
     }
 

@@ -163,28 +163,33 @@ pub fn apimodel(layout: &Layout, pki: Option<&ClusterPki>, identity: &Identity, 
     let properties = model["properties"].as_object_mut().expect("properties is an object");
     match pki {
         Some(pki) => {
-            properties["certificateProfile"] = json!({
-                "caCertificate": pki.ca.cert_pem,
-                "caPrivateKey": pki.ca.key_pem,
-                "apiServerCertificate": pki.apiserver.cert_pem,
-                "apiServerPrivateKey": pki.apiserver.key_pem,
-                "clientCertificate": pki.client.cert_pem,
-                "clientPrivateKey": pki.client.key_pem,
-                "kubeConfigCertificate": pki.kubectl_client.cert_pem,
-                "kubeConfigPrivateKey": pki.kubectl_client.key_pem,
-                "etcdServerCertificate": pki.etcd_server.cert_pem,
-                "etcdServerPrivateKey": pki.etcd_server.key_pem,
-                "etcdClientCertificate": pki.etcd_client.cert_pem,
-                "etcdClientPrivateKey": pki.etcd_client.key_pem,
-                "etcdPeerCertificates": pki.etcd_peers.iter().map(|p| p.cert_pem.clone()).collect::<Vec<_>>(),
-                "etcdPeerPrivateKeys": pki.etcd_peers.iter().map(|p| p.key_pem.clone()).collect::<Vec<_>>(),
-            });
+            properties["certificateProfile"] = certificate_profile(pki);
         }
         None => {
             properties.shift_remove("certificateProfile");
         }
     }
     model
+}
+
+/// The certificateProfile object of the API model (also the file `--certificate-profile` reads).
+pub fn certificate_profile(pki: &ClusterPki) -> serde_json::Value {
+    json!({
+        "caCertificate": pki.ca.cert_pem,
+        "caPrivateKey": pki.ca.key_pem,
+        "apiServerCertificate": pki.apiserver.cert_pem,
+        "apiServerPrivateKey": pki.apiserver.key_pem,
+        "clientCertificate": pki.client.cert_pem,
+        "clientPrivateKey": pki.client.key_pem,
+        "kubeConfigCertificate": pki.kubectl_client.cert_pem,
+        "kubeConfigPrivateKey": pki.kubectl_client.key_pem,
+        "etcdServerCertificate": pki.etcd_server.cert_pem,
+        "etcdServerPrivateKey": pki.etcd_server.key_pem,
+        "etcdClientCertificate": pki.etcd_client.cert_pem,
+        "etcdClientPrivateKey": pki.etcd_client.key_pem,
+        "etcdPeerCertificates": pki.etcd_peers.iter().map(|p| p.cert_pem.clone()).collect::<Vec<_>>(),
+        "etcdPeerPrivateKeys": pki.etcd_peers.iter().map(|p| p.key_pem.clone()).collect::<Vec<_>>(),
+    })
 }
 
 pub fn azuredeploy(layout: &Layout) -> serde_json::Value {
