@@ -137,27 +137,87 @@ fn on_node(lab: &Lab, node: &str, command: &str) {
     assert!(out.status.success(), "{command} on {node}: {}", text(&out));
 }
 
+/// Writes `content` to `path` on a lab node as root (through the jumpbox, over stdin).
+fn put_file(lab: &Lab, node: &str, path: &str, content: &str) {
+    use std::io::Write;
+    let env = lab.env();
+    let mut child = Command::new("ssh")
+        .arg("-F")
+        .arg(&env["LAB_SSH_CONFIG"])
+        .arg("-J")
+        .arg(format!("azureuser@{}", env["LAB_SSH_HOST"]))
+        .arg(format!("azureuser@{node}"))
+        .arg(format!("sudo tee {path} >/dev/null"))
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(content.as_bytes()).unwrap();
+    assert!(child.wait().unwrap().success(), "writing {path} on {node}");
+}
+
+/// Every drift case of the plan issue, made on a live cluster by hand as an operator (or a
+/// half-finished earlier rotation) would leave it, each found by plan as its own finding.
 #[test]
 fn drift_on_live_nodes_shows_as_findings() {
+    use certrotate::pki::catalogue::{catalogue, CertKind};
+    use certrotate::pki::issue::{issue_ca, CertificateAuthority};
+    use certrotate::pki::{KeyCertPair, KeySpec};
     let dir = tempfile::tempdir().unwrap();
     let lab = up(dir.path(), Expiry::Default);
     let suffix = lab.env()["LAB_NAME_SUFFIX"].clone();
     let agent = format!("k8s-agentpool1-{suffix}-0");
+    let master0 = format!("k8s-master-{suffix}-0");
     let master1 = format!("k8s-master-{suffix}-1");
-    // A key readable by everyone, and a master whose apiserver key belongs to another cert.
+    let master2 = format!("k8s-master-{suffix}-2");
+    let model_path = std::path::PathBuf::from(&lab.env()["LAB_API_MODEL"]);
+    let entries = catalogue(&lab::pki::topology_of(&lab.layout, &model_path).unwrap());
+    let entry = |kind: CertKind| entries.iter().find(|e| e.kind == kind).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    let window = (now - time::Duration::hours(1), now + time::Duration::days(365));
+
+    // Wrong mode and owner.
     on_node(&lab, &agent, "chmod 0644 /etc/kubernetes/certs/client.key");
+    on_node(&lab, &master0, "chown azureuser /etc/kubernetes/certs/apiserver.crt");
+    // A master whose apiserver key belongs to another certificate.
     on_node(&lab, &master1, "cp /etc/kubernetes/certs/client.key /etc/kubernetes/certs/apiserver.key");
+    // An etcd peer certificate from another CA: that member could not join the quorum.
+    let foreign_ca = issue_ca(&entry(CertKind::Ca).template(KeySpec::Rsa2048, window.0, window.1)).unwrap();
+    let foreign_peer = CertificateAuthority::load(&foreign_ca).unwrap().issue(&entry(CertKind::EtcdPeer(2)).template(KeySpec::Rsa2048, window.0, window.1)).unwrap();
+    put_file(&lab, &master2, "/etc/kubernetes/certs/etcdpeer2.crt", &foreign_peer.cert_pem);
+    put_file(&lab, &master2, "/etc/kubernetes/certs/etcdpeer2.key", &foreign_peer.key_pem);
+    // Front-proxy files on one master that are not what etcd holds.
+    on_node(&lab, &master2, "cp /etc/kubernetes/certs/proxy-ca.crt /etc/kubernetes/certs/proxy.crt");
+    // The API model's certificateProfile holding another etcd client certificate (signed by the
+    // right CA, so the API model itself is consistent) than the nodes.
+    let mut doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&model_path).unwrap()).unwrap();
+    let cp = &mut doc["properties"]["certificateProfile"];
+    let ca = KeyCertPair { cert_pem: cp["caCertificate"].as_str().unwrap().into(), key_pem: cp["caPrivateKey"].as_str().unwrap().into() };
+    let other_client = CertificateAuthority::load(&ca).unwrap().issue(&entry(CertKind::EtcdClient).template(KeySpec::Rsa2048, window.0, window.1)).unwrap();
+    cp["etcdClientCertificate"] = other_client.cert_pem.clone().into();
+    cp["etcdClientPrivateKey"] = other_client.key_pem.clone().into();
+    std::fs::write(&model_path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
 
     let out = plan(&lab, "renew-expiring", &["--json"]);
     assert!(matches!(out.status.code(), Some(0) | Some(2)), "{}", text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     let findings = json["findings"].as_array().unwrap();
-    let has = |code: &str, node: &str, path_end: &str| {
+    let has = |code: &str, node: Option<&str>, path_end: &str| {
         findings.iter().any(|f| {
-            f["code"] == code && f["node"] == node && f["path"].as_str().is_some_and(|p| p.ends_with(path_end))
+            f["code"] == code
+                && node.is_none_or(|n| f["node"] == n)
+                && f["path"].as_str().is_some_and(|p| p.ends_with(path_end))
         })
     };
-    assert!(has("wrong-mode", &agent, "client.key"), "mode drift not found: {findings:#?}");
-    assert!(has("key-mismatch", &master1, "apiserver.key"), "key mismatch not found: {findings:#?}");
+    assert!(has("wrong-mode", Some(&agent), "client.key"), "mode drift not found: {findings:#?}");
+    assert!(has("wrong-owner", Some(&master0), "apiserver.crt"), "owner drift not found: {findings:#?}");
+    assert!(has("key-mismatch", Some(&master1), "apiserver.key"), "key mismatch not found: {findings:#?}");
+    assert!(has("etcd-peer-ca-mismatch", Some(&master2), "etcdpeer2.crt"), "etcd peer from another CA not found: {findings:#?}");
+    assert!(has("front-proxy-etcd-differs", Some(&master2), "proxy.crt"), "front-proxy drift from etcd not found: {findings:#?}");
+    assert!(has("apimodel-differs", None, "/certificateProfile/etcdClientCertificate"), "API model drift not found: {findings:#?}");
+    // Each drift on a node is also a reason to fix it: the plan reissues what is wrong.
+    assert_eq!(out.status.code(), Some(2), "drift must plan changes: {}", text(&out));
+    // Nodes without drift raise no node finding of these kinds.
+    let agent1 = format!("k8s-agentpool1-{suffix}-1");
+    assert!(!findings.iter().any(|f| f["node"] == agent1.as_str() && f["severity"] != "info"), "{findings:#?}");
     lab.down().unwrap();
 }
