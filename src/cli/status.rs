@@ -10,7 +10,7 @@ use crate::model::inventory::{Inventory, ObservedContent};
 use crate::model::topology::Topology;
 use crate::pki::audit::compare;
 use crate::pki::catalogue::{self, CertEntry};
-use crate::remote::refresh::{refresh, RefreshError, RefreshOptions};
+use crate::remote::refresh::{refresh_over_ssh, RefreshError, RefreshOptions};
 use crate::remote::ssh::{HostKeyPolicy, SshFleet, SshSettings};
 use miette::{miette, IntoDiagnostic};
 use std::path::PathBuf;
@@ -137,7 +137,7 @@ pub fn read_cluster(args: &ClusterArgs) -> miette::Result<(ApiModel, Topology, V
     let settings = ssh_settings(args, &model, &topo)?;
     let fleet = Arc::new(SshFleet::new(settings).into_diagnostic()?);
     let opts = RefreshOptions { parallelism: args.parallelism as usize, skip_unreachable: args.skip_unreachable };
-    let inventory = runtime.block_on(refresh(fleet, &topo, &cat, opts)).map_err(|e| {
+    let inventory = runtime.block_on(refresh_over_ssh(fleet, &topo, &cat, opts)).map_err(|e| {
         let help = match &e {
             RefreshError::HostKey(_) => "do not go on until you know why the key changed; nothing was read or changed",
             RefreshError::Unreachable(_) => {

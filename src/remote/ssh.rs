@@ -82,6 +82,10 @@ pub enum RemoteError {
     CommandFailed { node: String, what: String, code: i32, stderr: String },
     #[error("local SSH set-up failed: {0}")]
     Local(String),
+    /// A failure the caller's own connection handling already put into words (apply's
+    /// sessions, which reconnect once and time out).
+    #[error("{0}")]
+    Reported(String),
 }
 
 /// The generated ssh_config and control sockets of one run; removed on drop. The hops to
