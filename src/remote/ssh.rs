@@ -88,9 +88,10 @@ pub enum RemoteError {
     Reported(String),
 }
 
-/// The generated ssh_config and control sockets of one run; removed on drop. The hops to
-/// the nodes behind the jumpbox share one multiplexed connection to it (ControlMaster in the
-/// generated config), so the jumpbox sees two logins per run: its own session and the tunnel.
+/// The generated ssh_config and control sockets of one run; removed on drop. One
+/// multiplexed connection to the jumpbox (ControlMaster in the generated config) carries both
+/// the jumpbox's own commands and the hops to the nodes behind it, so every node, the jumpbox
+/// included, sees one login per run.
 pub struct SshFleet {
     settings: SshSettings,
     dir: tempfile::TempDir,
@@ -142,6 +143,11 @@ impl SshFleet {
         self.dir.path().join("ssh_config")
     }
 
+    /// The control socket of the shared jumpbox connection (one per run: the directory is).
+    fn jumpbox_control_path(&self) -> PathBuf {
+        self.dir.path().join("jumpbox")
+    }
+
     fn ssh_config(&self) -> String {
         let s = &self.settings;
         let strict = match s.host_keys {
@@ -150,7 +156,7 @@ impl SshFleet {
         };
         format!(
             "Host {JUMPBOX_ALIAS}\n  HostName {host}\n  Port {port}\n  HostKeyAlias {host}\n  \
-             ControlMaster auto\n  ControlPath {dir}/jump-%C\n\n\
+             ControlMaster auto\n  ControlPath {ctl}\n\n\
              Host * !{JUMPBOX_ALIAS}\n  ProxyJump {JUMPBOX_ALIAS}\n\n\
              Host *\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  IdentityAgent none\n  \
              UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking {strict}\n  \
@@ -162,7 +168,7 @@ impl SshFleet {
             key = s.private_key.display(),
             kh = s.host_keys.file().display(),
             timeout = s.connect_timeout.as_secs().max(1),
-            dir = self.dir.path().display(),
+            ctl = self.jumpbox_control_path().display(),
         )
     }
 
@@ -180,14 +186,21 @@ impl SshFleet {
             .user(self.settings.user.clone())
             .connect_timeout(self.settings.connect_timeout)
             .control_directory(self.dir.path());
-        if via_jumpbox {
-            if let Err(message) = self.tunnel().await {
-                return Err(self.classify_text(node, message));
+        if let Err(message) = self.tunnel().await {
+            return Err(self.classify_text(node, message));
+        }
+        if !via_jumpbox {
+            // The jumpbox's own commands ride the tunnel's connection rather than a second
+            // login; when that connection has gone (the jumpbox rebooted during apply), the
+            // jumpbox gets a connection of its own as the hops' ProxyJump does.
+            let shared = Session::resume_mux(self.jumpbox_control_path().into_boxed_path(), None);
+            if shared.check().await.is_ok() {
+                return Ok(NodeSession { node: node.to_string(), session: shared, shared: true });
             }
         }
         let destination = if via_jumpbox { node } else { JUMPBOX_ALIAS };
         let session = b.connect_mux(destination).await.map_err(|e| self.classify(node, &e))?;
-        Ok(NodeSession { node: node.to_string(), session })
+        Ok(NodeSession { node: node.to_string(), session, shared: false })
     }
 
     /// Opens the shared connection to the jumpbox that every hop multiplexes over (ssh's
@@ -246,6 +259,9 @@ impl SshFleet {
 pub struct NodeSession {
     node: String,
     session: Session,
+    /// The jumpbox's session on the shared tunnel: closing it must not stop the tunnel the
+    /// other nodes' hops go through (dropping a resumed session leaves the master alone).
+    shared: bool,
 }
 
 impl NodeSession {
@@ -299,7 +315,9 @@ impl NodeSession {
     }
 
     pub async fn close(self) {
-        let _ = self.session.close().await;
+        if !self.shared {
+            let _ = self.session.close().await;
+        }
     }
 }
 
