@@ -61,6 +61,7 @@ pub fn ssh_settings(args: &ClusterArgs, model: &ApiModel, topo: &Topology) -> mi
         private_key: key,
         host_keys,
         connect_timeout: std::time::Duration::from_secs(15),
+        no_private_keys: false,
     })
 }
 
@@ -134,7 +135,8 @@ pub fn read_cluster(args: &ClusterArgs) -> miette::Result<(ApiModel, Topology, V
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
     let topo = add_registered_nodes(&runtime, args, &model, topo);
     let cat = catalogue::catalogue(&topo);
-    let settings = ssh_settings(args, &model, &topo)?;
+    // Refresh sends and reads no private keys (see SshSettings::no_private_keys).
+    let settings = SshSettings { no_private_keys: true, ..ssh_settings(args, &model, &topo)? };
     let fleet = Arc::new(SshFleet::new(settings).into_diagnostic()?);
     let opts = RefreshOptions { parallelism: args.parallelism as usize, skip_unreachable: args.skip_unreachable };
     let inventory = runtime.block_on(refresh_over_ssh(fleet, &topo, &cat, opts)).map_err(|e| {
