@@ -309,48 +309,28 @@ async fn preflight(ctx: &Arc<Context>, plan: &PlanFile, model: &ApiModel) -> mie
     Ok(())
 }
 
-/// Reads every node as refresh does, over the connections the walk will go on using, so each
+/// Reads every node with refresh, over the connections the walk will go on using, so each
 /// node sees one SSH login for the whole apply (reboots aside).
 async fn read_nodes(ctx: &Arc<Context>) -> miette::Result<crate::model::inventory::Inventory> {
-    use crate::remote::script::{parse_output, refresh_script, NodeReadSpec};
-    let mut tasks = tokio::task::JoinSet::new();
-    let permits = Arc::new(tokio::sync::Semaphore::new(ctx.parallelism.max(1)));
-    for node in ctx.topo.nodes() {
-        let spec = NodeReadSpec::for_node(node, &ctx.catalogue, &ctx.topo.admin_username);
-        let (ctx, permits, name) = (ctx.clone(), permits.clone(), node.name.clone());
-        tasks.spawn(async move {
-            let _permit = permits.acquire_owned().await.expect("semaphore never closes");
-            let out = ctx.run_root(&name, "refresh", &refresh_script(&spec)).await;
-            let read = out.and_then(|o| parse_output(&name, &spec, &o).map_err(|e| StepError::new(e.to_string())));
-            (name, read)
-        });
-    }
-    let mut nodes = Vec::new();
-    let mut failed = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((_, Ok(inv))) => nodes.push(inv),
-            Ok((name, Err(e))) => failed.push(format!("  {name}: {}", e.message)),
-            Err(e) => failed.push(format!("  a read task failed: {e}")),
-        }
-    }
-    if !failed.is_empty() {
-        failed.sort();
-        return Err(miette!(
+    use crate::remote::refresh::{refresh, RefreshError, RefreshOptions};
+    use crate::remote::ssh::RemoteError;
+    // Every node must answer: apply never goes on without one.
+    let opts = RefreshOptions { parallelism: ctx.parallelism, skip_unreachable: false };
+    let run_ctx = ctx.clone();
+    let read = refresh(&ctx.topo, &ctx.catalogue, opts, move |node, script| {
+        let ctx = run_ctx.clone();
+        async move { ctx.run_root(&node.name, "refresh", &script).await.map_err(|e| RemoteError::Reported(e.message)) }
+    })
+    .await;
+    read.map_err(|e| match e {
+        RefreshError::Unreachable(failed) => miette!(
             help = "every node must answer before apply changes anything; check --ssh-host and the SSH key",
             "{} node(s) could not be read; nothing was changed:\n{}",
             failed.len(),
-            failed.join("\n")
-        ));
-    }
-    let order: Vec<&str> = ctx.topo.nodes().map(|n| n.name.as_str()).collect();
-    nodes.sort_by_key(|n| order.iter().position(|o| *o == n.node));
-    for n in &nodes {
-        if !n.hostname.is_empty() {
-            crate::model::topology::check_hostname_suffix(&ctx.topo.name_suffix, &n.hostname).map_err(|e| miette!("{e}"))?;
-        }
-    }
-    Ok(crate::model::inventory::Inventory { taken_at: time::OffsetDateTime::now_utc(), nodes, unreachable: Vec::new() })
+            failed.iter().map(|u| format!("  {}: {}", u.node, u.error)).collect::<Vec<_>>().join("\n")
+        ),
+        other => miette!("{other}"),
+    })
 }
 
 /// What this plan's persisted PKI would put on each node (and in etcd), as refresh sees it.

@@ -10,7 +10,7 @@ use crate::model::inventory::{Inventory, ObservedContent};
 use crate::model::topology::Topology;
 use crate::pki::audit::compare;
 use crate::pki::catalogue::{self, CertEntry};
-use crate::remote::refresh::{refresh, RefreshError, RefreshOptions};
+use crate::remote::refresh::{refresh_over_ssh, RefreshError, RefreshOptions};
 use crate::remote::ssh::{HostKeyPolicy, SshFleet, SshSettings};
 use miette::{miette, IntoDiagnostic};
 use std::path::PathBuf;
@@ -61,6 +61,7 @@ pub fn ssh_settings(args: &ClusterArgs, model: &ApiModel, topo: &Topology) -> mi
         private_key: key,
         host_keys,
         connect_timeout: std::time::Duration::from_secs(15),
+        no_private_keys: false,
     })
 }
 
@@ -134,10 +135,11 @@ pub fn read_cluster(args: &ClusterArgs) -> miette::Result<(ApiModel, Topology, V
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
     let topo = add_registered_nodes(&runtime, args, &model, topo);
     let cat = catalogue::catalogue(&topo);
-    let settings = ssh_settings(args, &model, &topo)?;
+    // Refresh sends and reads no private keys (see SshSettings::no_private_keys).
+    let settings = SshSettings { no_private_keys: true, ..ssh_settings(args, &model, &topo)? };
     let fleet = Arc::new(SshFleet::new(settings).into_diagnostic()?);
     let opts = RefreshOptions { parallelism: args.parallelism as usize, skip_unreachable: args.skip_unreachable };
-    let inventory = runtime.block_on(refresh(fleet, &topo, &cat, opts)).map_err(|e| {
+    let inventory = runtime.block_on(refresh_over_ssh(fleet, &topo, &cat, opts)).map_err(|e| {
         let help = match &e {
             RefreshError::HostKey(_) => "do not go on until you know why the key changed; nothing was read or changed",
             RefreshError::Unreachable(_) => {

@@ -1,11 +1,14 @@
 //! Refresh: read every node's live certificate state, in parallel up to `--parallelism`,
-//! one connection and one remote command per node.
+//! one connection and one remote command per node. How a node's script is run is the
+//! caller's: `plan` and `status` open a connection per node ([`refresh_over_ssh`]), `apply`
+//! reads over the sessions its walk goes on using.
 
 use crate::model::inventory::{Inventory, NodeInventory, UnreachableNode};
 use crate::model::topology::{check_hostname_suffix, Node, Topology};
 use crate::pki::catalogue::CertEntry;
 use crate::remote::script::{parse_output, refresh_script, NodeReadSpec};
 use crate::remote::ssh::{RemoteError, SshFleet};
+use std::future::Future;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy)]
@@ -26,26 +29,47 @@ pub enum RefreshError {
     NameSuffix(String),
 }
 
-/// Reads every node of the topology. The first master is the jumpbox itself.
-pub async fn refresh(
+/// Reads every node of the topology over fresh SSH connections, one per node; the first
+/// master is the jumpbox itself.
+pub async fn refresh_over_ssh(
     fleet: Arc<SshFleet>,
     topo: &Topology,
     catalogue: &[CertEntry],
     opts: RefreshOptions,
 ) -> Result<Inventory, RefreshError> {
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.parallelism.max(1)));
     let jumpbox = topo.masters.first().map(|m| m.name.clone());
+    refresh(topo, catalogue, opts, move |node: Node, script: String| {
+        let fleet = fleet.clone();
+        let via_jumpbox = Some(&node.name) != jumpbox.as_ref();
+        async move {
+            let session = fleet.connect(&node.name, via_jumpbox).await?;
+            let out = session.run_script_as_root("refresh", &script).await;
+            session.close().await;
+            out
+        }
+    })
+    .await
+}
+
+/// Reads every node of the topology: `run(node, script)` runs the refresh script as root on
+/// the node and returns its stdout. At most `opts.parallelism` run at once; the result keeps
+/// the topology's order, and every hostname is checked against the VM name suffix.
+pub async fn refresh<F, Fut>(topo: &Topology, catalogue: &[CertEntry], opts: RefreshOptions, run: F) -> Result<Inventory, RefreshError>
+where
+    F: Fn(Node, String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<String, RemoteError>> + Send + 'static,
+{
+    let run = Arc::new(run);
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.parallelism.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     for node in topo.nodes() {
         let spec = NodeReadSpec::for_node(node, catalogue, &topo.admin_username);
-        let fleet = fleet.clone();
-        let semaphore = semaphore.clone();
-        let node: Node = node.clone();
-        let via_jumpbox = Some(&node.name) != jumpbox.as_ref();
+        let (run, semaphore, node) = (run.clone(), semaphore.clone(), node.clone());
         tasks.spawn(async move {
             let _permit = semaphore.acquire_owned().await.expect("semaphore never closes");
-            let result = read_node(&fleet, &node, via_jumpbox, &spec).await;
-            (node.name, result)
+            let name = node.name.clone();
+            let result = read_node(&*run, node, &spec).await;
+            (name, result)
         });
     }
     let mut nodes = Vec::new();
@@ -76,10 +100,12 @@ pub async fn refresh(
     Ok(Inventory { taken_at: time::OffsetDateTime::now_utc(), nodes, unreachable })
 }
 
-async fn read_node(fleet: &SshFleet, node: &Node, via_jumpbox: bool, spec: &NodeReadSpec) -> Result<NodeInventory, RemoteError> {
-    let session = fleet.connect(&node.name, via_jumpbox).await?;
-    let out = session.run_script_as_root("refresh", &refresh_script(spec)).await;
-    session.close().await;
-    let out = out?;
-    parse_output(&node.name, spec, &out).map_err(|e| RemoteError::Unreachable { node: node.name.clone(), message: e.to_string() })
+async fn read_node<F, Fut>(run: &F, node: Node, spec: &NodeReadSpec) -> Result<NodeInventory, RemoteError>
+where
+    F: Fn(Node, String) -> Fut,
+    Fut: Future<Output = Result<String, RemoteError>>,
+{
+    let name = node.name.clone();
+    let out = run(node, refresh_script(spec)).await?;
+    parse_output(&name, spec, &out).map_err(|e| RemoteError::Unreachable { node: name, message: e.to_string() })
 }

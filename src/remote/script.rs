@@ -48,14 +48,14 @@ pub fn sh_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
-/// The script for one node. `$ROOT` prefixes every path (empty on real nodes) so the same
-/// script is tested against a directory tree.
+/// The script for one node. It works from `$ROOT` (`/` on real nodes) with relative paths,
+/// so the same script is tested against a directory tree.
 pub fn refresh_script(spec: &NodeReadSpec) -> String {
     let list = |v: &[String]| v.iter().map(|p| sh_quote(p)).collect::<Vec<_>>().join(" ");
     let etcd = if spec.read_etcd_proxy {
         format!(
             r#"
-c="$ROOT{CERT_DIR}"
+c={cert_dir_rel}
 if [ -r "$c/etcdclient.key" ] && command -v etcdctl >/dev/null 2>&1; then
   e() {{ ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert="$c/ca.crt" --cert="$c/etcdclient.crt" --key="$c/etcdclient.key" --command-timeout=5s get "$1" --print-value-only 2>/dev/null; }}
   for k in {ca} {cert}; do printf 'ETCD\t%s\t%s\n' "$k" "$(e "$k" | b64)"; done
@@ -64,42 +64,54 @@ fi"#,
             ca = sh_quote(ETCD_PROXY_CA_KEY),
             cert = sh_quote(ETCD_PROXY_CERT_KEY),
             key = sh_quote(ETCD_PROXY_KEY_KEY),
+            cert_dir_rel = sh_quote(CERT_DIR.trim_start_matches('/')),
         )
     } else {
         String::new()
     };
+    // Few processes per node: refresh runs on every node at once, so each fork and exec
+    // costs wall time across the whole cluster. One stat and one sha256sum cover every file;
+    // listing the directory, the hostname and the existence tests are shell builtins; only
+    // the contents (base64) and the key derivations (openssl) need a process per file.
     format!(
         r#"set -u
-ROOT="${{ROOT:-}}"
+cd "${{ROOT:-/}}" || exit 1
 b64() {{ base64 -w0; }}
-meta() {{ printf 'FILE\t%s\t%s\t%s\n' "$1" "$(stat -c '%U	%G	%a' "$ROOT$1")" "$(sha256sum < "$ROOT$1" | cut -d' ' -f1)"; }}
-printf 'HOST\t%s\n' "$(cat /proc/sys/kernel/hostname 2>/dev/null || hostname)"
+h=; read -r h < /proc/sys/kernel/hostname 2>/dev/null || h=$(hostname)
+printf 'HOST\t%s\n' "$h"
+set --
+for f in {certs} {keys}; do
+  if [ -e "${{f#/}}" ]; then set -- "$@" "${{f#/}}"; else printf 'MISSING\t%s\n' "$f"; fi
+done
+if [ $# -gt 0 ]; then sha256sum -- "$@" | while read -r d n; do printf 'SHA\t/%s\t%s\n' "$n" "$d"; done; fi
+for f in {kubeconfigs}; do if [ -e "${{f#/}}" ]; then set -- "$@" "${{f#/}}"; fi; done
+if [ $# -gt 0 ]; then stat --printf 'FILE\t/%n\t%U\t%G\t%a\n' -- "$@"; fi
 for f in {certs}; do
-  if [ -e "$ROOT$f" ]; then meta "$f"; printf 'PEM\t%s\t%s\n' "$f" "$(b64 < "$ROOT$f")"; else printf 'MISSING\t%s\n' "$f"; fi
+  if [ -e "${{f#/}}" ]; then printf 'PEM\t%s\t%s\n' "$f" "$(b64 < "${{f#/}}")"; fi
 done
 for f in {keys}; do
-  if [ -e "$ROOT$f" ]; then
-    meta "$f"
-    p=$(openssl pkey -in "$ROOT$f" -pubout -outform DER 2>/dev/null | b64)
+  if [ -e "${{f#/}}" ]; then
+    p=$(openssl pkey -in "${{f#/}}" -pubout -outform DER 2>/dev/null | b64)
     if [ -n "$p" ]; then printf 'PUB\t%s\t%s\n' "$f" "$p"; else printf 'PUBERR\t%s\n' "$f"; fi
-  else printf 'MISSING\t%s\n' "$f"; fi
+  fi
 done
 for f in {kubeconfigs}; do
-  if [ -e "$ROOT$f" ]; then
-    printf 'KCFG\t%s\t%s\t%s\n' "$f" "$(stat -c '%U	%a' "$ROOT$f")" "$(sed -E -e 's/^([[:space:]]*client-key-data:).*/\1 REDACTED/' -e 's/("client-key-data"[[:space:]]*:[[:space:]]*")[^"]*"/\1REDACTED"/' "$ROOT$f" | b64)"
-    k=$(sed -nE -e 's/^[[:space:]]*client-key-data:[[:space:]]*"?([A-Za-z0-9+\/=]+)"?.*/\1/p' -e 's/.*"client-key-data"[[:space:]]*:[[:space:]]*"([^"]*)".*/\1/p' "$ROOT$f" | head -n1)
+  if [ -e "${{f#/}}" ]; then
+    printf 'KCFG\t%s\t%s\n' "$f" "$(sed -E -e 's/^([[:space:]]*client-key-data:).*/\1 REDACTED/' -e 's/("client-key-data"[[:space:]]*:[[:space:]]*")[^"]*"/\1REDACTED"/' "${{f#/}}" | b64)"
+    k=$(sed -nE -e '/^[[:space:]]*client-key-data:/{{s/^[[:space:]]*client-key-data:[[:space:]]*"?([A-Za-z0-9+\/=]+)"?.*/\1/p;q;}}' -e '/"client-key-data"[[:space:]]*:/{{s/.*"client-key-data"[[:space:]]*:[[:space:]]*"([^"]*)".*/\1/p;q;}}' "${{f#/}}")
     if [ -n "$k" ]; then printf 'KCFGKEYPUB\t%s\t%s\n' "$f" "$(printf %s "$k" | base64 -d 2>/dev/null | openssl pkey -pubout -outform DER 2>/dev/null | b64)"; fi
   fi
 done
-if [ -d "$ROOT{cert_dir}" ]; then for n in $(ls -1 "$ROOT{cert_dir}"); do printf 'LS\t%s\n' "{cert_dir}/$n"; done; fi
-if [ -e "$ROOT{kubelet_pem}" ]; then printf 'KUBELETPEM\t1\n'; else printf 'KUBELETPEM\t0\n'; fi{etcd}
+for p in ./{cert_dir_rel}/*; do if [ -e "$p" ]; then printf 'LS\t%s\n' "{cert_dir}/${{p##*/}}"; fi; done
+if [ -e {kubelet_pem_rel} ]; then printf 'KUBELETPEM\t1\n'; else printf 'KUBELETPEM\t0\n'; fi{etcd}
 printf 'END\n'
 "#,
         certs = list(&spec.cert_paths),
         keys = list(&spec.key_paths),
         kubeconfigs = list(&spec.kubeconfig_paths),
         cert_dir = CERT_DIR,
-        kubelet_pem = catalogue::KUBELET_CLIENT_CURRENT,
+        cert_dir_rel = sh_quote(CERT_DIR.trim_start_matches('/')),
+        kubelet_pem_rel = sh_quote(catalogue::KUBELET_CLIENT_CURRENT.trim_start_matches('/')),
     )
 }
 
@@ -134,10 +146,12 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
         let decode = |s: &str| b64.decode(s.trim()).map_err(|e| err(format!("bad base64 in {line:.60}: {e}")));
         match f.as_slice() {
             ["HOST", h] => inv.hostname = h.to_string(),
-            ["FILE", path, owner, group, mode, sha] => {
+            ["FILE", path, owner, group, mode] => {
                 let mode = u32::from_str_radix(mode, 8).map_err(|_| err(format!("bad mode {mode} for {path}")))?;
-                meta.insert(path.to_string(), (owner.to_string(), group.to_string(), mode, sha.to_string()));
+                let entry = meta.entry(path.to_string()).or_default();
+                (entry.0, entry.1, entry.2) = (owner.to_string(), group.to_string(), mode);
             }
+            ["SHA", path, sha] => meta.entry(path.to_string()).or_default().3 = sha.to_string(),
             ["MISSING", path] => inv.files.push(ObservedFile {
                 path: path.to_string(),
                 owner: String::new(),
@@ -171,10 +185,10 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
                 path,
                 ObservedContent::Unparseable { error: "not a private key openssl can read".into() },
             )),
-            ["KCFG", path, owner, mode, data] => {
+            ["KCFG", path, data] => {
                 let text = String::from_utf8(decode(data)?).unwrap_or_default();
-                let mode = u32::from_str_radix(mode, 8).map_err(|_| err(format!("bad mode {mode} for {path}")))?;
-                inv.kubeconfigs.push(parse_kubeconfig(path, owner, mode, &text));
+                let (owner, _, mode, _) = meta.get(*path).cloned().unwrap_or_default();
+                inv.kubeconfigs.push(parse_kubeconfig(path, &owner, mode, &text));
             }
             ["KCFGKEYPUB", path, data] => {
                 let der = decode(data)?;
@@ -315,6 +329,10 @@ mod tests {
         std::fs::write(certs.join("client.crt"), &client.cert_pem).unwrap();
         std::fs::write(certs.join("client.key"), &client.key_pem).unwrap();
         std::fs::write(certs.join("stray.pem"), "x").unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: std::path::PathBuf, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
+        mode(certs.join("ca.crt"), 0o640);
+        mode(certs.join("client.key"), 0o600);
         let b64 = base64::engine::general_purpose::STANDARD;
         std::fs::write(
             root.path().join("var/lib/kubelet/kubeconfig"),
@@ -325,6 +343,7 @@ mod tests {
             ),
         )
         .unwrap();
+        mode(root.path().join("var/lib/kubelet/kubeconfig"), 0o604);
         let spec = NodeReadSpec {
             cert_paths: vec!["/etc/kubernetes/certs/ca.crt".into(), "/etc/kubernetes/certs/client.crt".into(), "/etc/kubernetes/certs/apiserver.crt".into()],
             key_paths: vec!["/etc/kubernetes/certs/client.key".into()],
@@ -349,7 +368,15 @@ mod tests {
         assert_eq!(inv.file("/etc/kubernetes/certs/apiserver.crt").unwrap().content, ObservedContent::Missing);
         assert!(matches!(inv.file("/etc/kubernetes/certs/ca.crt").unwrap().content, ObservedContent::Certificate { .. }));
         assert_eq!(inv.unexpected_files, vec!["/etc/kubernetes/certs/stray.pem".to_string()]);
+        // Owners, modes and digests come from one stat and one sha256sum over every file.
+        let owner = String::from_utf8(std::process::Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
+        let ca_file = inv.file("/etc/kubernetes/certs/ca.crt").unwrap();
+        assert_eq!((ca_file.owner.as_str(), ca_file.mode), (owner.trim(), 0o640));
+        assert_eq!(ca_file.sha256, hex::encode(Sha256::digest(ca.cert_pem.as_bytes())));
+        let key_file = inv.file("/etc/kubernetes/certs/client.key").unwrap();
+        assert_eq!((key_file.mode, key_file.sha256.as_str()), (0o600, hex::encode(Sha256::digest(client.key_pem.as_bytes())).as_str()));
         let kc = &inv.kubeconfigs[0];
+        assert_eq!((kc.owner.as_str(), kc.mode), (owner.trim(), 0o604));
         assert_eq!(kc.server.as_deref(), Some("https://10.255.255.5:443"));
         assert_eq!(kc.certificate_authority.as_deref(), Some("/etc/kubernetes/certs/ca.crt"));
         assert_eq!(kc.client_certificate.as_deref(), Some(format!("embedded:{}", client_cert.sha256_fingerprint).as_str()));
