@@ -3,7 +3,7 @@
 //! The script is POSIX sh run as root through sudo. It reads every catalogue file the node
 //! should hold, and prints one tab-separated record per fact. Certificates travel as PEM;
 //! private keys never leave the node: `openssl pkey -pubout` derives their public key there
-//! and only that travels. Kubeconfigs travel with `client-key-data` replaced, plus the
+//! and only that travels. Kubeconfigs travel with `client-key-data`, `token` and `password` replaced, plus the
 //! public key of the embedded key. etcd's front-proxy key is treated the same way.
 
 use crate::model::inventory::{EtcdProxyState, NodeInventory, ObservedContent, ObservedFile, ObservedKubeconfig};
@@ -97,7 +97,7 @@ for f in {keys}; do
 done
 for f in {kubeconfigs}; do
   if [ -e "${{f#/}}" ]; then
-    printf 'KCFG\t%s\t%s\n' "$f" "$(sed -E -e 's/^([[:space:]]*client-key-data:).*/\1 REDACTED/' -e 's/("client-key-data"[[:space:]]*:[[:space:]]*")[^"]*"/\1REDACTED"/' "${{f#/}}" | b64)"
+    printf 'KCFG\t%s\t%s\n' "$f" "$(sed -E -e 's/^([[:space:]]*(client-key-data|token|password):).*/\1 REDACTED/' -e 's/("(client-key-data|token|password)"[[:space:]]*:[[:space:]]*")[^"]*"/\1REDACTED"/g' "${{f#/}}" | b64)"
     k=$(sed -nE -e '/^[[:space:]]*client-key-data:/{{s/^[[:space:]]*client-key-data:[[:space:]]*"?([A-Za-z0-9+\/=]+)"?.*/\1/p;q;}}' -e '/"client-key-data"[[:space:]]*:/{{s/.*"client-key-data"[[:space:]]*:[[:space:]]*"([^"]*)".*/\1/p;q;}}' "${{f#/}}")
     if [ -n "$k" ]; then printf 'KCFGKEYPUB\t%s\t%s\n' "$f" "$(printf %s "$k" | base64 -d 2>/dev/null | openssl pkey -pubout -outform DER 2>/dev/null | b64)"; fi
   fi
@@ -337,7 +337,7 @@ mod tests {
         std::fs::write(
             root.path().join("var/lib/kubelet/kubeconfig"),
             format!(
-                "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority: /etc/kubernetes/certs/ca.crt\n    server: https://10.255.255.5:443\n  name: c\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n",
+                "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority: /etc/kubernetes/certs/ca.crt\n    server: https://10.255.255.5:443\n  name: c\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n- name: t\n  user:\n    token: s3cr3t-bearer-token\n    password: s3cr3t-password\n",
                 b64.encode(&client.cert_pem),
                 b64.encode(&client.key_pem)
             ),
@@ -359,6 +359,15 @@ mod tests {
         let stdout = String::from_utf8(out.stdout).unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(!stdout.contains(&b64.encode(&client.key_pem)), "the key left the node");
+        // Kubeconfigs travel base64-encoded: decode them to look for secrets.
+        let kubeconfigs: String = stdout
+            .lines()
+            .filter_map(|l| l.strip_prefix("KCFG\t"))
+            .filter_map(|l| l.split('\t').nth(1))
+            .map(|b| String::from_utf8(b64.decode(b.trim()).unwrap()).unwrap())
+            .collect();
+        assert!(kubeconfigs.contains("client-certificate-data"), "the kubeconfig travelled: {kubeconfigs}");
+        assert!(!kubeconfigs.contains("s3cr3t"), "a token or password left the node: {kubeconfigs}");
         let inv = parse_output("n1", &spec, &stdout).unwrap();
         let client_cert = crate::pki::inspect::parse_cert_pem(&client.cert_pem).unwrap();
         match &inv.file("/etc/kubernetes/certs/client.key").unwrap().content {
