@@ -4,7 +4,7 @@
 //! are skipped, so a rerun resumes. The first failed action or gate stops scheduling new work;
 //! work in flight finishes; the error says what failed, what was observed, and how to go on.
 
-use crate::apply::journal::Journal;
+use crate::apply::journal::{Journal, FORCED_NOTE};
 use crate::apply::node::{self, NodeFile};
 use crate::apply::progress::{Event, Phase, Reporter, Timings};
 use crate::apply::store::{self, NewPki, RunDir, RunState};
@@ -588,7 +588,13 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
                 let st = ctx.state.lock().expect("state");
                 (st.autoscaler_paused, st.autoscaler_replicas)
             };
-            let Some(replicas) = replicas.filter(|_| paused) else { return Ok(Some("nothing to resume".into())) };
+            let Some(replicas) = replicas.filter(|_| paused) else {
+                // A pause skipped under --force runs on the next run: so must its resume.
+                if ctx.journal.was_forced("pauseAutoscaler") {
+                    return Ok(Some(format!("{FORCED_NOTE}: cluster-autoscaler was not paused, the run that pauses it resumes it)")));
+                }
+                return Ok(Some("nothing to resume".into()));
+            };
             let client = ctx.kube_client().await?;
             kops::scale_autoscaler(&client, replicas).await.map_err(|e| StepError::new(e.to_string()))?;
             ctx.state.lock().expect("state").autoscaler_paused = false;

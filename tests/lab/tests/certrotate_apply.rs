@@ -6,74 +6,25 @@
 
 mod support;
 
-use lab::spec::{Expiry, LabSpec};
-use lab::{Lab, UpOptions};
+use lab::spec::Expiry;
+use lab::Lab;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use support::{certrotate_bin, text};
-
-fn up(dir: &Path, expiry: Expiry) -> Lab {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the lab tests need root");
-    Lab::up(
-        dir,
-        LabSpec { expiry, ..LabSpec::default() },
-        UpOptions {
-            lab_binary: Some(env!("CARGO_BIN_EXE_lab").into()),
-            owner_pid: Some(std::process::id()),
-            timeout: Some(Duration::from_secs(120)),
-        },
-    )
-    .expect("lab up")
-}
-
-/// The flags every cluster command needs, plus the Azure ones apply needs for VM reboots.
-fn cluster_flags(lab: &Lab) -> Vec<String> {
-    let env = lab.env();
-    [
-        ("--api-model", "LAB_API_MODEL"),
-        ("--ssh-host", "LAB_SSH_HOST"),
-        ("--linux-ssh-private-key", "LAB_SSH_KEY"),
-        ("--known-hosts", "LAB_KNOWN_HOSTS"),
-        ("--apiserver", "LAB_APISERVER"),
-        ("--resource-group", "LAB_RESOURCE_GROUP"),
-        ("--subscription-id", "LAB_SUBSCRIPTION_ID"),
-        ("--tenant-id", "LAB_TENANT_ID"),
-        ("--ca-bundle", "LAB_ARM_CA_BUNDLE"),
-    ]
-    .iter()
-    .flat_map(|(flag, var)| [flag.to_string(), env[*var].clone()])
-    .collect()
-}
+use support::{
+    admin_kubeconfig, assert_plan_has_no_changes, certrotate_bin, cluster_flags, flat_stderr, model_dir, nodes, renew_expiring_with_fast_gates, run, ssh, text,
+    up_expiring,
+};
 
 fn certrotate(args: &[&str], lab: &Lab) -> Output {
-    Command::new(certrotate_bin()).args(args).args(cluster_flags(lab)).env("NO_COLOR", "1").output().unwrap()
+    run(args, &cluster_flags(lab))
 }
 
 fn plan(lab: &Lab, profile: &str, out: &Path) -> Output {
     certrotate(&["plan", "--profile", profile, "--detailed-exitcode", "--out", out.to_str().unwrap()], lab)
-}
-
-fn ssh(lab: &Lab, node: &str, command: &str) -> String {
-    let env = lab.env();
-    let out = Command::new("ssh")
-        .arg("-F")
-        .arg(&env["LAB_SSH_CONFIG"])
-        .arg("-J")
-        .arg(format!("azureuser@{}", env["LAB_SSH_HOST"]))
-        .arg(format!("azureuser@{node}"))
-        .arg(command)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{command} on {node}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn model_dir(lab: &Lab) -> PathBuf {
-    PathBuf::from(&lab.env()["LAB_API_MODEL"]).parent().unwrap().to_path_buf()
 }
 
 fn apimodel_ca(lab: &Lab) -> String {
@@ -81,21 +32,9 @@ fn apimodel_ca(lab: &Lab) -> String {
     doc["properties"]["certificateProfile"]["caCertificate"].as_str().unwrap().to_string()
 }
 
-fn nodes(lab: &Lab) -> Vec<String> {
-    let s = &lab.env()["LAB_NAME_SUFFIX"];
-    (0..3).map(|i| format!("k8s-master-{s}-{i}")).chain((0..2).map(|i| format!("k8s-agentpool1-{s}-{i}"))).collect()
-}
-
-fn assert_plan_has_no_changes(lab: &Lab, dir: &Path, profile: &str) {
-    let out = plan(lab, profile, &dir.join("after.plan.yaml"));
-    assert_eq!(out.status.code(), Some(0), "after apply, plan must find nothing to do: {}", text(&out));
-    assert!(String::from_utf8_lossy(&out.stdout).contains("No changes"), "{}", text(&out));
-}
-
 /// Every node Ready according to the real kubectl with the admin kubeconfig beside the API model.
 fn kubectl_nodes_ready(lab: &Lab) -> Vec<String> {
-    let env = lab.env();
-    let kubeconfig = model_dir(lab).join("kubeconfig").join(format!("kubeconfig.{}.json", env["LAB_LOCATION"]));
+    let kubeconfig = admin_kubeconfig(lab);
     let mut last = String::new();
     for _ in 0..30 {
         let out = Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args(["get", "nodes", "-o", "json"]).output().unwrap();
@@ -122,8 +61,7 @@ fn kubectl_nodes_ready(lab: &Lab) -> Vec<String> {
 
 /// Every kube-system pod Ready according to the real kubectl (after the token rollouts).
 fn kubectl_kube_system_ready(lab: &Lab) {
-    let env = lab.env();
-    let kubeconfig = model_dir(lab).join("kubeconfig").join(format!("kubeconfig.{}.json", env["LAB_LOCATION"]));
+    let kubeconfig = admin_kubeconfig(lab);
     let mut last = String::new();
     for _ in 0..30 {
         let out = Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args(["-n", "kube-system", "get", "pods", "-o", "json"]).output().unwrap();
@@ -230,7 +168,7 @@ fn assert_no_secret(lab: &Lab, outputs: &[&Output]) {
 #[test]
 fn renew_expiring_keeps_the_api_up_and_leaves_nothing_to_do() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = up(dir.path(), Expiry::In(20 * 86_400));
+    let lab = up_expiring(dir.path(), Expiry::In(20 * 86_400));
     let saved = dir.path().join("renew.plan.yaml");
     let out = plan(&lab, "renew-expiring", &saved);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -253,7 +191,7 @@ fn renew_expiring_keeps_the_api_up_and_leaves_nothing_to_do() {
 #[test]
 fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = up(dir.path(), Expiry::Default);
+    let lab = up_expiring(dir.path(), Expiry::Default);
     let old_ca = apimodel_ca(&lab);
     let saved = dir.path().join("all.plan.yaml");
     let out = plan(&lab, "rotate-all", &saved);
@@ -290,7 +228,7 @@ fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
     assert_no_secret(&lab, &[&out, &applied]);
 
-    let rolled = Command::new(certrotate_bin()).args(["rollback", "--auto-approve"]).args(cluster_flags(&lab)).output().unwrap();
+    let rolled = certrotate(&["rollback", "--auto-approve"], &lab);
     assert_eq!(rolled.status.code(), Some(0), "{}", text(&rolled));
     assert_eq!(apimodel_ca(&lab), old_ca, "the API model is back");
     for n in nodes(&lab) {
@@ -303,7 +241,7 @@ fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
 #[test]
 fn an_expired_cluster_is_rotated_without_the_api() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = up(dir.path(), Expiry::Expired);
+    let lab = up_expiring(dir.path(), Expiry::Expired);
     let saved = dir.path().join("expired.plan.yaml");
     let out = plan(&lab, "renew-expiring", &saved);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -317,7 +255,7 @@ fn an_expired_cluster_is_rotated_without_the_api() {
 #[test]
 fn a_killed_apply_resumes_and_a_second_apply_meanwhile_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = up(dir.path(), Expiry::In(20 * 86_400));
+    let lab = up_expiring(dir.path(), Expiry::In(20 * 86_400));
     let saved = dir.path().join("renew.plan.yaml");
     let out = plan(&lab, "renew-expiring", &saved);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -343,7 +281,7 @@ fn a_killed_apply_resumes_and_a_second_apply_meanwhile_is_refused() {
 
     let second = certrotate(&["apply", saved.to_str().unwrap()], &lab);
     assert_eq!(second.status.code(), Some(1), "{}", text(&second));
-    let flat: String = String::from_utf8_lossy(&second.stderr).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = flat_stderr(&second);
     assert!(flat.contains("locked by another apply"), "{}", text(&second));
 
     unsafe { libc::kill(first.id() as i32, libc::SIGKILL) };
@@ -363,7 +301,7 @@ fn a_killed_apply_resumes_and_a_second_apply_meanwhile_is_refused() {
 #[test]
 fn a_stale_plan_is_refused_naming_what_changed_and_apply_without_a_file_plans_afresh() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = up(dir.path(), Expiry::In(20 * 86_400));
+    let lab = up_expiring(dir.path(), Expiry::In(20 * 86_400));
     let saved = dir.path().join("renew.plan.yaml");
     let out = plan(&lab, "renew-expiring", &saved);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -372,7 +310,7 @@ fn a_stale_plan_is_refused_naming_what_changed_and_apply_without_a_file_plans_af
 
     let refused = certrotate(&["apply", saved.to_str().unwrap()], &lab);
     assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
-    let flat: String = String::from_utf8_lossy(&refused.stderr).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = flat_stderr(&refused);
     assert!(flat.contains("the plan is stale"), "{}", text(&refused));
     assert!(flat.contains(&format!("{agent} /etc/kubernetes/certs/client.crt: sha256:")), "names the node, the file and both fingerprints: {flat}");
     // Nothing was changed: no step ran, the lock is gone, the node still has what was there.
@@ -384,12 +322,7 @@ fn a_stale_plan_is_refused_naming_what_changed_and_apply_without_a_file_plans_af
     assert!(!ssh(&lab, &nodes(&lab)[0], "ls /etc/kubernetes/").contains("certrotate.lock"), "the lock is released");
 
     // Without a file, apply plans against what is there now and, approved, applies it.
-    let fresh = Command::new(certrotate_bin())
-        .args(["apply", "--profile", "renew-expiring", "--auto-approve"])
-        .args(cluster_flags(&lab))
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap();
+    let fresh = certrotate(&["apply", "--profile", "renew-expiring", "--auto-approve"], &lab);
     assert_eq!(fresh.status.code(), Some(0), "{}", text(&fresh));
     assert!(String::from_utf8_lossy(&fresh.stdout).contains("Plan: "), "apply shows the plan it makes: {}", text(&fresh));
     assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
@@ -400,12 +333,9 @@ fn a_stale_plan_is_refused_naming_what_changed_and_apply_without_a_file_plans_af
 #[test]
 fn a_failed_gate_stops_with_what_it_saw_and_the_rerun_resumes_after_the_fix() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = up(dir.path(), Expiry::In(20 * 86_400));
+    let lab = up_expiring(dir.path(), Expiry::In(20 * 86_400));
     // renew-expiring with short gate timeouts, so the failure comes quickly.
-    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plans/renew-expiring.yaml")).unwrap();
-    let (head, _) = shipped.split_once("\ngates:").unwrap();
-    let profile = dir.path().join("renew-fast.yaml");
-    std::fs::write(&profile, format!("{head}\ngates:\n  timeout: 15s\n  interval: 1s\n")).unwrap();
+    let profile = renew_expiring_with_fast_gates(dir.path());
     let saved = dir.path().join("renew.plan.yaml");
     let out = plan(&lab, profile.to_str().unwrap(), &saved);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -415,7 +345,7 @@ fn a_failed_gate_stops_with_what_it_saw_and_the_rerun_resumes_after_the_fix() {
     lab.fault(lab::control::Fault::StopEtcd { node: stopped.clone() }).unwrap();
     let failed = certrotate(&["apply", saved.to_str().unwrap()], &lab);
     assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
-    let flat: String = String::from_utf8_lossy(&failed.stderr).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = flat_stderr(&failed);
     // etcd down on a master also takes its apiserver and node status down: whichever preflight
     // gate times out first stops the run.
     assert!(flat.contains("@preflight failed"), "{flat}");

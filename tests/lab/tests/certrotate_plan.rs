@@ -3,42 +3,16 @@
 //! plans carry no secret and are refused when tampered with. Needs root and the certrotate
 //! binary built beside this test (`cargo build --workspace`, as tests/run.sh does).
 
-use lab::spec::{Expiry, LabSpec};
 mod support;
 
-use lab::{Lab, UpOptions};
-use support::{certrotate_bin, text};
-use std::path::Path;
+use lab::spec::Expiry;
+use lab::Lab;
 use std::process::{Command, Output};
-use std::time::Duration;
-
-
-fn up(dir: &Path, expiry: Expiry) -> Lab {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the lab tests need root");
-    Lab::up(
-        dir,
-        LabSpec { expiry, ..LabSpec::default() },
-        UpOptions {
-            lab_binary: Some(env!("CARGO_BIN_EXE_lab").into()),
-            owner_pid: Some(std::process::id()),
-            timeout: Some(Duration::from_secs(120)),
-        },
-    )
-    .expect("lab up")
-}
+use support::{certrotate_bin, flat_stderr, ssh, ssh_flags, text, up_expiring};
 
 fn plan(lab: &Lab, profile: &str, extra: &[&str]) -> Output {
-    let env = lab.env();
-    Command::new(certrotate_bin())
-        .args(["plan", "--api-model", &env["LAB_API_MODEL"], "--ssh-host", &env["LAB_SSH_HOST"]])
-        .args(["--linux-ssh-private-key", &env["LAB_SSH_KEY"], "--known-hosts", &env["LAB_KNOWN_HOSTS"]])
-        .args(["--profile", profile, "--detailed-exitcode"])
-        .args(extra)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    support::run(&[&["plan", "--profile", profile, "--detailed-exitcode"], extra].concat(), &ssh_flags(lab))
 }
-
 
 fn summary(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).lines().rev().find(|l| l.starts_with("Plan:") || l.starts_with("No changes")).unwrap_or("").to_string()
@@ -47,7 +21,7 @@ fn summary(o: &Output) -> String {
 #[test]
 fn healthy_cluster_needs_nothing_from_renew_expiring_and_everything_from_rotate_all() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = up(dir.path(), Expiry::Default);
+    let lab = up_expiring(dir.path(), Expiry::Default);
 
     let out = plan(&lab, "renew-expiring", &[]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
@@ -93,7 +67,7 @@ fn healthy_cluster_needs_nothing_from_renew_expiring_and_everything_from_rotate_
     std::fs::write(&saved, plan_text.replacen("dnsPrefix: ", "dnsPrefix: x", 1)).unwrap();
     let show = Command::new(certrotate_bin()).arg("show").arg(&saved).env("NO_COLOR", "1").output().unwrap();
     assert_eq!(show.status.code(), Some(1), "a tampered plan must be refused: {}", text(&show));
-    let flat: String = String::from_utf8_lossy(&show.stderr).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ");
+    let flat = flat_stderr(&show);
     assert!(flat.contains("modified after it was written"), "{}", text(&show));
     lab.down().unwrap();
 }
@@ -101,7 +75,7 @@ fn healthy_cluster_needs_nothing_from_renew_expiring_and_everything_from_rotate_
 #[test]
 fn expiring_cluster_is_renewed_without_downtime() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = up(dir.path(), Expiry::In(20 * 86_400));
+    let lab = up_expiring(dir.path(), Expiry::In(20 * 86_400));
     let out = plan(&lab, "renew-expiring", &[]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -113,7 +87,7 @@ fn expiring_cluster_is_renewed_without_downtime() {
 #[test]
 fn expired_cluster_is_planned_without_the_api() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = up(dir.path(), Expiry::Expired);
+    let lab = up_expiring(dir.path(), Expiry::Expired);
     let out = plan(&lab, "renew-expiring", &["--json"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
@@ -124,17 +98,7 @@ fn expired_cluster_is_planned_without_the_api() {
 
 /// Runs a command as root on a lab node through the jumpbox, with the lab's ssh config.
 fn on_node(lab: &Lab, node: &str, command: &str) {
-    let env = lab.env();
-    let out = Command::new("ssh")
-        .arg("-F")
-        .arg(&env["LAB_SSH_CONFIG"])
-        .arg("-J")
-        .arg(format!("azureuser@{}", env["LAB_SSH_HOST"]))
-        .arg(format!("azureuser@{node}"))
-        .arg(format!("sudo sh -c '{command}'"))
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{command} on {node}: {}", text(&out));
+    ssh(lab, node, &format!("sudo sh -c '{command}'"));
 }
 
 /// Writes `content` to `path` on a lab node as root (through the jumpbox, over stdin).
@@ -163,7 +127,7 @@ fn drift_on_live_nodes_shows_as_findings() {
     use certrotate::pki::issue::{issue_ca, CertificateAuthority};
     use certrotate::pki::{KeyCertPair, KeySpec};
     let dir = tempfile::tempdir().unwrap();
-    let lab = up(dir.path(), Expiry::Default);
+    let lab = up_expiring(dir.path(), Expiry::Default);
     let suffix = lab.env()["LAB_NAME_SUFFIX"].clone();
     let agent = format!("k8s-agentpool1-{suffix}-0");
     let master0 = format!("k8s-master-{suffix}-0");

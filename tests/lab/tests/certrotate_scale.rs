@@ -6,23 +6,14 @@
 mod support;
 
 use lab::spec::LabSpec;
-use lab::{Lab, UpOptions};
+use lab::Lab;
 use std::path::Path;
-use std::process::{Command, Output};
-use std::time::Duration;
-use support::{certrotate_bin, text};
+use std::process::Output;
+use support::{api_flags, text, up};
 
 /// Runs `certrotate <command>` against the lab, reaching the apiserver at LAB_APISERVER.
 fn certrotate(lab: &Lab, command: &str, extra: &[&str]) -> Output {
-    let env = lab.env();
-    Command::new(certrotate_bin())
-        .args([command, "--api-model", &env["LAB_API_MODEL"], "--ssh-host", &env["LAB_SSH_HOST"]])
-        .args(["--linux-ssh-private-key", &env["LAB_SSH_KEY"], "--known-hosts", &env["LAB_KNOWN_HOSTS"]])
-        .args(["--apiserver", &env["LAB_APISERVER"]])
-        .args(extra)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    support::run(&[&[command], extra].concat(), &api_flags(lab))
 }
 
 /// Sets agentPoolProfiles[0].count, writing apimodel.json back as AKS Engine does.
@@ -46,18 +37,8 @@ fn status_nodes(out: &Output) -> Vec<String> {
 
 #[test]
 fn agents_registered_in_the_api_but_missing_from_the_api_model_are_planned() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the lab tests need root");
     let dir = tempfile::tempdir().unwrap();
-    let lab = Lab::up(
-        dir.path(),
-        LabSpec { masters: 3, agents: 3, ..LabSpec::default() },
-        UpOptions {
-            lab_binary: Some(env!("CARGO_BIN_EXE_lab").into()),
-            owner_pid: Some(std::process::id()),
-            timeout: Some(Duration::from_secs(120)),
-        },
-    )
-    .expect("lab up");
+    let lab = up(dir.path(), LabSpec { masters: 3, agents: 3, ..LabSpec::default() });
     let env = lab.env();
     let suffix = env["LAB_NAME_SUFFIX"].clone();
     let third = format!("k8s-agentpool1-{suffix}-2");

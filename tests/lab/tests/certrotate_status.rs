@@ -4,52 +4,28 @@
 //! fails it unless `--skip-unreachable`. Needs root, and the certrotate binary built beside
 //! this test (`cargo build --workspace`, as tests/run.sh does).
 
-use lab::control::Fault;
-use lab::spec::LabSpec;
 mod support;
 
-use lab::{Lab, UpOptions};
-use support::{certrotate_bin, text};
-use std::process::{Command, Output};
-use std::time::Duration;
+use lab::control::Fault;
+use lab::spec::LabSpec;
+use lab::Lab;
+use std::process::Output;
+use support::{nodes, ssh_flags, text, up};
 
-
+/// `certrotate status` with the API model, the SSH key and the lab's known_hosts.
 fn status(lab: &Lab, extra: &[&str]) -> Output {
-    let env = lab.env();
-    Command::new(certrotate_bin())
-        .args(["status", "--api-model", &env["LAB_API_MODEL"], "--ssh-host", &env["LAB_SSH_HOST"]])
-        .args(["--linux-ssh-private-key", &env["LAB_SSH_KEY"]])
-        .args(extra)
-        .env("NO_COLOR", "1")
-        .output()
-        .unwrap()
+    support::run(&[&["status"], extra].concat(), &ssh_flags(lab))
 }
-
 
 #[test]
 fn status_reads_every_node_and_stops_on_changed_host_keys() {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the lab tests need root");
     let dir = tempfile::tempdir().unwrap();
-    let lab = Lab::up(
-        dir.path(),
-        LabSpec::default(),
-        UpOptions {
-            lab_binary: Some(env!("CARGO_BIN_EXE_lab").into()),
-            owner_pid: Some(std::process::id()),
-            timeout: Some(Duration::from_secs(120)),
-        },
-    )
-    .expect("lab up");
-    let env = lab.env();
-    let suffix = env["LAB_NAME_SUFFIX"].clone();
-    let known_hosts = env["LAB_KNOWN_HOSTS"].clone();
-    let nodes: Vec<String> = (0..3)
-        .map(|i| format!("k8s-master-{suffix}-{i}"))
-        .chain((0..2).map(|i| format!("k8s-agentpool1-{suffix}-{i}")))
-        .collect();
+    let lab = up(dir.path(), LabSpec::default());
+    let nodes = nodes(&lab);
+    assert_eq!(nodes.len(), 5, "{nodes:?}");
     let logins_before: Vec<usize> = nodes.iter().map(|n| lab.ssh_logins(n).unwrap()).collect();
 
-    let out = status(&lab, &["--known-hosts", &known_hosts, "--json"]);
+    let out = status(&lab, &["--json"]);
     assert!(out.status.success(), "{}", text(&out));
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
     // 3 masters × (ca, apiserver, client, kubeconfig, etcdserver, etcdclient, own etcdpeer,
@@ -70,10 +46,10 @@ fn status_reads_every_node_and_stops_on_changed_host_keys() {
     // An agent cut off the network: named, and fatal unless skipped.
     let agent0 = nodes[3].clone();
     lab.fault(Fault::CutNetwork { node: agent0.clone() }).unwrap();
-    let out = status(&lab, &["--known-hosts", &known_hosts]);
+    let out = status(&lab, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains(&agent0), "{}", text(&out));
-    let out = status(&lab, &["--known-hosts", &known_hosts, "--skip-unreachable"]);
+    let out = status(&lab, &["--skip-unreachable"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("unreachable: {agent0}")), "{}", text(&out));
     lab.fault(Fault::RestoreNetwork { node: agent0 }).unwrap();
@@ -81,7 +57,7 @@ fn status_reads_every_node_and_stops_on_changed_host_keys() {
     // A node whose host key changed stops everything.
     let agent1 = nodes[4].clone();
     lab.fault(Fault::ReplaceHostKey { node: agent1.clone() }).unwrap();
-    let out = status(&lab, &["--known-hosts", &known_hosts]);
+    let out = status(&lab, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", text(&out));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains(&agent1) && err.contains("man-in-the-"), "{}", text(&out));

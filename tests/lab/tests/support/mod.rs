@@ -1,7 +1,12 @@
-//! Helpers shared by the lab tests that run the certrotate binary.
+//! Helpers shared by the lab tests that run the certrotate binary: bringing a lab up, the
+//! flags that point certrotate at it, running certrotate and commands on its nodes.
+#![allow(dead_code)]
 
-use std::path::PathBuf;
-use std::process::Output;
+use lab::spec::{Expiry, LabSpec};
+use lab::{Lab, UpOptions};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
 
 /// The certrotate binary built beside this test binary (`cargo build --workspace`).
 pub fn certrotate_bin() -> PathBuf {
@@ -14,4 +19,131 @@ pub fn certrotate_bin() -> PathBuf {
 /// Exit code, stdout and stderr of a run, for assertion messages.
 pub fn text(o: &Output) -> String {
     format!("exit {:?}\n{}\n{}", o.status.code(), String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// stderr with miette's box drawing and line breaks folded away, to search for sentences.
+pub fn flat_stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).replace('│', " ").split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A lab as `spec` says, torn down with the test process if the test dies. Needs root.
+pub fn up(dir: &Path, spec: LabSpec) -> Lab {
+    assert_eq!(unsafe { libc::geteuid() }, 0, "the lab tests need root");
+    Lab::up(
+        dir,
+        spec,
+        UpOptions {
+            lab_binary: Some(env!("CARGO_BIN_EXE_lab").into()),
+            owner_pid: Some(std::process::id()),
+            timeout: Some(Duration::from_secs(120)),
+        },
+    )
+    .expect("lab up")
+}
+
+/// The default lab (3 masters, 2 agents) with certificates that expire as `expiry` says.
+pub fn up_expiring(dir: &Path, expiry: Expiry) -> Lab {
+    up(dir, LabSpec { expiry, ..LabSpec::default() })
+}
+
+fn flags(lab: &Lab, pairs: &[(&str, &str)]) -> Vec<String> {
+    let env = lab.env();
+    pairs.iter().flat_map(|(flag, var)| [flag.to_string(), env[*var].clone()]).collect()
+}
+
+/// The API model and what reaching the nodes over SSH through the jumpbox needs.
+pub fn ssh_flags(lab: &Lab) -> Vec<String> {
+    flags(
+        lab,
+        &[
+            ("--api-model", "LAB_API_MODEL"),
+            ("--ssh-host", "LAB_SSH_HOST"),
+            ("--linux-ssh-private-key", "LAB_SSH_KEY"),
+            ("--known-hosts", "LAB_KNOWN_HOSTS"),
+        ],
+    )
+}
+
+/// `ssh_flags` and the address the apiserver is reached at from here.
+pub fn api_flags(lab: &Lab) -> Vec<String> {
+    let mut f = ssh_flags(lab);
+    f.extend(flags(lab, &[("--apiserver", "LAB_APISERVER")]));
+    f
+}
+
+/// The flags every cluster command needs, plus the Azure ones apply needs for VM reboots.
+pub fn cluster_flags(lab: &Lab) -> Vec<String> {
+    let mut f = api_flags(lab);
+    f.extend(flags(
+        lab,
+        &[
+            ("--resource-group", "LAB_RESOURCE_GROUP"),
+            ("--subscription-id", "LAB_SUBSCRIPTION_ID"),
+            ("--tenant-id", "LAB_TENANT_ID"),
+            ("--ca-bundle", "LAB_ARM_CA_BUNDLE"),
+        ],
+    ));
+    f
+}
+
+/// Runs certrotate with `args` then `flags`, without colour.
+pub fn run(args: &[&str], flags: &[String]) -> Output {
+    Command::new(certrotate_bin()).args(args).args(flags).env("NO_COLOR", "1").output().unwrap()
+}
+
+/// Runs `command` on a lab node as azureuser, through the jumpbox; fails the test unless it
+/// exits 0. Returns its stdout.
+pub fn ssh(lab: &Lab, node: &str, command: &str) -> String {
+    let env = lab.env();
+    let out = Command::new("ssh")
+        .arg("-F")
+        .arg(&env["LAB_SSH_CONFIG"])
+        .arg("-J")
+        .arg(format!("azureuser@{}", env["LAB_SSH_HOST"]))
+        .arg(format!("azureuser@{node}"))
+        .arg(command)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{command} on {node}: {}", text(&out));
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// The directory of the API model (kubeconfig/, _rotate_certs_output/ and backups beside it).
+pub fn model_dir(lab: &Lab) -> PathBuf {
+    PathBuf::from(&lab.env()["LAB_API_MODEL"]).parent().unwrap().to_path_buf()
+}
+
+/// The admin kubeconfig beside the API model.
+pub fn admin_kubeconfig(lab: &Lab) -> PathBuf {
+    model_dir(lab).join("kubeconfig").join(format!("kubeconfig.{}.json", lab.env()["LAB_LOCATION"]))
+}
+
+/// Every node the API model counts, masters first: `k8s-master-<suffix>-<i>`, then
+/// `k8s-agentpool1-<suffix>-<i>`.
+pub fn nodes(lab: &Lab) -> Vec<String> {
+    let env = lab.env();
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&env["LAB_API_MODEL"]).unwrap()).unwrap();
+    let count = |v: &serde_json::Value| v["count"].as_u64().unwrap();
+    let s = &env["LAB_NAME_SUFFIX"];
+    (0..count(&doc["properties"]["masterProfile"]))
+        .map(|i| format!("k8s-master-{s}-{i}"))
+        .chain((0..count(&doc["properties"]["agentPoolProfiles"][0])).map(|i| format!("k8s-agentpool1-{s}-{i}")))
+        .collect()
+}
+
+/// `plan` with `profile` finds nothing to do (exit 0, "No changes").
+pub fn assert_plan_has_no_changes(lab: &Lab, dir: &Path, profile: &str) {
+    let out = run(&["plan", "--profile", profile, "--detailed-exitcode", "--out", dir.join("after.plan.yaml").to_str().unwrap()], &cluster_flags(lab));
+    assert_eq!(out.status.code(), Some(0), "after apply, plan must find nothing to do: {}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("No changes"), "{}", text(&out));
+}
+
+/// The shipped renew-expiring profile with gates that give up after 15 s (checking every
+/// second), written into `dir`, so a gate that cannot pass fails quickly.
+pub fn renew_expiring_with_fast_gates(dir: &Path) -> PathBuf {
+    let shipped = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../plans/renew-expiring.yaml")).unwrap();
+    let (head, _) = shipped.split_once("\ngates:").unwrap();
+    let profile = dir.join("renew-fast.yaml");
+    std::fs::write(&profile, format!("{head}\ngates:\n  timeout: 15s\n  interval: 1s\n")).unwrap();
+    profile
 }

@@ -1,0 +1,206 @@
+//! `certrotate apply --break-lock` and `--force` against live lab clusters (3 masters + 1
+//! agent, certificates expiring in 20 days, renew-expiring): a lock held by an apply of
+//! another machine refuses a plain apply and is broken, with a warning, by --break-lock; with
+//! the API out of reach from the operator, apply stops at an API gate, --force does the node
+//! work and skips the Kubernetes gates and operations, and a later run with the API back does
+//! what was skipped. Needs root and the binaries built beside this test (`cargo build --workspace`).
+
+mod support;
+
+use lab::spec::{Expiry, LabSpec};
+use lab::Lab;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+use support::{admin_kubeconfig, assert_plan_has_no_changes, cluster_flags, flat_stderr, model_dir, nodes, renew_expiring_with_fast_gates, run, ssh, text, up};
+
+const LOCK: &str = "/etc/kubernetes/certrotate.lock";
+
+fn up_3_1(dir: &Path) -> Lab {
+    up(dir, LabSpec { masters: 3, agents: 1, expiry: Expiry::In(20 * 86_400), ..LabSpec::default() })
+}
+
+/// Plans `profile` into `dir/renew.plan.yaml` with the API reachable; the plan has changes.
+fn saved_plan(lab: &Lab, dir: &Path, profile: &str) -> PathBuf {
+    let saved = dir.join("renew.plan.yaml");
+    let out = run(&["plan", "--profile", profile, "--detailed-exitcode", "--out", saved.to_str().unwrap()], &cluster_flags(lab));
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    saved
+}
+
+/// The SHA-256 of every certificate under /etc/kubernetes/certs, per node.
+fn certs(lab: &Lab) -> BTreeMap<String, String> {
+    nodes(lab).into_iter().map(|n| (n.clone(), ssh(lab, &n, "sudo sh -c 'sha256sum /etc/kubernetes/certs/*.crt'"))).collect()
+}
+
+/// Every journal line of every run of this cluster, in order: (step, note).
+fn journal(lab: &Lab) -> Vec<(String, String)> {
+    let mut entries = Vec::new();
+    let Ok(runs) = std::fs::read_dir(model_dir(lab).join("_rotate_certs_output")) else { return entries };
+    for run in runs.flatten() {
+        for line in std::fs::read_to_string(run.path().join("journal.jsonl")).unwrap_or_default().lines() {
+            let e: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            entries.push((e["step"].as_str().unwrap().to_string(), e["note"].as_str().unwrap_or("").to_string()));
+        }
+    }
+    entries
+}
+
+/// The last journal note of each step.
+fn latest(lab: &Lab) -> BTreeMap<String, String> {
+    journal(lab).into_iter().collect()
+}
+
+fn is_forced(note: &str) -> bool {
+    note.starts_with("skipped (--force")
+}
+
+fn lock_file(lab: &Lab) -> String {
+    ssh(lab, &nodes(lab)[0], &format!("sudo sh -c 'cat {LOCK} 2>/dev/null || echo absent'")).trim().to_string()
+}
+
+fn kubectl(lab: &Lab, args: &[&str]) -> serde_json::Value {
+    let out = Command::new("kubectl").arg("--kubeconfig").arg(admin_kubeconfig(lab)).args(args).args(["-o", "json"]).output().unwrap();
+    assert!(out.status.success(), "kubectl {args:?}: {}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn autoscaler_replicas(lab: &Lab) -> u64 {
+    kubectl(lab, &["-n", "kube-system", "get", "deployment", "cluster-autoscaler"])["spec"]["replicas"].as_u64().unwrap()
+}
+
+/// The uid of the kube-proxy pod on `node`, waiting for the daemonset to have one there.
+fn kube_proxy_uid(lab: &Lab, node: &str) -> String {
+    for _ in 0..30 {
+        let pods = kubectl(lab, &["-n", "kube-system", "get", "pods"]);
+        let uid = pods["items"].as_array().unwrap().iter().find_map(|p| {
+            (p["spec"]["nodeName"] == node && p["metadata"]["name"].as_str().is_some_and(|n| n.starts_with("kube-proxy")))
+                .then(|| p["metadata"]["uid"].as_str().unwrap().to_string())
+        });
+        if let Some(uid) = uid {
+            return uid;
+        }
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    panic!("no kube-proxy pod on {node}");
+}
+
+#[test]
+fn a_lock_of_another_machine_refuses_apply_and_break_lock_takes_it_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up_3_1(dir.path());
+    let saved = saved_plan(&lab, dir.path(), "renew-expiring");
+    // An apply running on another jumpbox: its pid cannot be checked from here, so it lives.
+    let other = "holder=alice@jumpbox-2/0123456789ab pid=4242 since=2026-01-01T00:00:00Z plan=sha256:00ff00ff00ff00ff00ff";
+    let first = nodes(&lab)[0].clone();
+    ssh(&lab, &first, &format!("echo '{other}' | sudo tee {LOCK} >/dev/null"));
+    let before = certs(&lab);
+
+    let refused = run(&["apply", saved.to_str().unwrap()], &cluster_flags(&lab));
+    assert_eq!(refused.status.code(), Some(1), "{}", text(&refused));
+    let flat = flat_stderr(&refused);
+    assert!(flat.contains("the cluster is locked by another apply: alice@jumpbox-2/0123456789ab (pid 4242)"), "names the holder: {flat}");
+    // (miette may break the lock path after a slash, so only its end is looked for.)
+    assert!(flat.contains(&format!("certrotate.lock on {first}")) && flat.contains("nothing was changed"), "{flat}");
+    assert!(flat.contains("--break-lock"), "says how to break it: {flat}");
+    assert_eq!(lock_file(&lab), other, "the other holder keeps its lock");
+    assert_eq!(journal(&lab), vec![], "no step ran behind someone else's lock");
+    assert_eq!(certs(&lab), before, "no certificate changed behind someone else's lock");
+
+    let broke = run(&["apply", saved.to_str().unwrap(), "--break-lock"], &cluster_flags(&lab));
+    assert_eq!(broke.status.code(), Some(0), "{}", text(&broke));
+    let stderr = String::from_utf8_lossy(&broke.stderr);
+    assert!(
+        stderr.lines().any(|l| l.starts_with("warning: took over the cluster lock held by alice@jumpbox-2/0123456789ab (pid 4242)")),
+        "warns naming the old holder: {stderr}"
+    );
+    let after = certs(&lab);
+    for (node, was) in &before {
+        assert_ne!(&after[node], was, "{node} got its renewed certificates");
+    }
+    let done = latest(&lab);
+    for node in nodes(&lab) {
+        assert!(done.contains_key(&format!("installCerts@{node}")), "installCerts@{node} in the journal: {done:#?}");
+    }
+    assert_eq!(lock_file(&lab), "absent", "the lock is released at the end");
+    assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
+    lab.down().unwrap();
+}
+
+#[test]
+fn force_goes_on_without_the_api_and_a_later_run_does_what_it_skipped() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up_3_1(dir.path());
+    let profile = renew_expiring_with_fast_gates(dir.path());
+    let saved = saved_plan(&lab, dir.path(), profile.to_str().unwrap());
+    let agent = nodes(&lab)[3].clone();
+    let (proxy_before, replicas_before, certs_before) = (kube_proxy_uid(&lab, &agent), autoscaler_replicas(&lab), certs(&lab));
+    assert!(replicas_before > 0, "the lab runs cluster-autoscaler");
+
+    // The API out of reach from the operator (as when its load balancer is down), while SSH
+    // and etcd work: --apiserver names a local port nobody listens on.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().to_string();
+    let mut no_api = cluster_flags(&lab);
+    let at = no_api.iter().position(|f| f == "--apiserver").unwrap();
+    no_api[at + 1] = dead.clone();
+
+    let failed = run(&["apply", saved.to_str().unwrap()], &no_api);
+    assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    let flat = flat_stderr(&failed);
+    assert!(flat.contains("@preflight failed: gate"), "an API gate of the preflight stops the run: {flat}");
+    assert!(flat.contains("no credentials reach the API server"), "says what it saw: {flat}");
+    assert!(flat.contains(&format!("apply {} ", saved.display())) && flat.contains(&format!("--apiserver {dead}")), "prints the command that resumes: {flat}");
+    assert!(journal(&lab).iter().all(|(step, note)| !step.starts_with("installCerts@") && !is_forced(note)), "{:#?}", journal(&lab));
+    assert_eq!(certs(&lab), certs_before, "nothing was installed behind a failed preflight gate");
+
+    let forced = run(&["apply", saved.to_str().unwrap(), "--force"], &no_api);
+    assert_eq!(forced.status.code(), Some(0), "{}", text(&forced));
+    let stderr = String::from_utf8_lossy(&forced.stderr);
+    for warning in [
+        "warning: --force: gate nodesReady@preflight skipped, the API does not answer",
+        "warning: --force: not pausing cluster-autoscaler, the API does not answer",
+        "warning: --force: skipped because the API does not answer",
+        "warning: --force: gate kubeSystemReady@final skipped, the API does not answer",
+    ] {
+        assert!(stderr.contains(warning), "{warning}: {stderr}");
+    }
+    // The node work is done; what needs the API is journaled as forced, and nothing else is.
+    let after_force = latest(&lab);
+    let forced_steps: Vec<&str> = after_force.iter().filter(|(_, note)| is_forced(note)).map(|(s, _)| s.as_str()).collect();
+    for step in ["nodesReady@preflight", "pauseAutoscaler", &format!("deleteKubeProxyPod@{agent}"), &format!("nodesReady@{agent}"), "kubeSystemReady@final"] {
+        assert!(forced_steps.contains(&step), "{step} is journaled as forced: {forced_steps:?}");
+    }
+    for step in &forced_steps {
+        let op = step.split('@').next().unwrap();
+        assert!(
+            ["nodesReady", "controlPlanePodsReady", "kubeSystemReady", "pauseAutoscaler", "resumeAutoscaler", "deleteKubeProxyPod", "deleteServiceAccountTokens", "rolloutWorkloads"].contains(&op),
+            "only API gates and Kubernetes operations are skipped, not {step}"
+        );
+    }
+    let certs_forced = certs(&lab);
+    for (node, was) in &certs_before {
+        assert_ne!(&certs_forced[node], was, "{node} got its renewed certificates under --force");
+        assert!(!is_forced(&after_force[&format!("installCerts@{node}")]));
+    }
+    assert_eq!(kube_proxy_uid(&lab, &agent), proxy_before, "the skipped kube-proxy restart did not happen");
+    assert_eq!(autoscaler_replicas(&lab), replicas_before, "the autoscaler was not touched");
+
+    // The API is back: the run does what was skipped, not the node work again.
+    let resumed = run(&["apply", saved.to_str().unwrap()], &cluster_flags(&lab));
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    let stderr = String::from_utf8_lossy(&resumed.stderr);
+    assert!(!stderr.contains("start  installCerts@"), "the node work is not done again: {stderr}");
+    assert!(stderr.contains(&format!("start  deleteKubeProxyPod@{agent}")), "{stderr}");
+    let done = latest(&lab);
+    assert!(done.values().all(|note| !is_forced(note)), "nothing is left forced: {done:#?}");
+    assert_eq!(done["pauseAutoscaler"], format!("scaled cluster-autoscaler from {replicas_before} to 0"));
+    assert_eq!(done["resumeAutoscaler"], format!("scaled cluster-autoscaler back to {replicas_before}"), "{done:#?}");
+    assert_eq!(autoscaler_replicas(&lab), replicas_before, "the autoscaler runs again after the run");
+    assert_ne!(kube_proxy_uid(&lab, &agent), proxy_before, "kube-proxy on {agent} was restarted");
+    assert_eq!(certs(&lab), certs_forced, "the certificates are the ones --force installed");
+    let again = run(&["apply", saved.to_str().unwrap()], &cluster_flags(&lab));
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already been applied completely"), "{}", text(&again));
+    assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
+    lab.down().unwrap();
+}
