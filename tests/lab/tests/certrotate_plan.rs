@@ -101,22 +101,11 @@ fn on_node(lab: &Lab, node: &str, command: &str) {
     ssh(lab, node, &format!("sudo sh -c '{command}'"));
 }
 
-/// Writes `content` to `path` on a lab node as root (through the jumpbox, over stdin).
+/// Writes `content` to `path` on a lab node as root.
 fn put_file(lab: &Lab, node: &str, path: &str, content: &str) {
-    use std::io::Write;
-    let env = lab.env();
-    let mut child = Command::new("ssh")
-        .arg("-F")
-        .arg(&env["LAB_SSH_CONFIG"])
-        .arg("-J")
-        .arg(format!("azureuser@{}", env["LAB_SSH_HOST"]))
-        .arg(format!("azureuser@{node}"))
-        .arg(format!("sudo tee {path} >/dev/null"))
-        .stdin(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child.stdin.take().unwrap().write_all(content.as_bytes()).unwrap();
-    assert!(child.wait().unwrap().success(), "writing {path} on {node}");
+    use base64::Engine;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(content);
+    ssh(lab, node, &format!("echo {encoded} | base64 -d | sudo tee {path} >/dev/null"));
 }
 
 /// Every drift case of the plan issue, made on a live cluster by hand as an operator (or a

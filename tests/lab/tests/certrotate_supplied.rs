@@ -8,63 +8,16 @@
 
 mod support;
 
-use lab::spec::{Expiry, LabSpec};
-use lab::{Lab, UpOptions};
+use lab::spec::Expiry;
+use lab::Lab;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
-use support::{certrotate_bin, text};
-
-fn up(dir: &Path) -> Lab {
-    assert_eq!(unsafe { libc::geteuid() }, 0, "the lab tests need root");
-    Lab::up(
-        dir,
-        LabSpec { expiry: Expiry::In(20 * 86_400), ..LabSpec::default() },
-        UpOptions {
-            lab_binary: Some(env!("CARGO_BIN_EXE_lab").into()),
-            owner_pid: Some(std::process::id()),
-            timeout: Some(Duration::from_secs(120)),
-        },
-    )
-    .expect("lab up")
-}
-
-fn cluster_flags(lab: &Lab) -> Vec<String> {
-    let env = lab.env();
-    [
-        ("--api-model", "LAB_API_MODEL"),
-        ("--ssh-host", "LAB_SSH_HOST"),
-        ("--linux-ssh-private-key", "LAB_SSH_KEY"),
-        ("--known-hosts", "LAB_KNOWN_HOSTS"),
-        ("--apiserver", "LAB_APISERVER"),
-        ("--resource-group", "LAB_RESOURCE_GROUP"),
-        ("--subscription-id", "LAB_SUBSCRIPTION_ID"),
-        ("--tenant-id", "LAB_TENANT_ID"),
-        ("--ca-bundle", "LAB_ARM_CA_BUNDLE"),
-    ]
-    .iter()
-    .flat_map(|(flag, var)| [flag.to_string(), env[*var].clone()])
-    .collect()
-}
+use support::{admin_kubeconfig, certrotate_bin, cluster_flags, nodes, ssh, text, up_expiring};
 
 fn certrotate(args: &[&str], lab: &Lab) -> Output {
-    Command::new(certrotate_bin()).args(args).args(cluster_flags(lab)).env("NO_COLOR", "1").output().unwrap()
-}
-
-fn ssh(lab: &Lab, node: &str, command: &str) -> String {
-    let env = lab.env();
-    let out = Command::new("ssh")
-        .arg("-F")
-        .arg(&env["LAB_SSH_CONFIG"])
-        .arg("-J")
-        .arg(format!("azureuser@{}", env["LAB_SSH_HOST"]))
-        .arg(format!("azureuser@{node}"))
-        .arg(command)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{command} on {node}: {}", text(&out));
-    String::from_utf8_lossy(&out.stdout).to_string()
+    support::run(args, &cluster_flags(lab))
 }
 
 fn certificate_profile(lab: &Lab) -> serde_json::Value {
@@ -86,19 +39,12 @@ fn new_pki_file(lab: &Lab, path: &Path) -> serde_json::Value {
     json
 }
 
-fn nodes(lab: &Lab) -> Vec<String> {
-    lab.layout.nodes.iter().map(|n| n.name.clone()).collect()
-}
-
 fn kubectl_nodes_ready(lab: &Lab) {
-    let env = lab.env();
-    let dir = PathBuf::from(&env["LAB_API_MODEL"]).parent().unwrap().to_path_buf();
-    let kubeconfig = dir.join("kubeconfig").join(format!("kubeconfig.{}.json", env["LAB_LOCATION"]));
     let mut last = String::new();
     for _ in 0..30 {
-        let out = Command::new("kubectl").arg("--kubeconfig").arg(&kubeconfig).args(["get", "nodes", "--no-headers"]).output().unwrap();
+        let out = Command::new("kubectl").arg("--kubeconfig").arg(admin_kubeconfig(lab)).args(["get", "nodes", "--no-headers"]).output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout).to_string();
-        if out.status.success() && stdout.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count() == 5 {
+        if out.status.success() && stdout.lines().filter(|l| l.split_whitespace().nth(1) == Some("Ready")).count() == nodes(lab).len() {
             return;
         }
         last = text(&out);
@@ -110,7 +56,7 @@ fn kubectl_nodes_ready(lab: &Lab) {
 #[test]
 fn supplied_certificates_are_installed_exactly_and_a_changed_file_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let lab = up(dir.path());
+    let lab = up_expiring(dir.path(), Expiry::In(20 * 86_400));
     let supplied_path = dir.path().join("my-certificates.json");
     let supplied = new_pki_file(&lab, &supplied_path);
     let supplied_arg = supplied_path.to_str().unwrap();
