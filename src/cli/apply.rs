@@ -136,6 +136,17 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         ctx.emit(Event::ApplyFinished { ok, summary: summary.clone() });
         if ok {
             println!("\nApply complete: {} steps done, {} already done.", walked.done, walked.skipped);
+            let forced: Vec<String> = ctx.graph.steps().filter(|s| ctx.journal.was_forced(&s.id)).map(|s| s.id.clone()).collect();
+            if !forced.is_empty() {
+                let saved = plan_path.clone().unwrap_or_else(|| ctx.run.root.join("plan.yaml"));
+                let args: Vec<String> = std::env::args().filter(|a| a != "--force").collect();
+                println!(
+                    "Not done yet: {} step(s) were skipped under --force because the API did not answer ({}). Once it answers, run `{}` to do them.",
+                    forced.len(),
+                    forced.join(", "),
+                    command_line("apply", &saved, &args)
+                );
+            }
             Ok(Outcome::Ok)
         } else {
             let (id, e) = &walked.failed[0];

@@ -165,6 +165,11 @@ fn force_goes_on_without_the_api_and_a_later_run_does_what_it_skipped() {
     ] {
         assert!(stderr.contains(warning), "{warning}: {stderr}");
     }
+    // The operator is told the run is not finished, and how to finish it (without --force).
+    let stdout = String::from_utf8_lossy(&forced.stdout);
+    let pending = stdout.lines().find(|l| l.starts_with("Not done yet:")).unwrap_or_else(|| panic!("no pending notice: {stdout}"));
+    assert!(pending.contains("pauseAutoscaler") && pending.contains(&format!("apply {}", saved.display())), "{pending}");
+    assert!(!pending.contains("--force"), "the command to finish must not force again: {pending}");
     // The node work is done; what needs the API is journaled as forced, and nothing else is.
     let after_force = latest(&lab);
     let forced_steps: Vec<&str> = after_force.iter().filter(|(_, note)| is_forced(note)).map(|(s, _)| s.as_str()).collect();
@@ -192,6 +197,7 @@ fn force_goes_on_without_the_api_and_a_later_run_does_what_it_skipped() {
     let stderr = String::from_utf8_lossy(&resumed.stderr);
     assert!(!stderr.contains("start  installCerts@"), "the node work is not done again: {stderr}");
     assert!(stderr.contains(&format!("start  deleteKubeProxyPod@{agent}")), "{stderr}");
+    assert!(!String::from_utf8_lossy(&resumed.stdout).contains("Not done yet"), "{}", text(&resumed));
     let done = latest(&lab);
     assert!(done.values().all(|note| !is_forced(note)), "nothing is left forced: {done:#?}");
     assert_eq!(done["pauseAutoscaler"], format!("scaled cluster-autoscaler from {replicas_before} to 0"));
