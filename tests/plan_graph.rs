@@ -71,6 +71,12 @@ fn every_profile_and_shape_gives_a_valid_graph_with_the_expected_strategy() {
                 assert!(g.precedes(&format!("{}@final", GateKind::KubeSystemReady.as_str()), "updateApiModel"), "{label}");
                 assert!(g.precedes("updateApiModel", "resumeAutoscaler"));
                 assert!(g.precedes("pauseAutoscaler", "resumeAutoscaler"));
+                // Each node's backup and staging are one step, before anything is installed there.
+                assert!(ids_of(&g, Operation::BackupNodeCerts).is_empty(), "{label}");
+                for s in g.steps().filter(|s| s.operation == Operation::InstallCerts) {
+                    let node = s.target.as_deref().unwrap();
+                    assert!(g.precedes(&format!("distributeCerts@{node}"), &s.id), "{label}: {}", s.id);
+                }
                 // Service-account tokens are renewed only when the apiserver key changes (a new
                 // CA); a reissue under the kept CA keeps the key, so tokens stay valid.
                 if g.step("deleteServiceAccountTokens").is_some() {

@@ -16,8 +16,9 @@ pub async fn run_windows_step(ctx: &Context, step: &Step) -> Result<Option<Strin
     let node = step.target.clone().unwrap_or_default();
     let stamp = ctx.stamp();
     match step.operation {
-        Operation::DistributeCerts => Ok(Some("Windows: the material travels with the install step".into())),
-        Operation::BackupNodeCerts => {
+        // The material travels with the install step; what remains of this step on Windows
+        // is its backup (plans saved before the two steps were merged also have it apart).
+        Operation::DistributeCerts | Operation::BackupNodeCerts => {
             run_ps(ctx, &node, "back up c:\\k", &windows::backup_script(&stamp)).await?;
             Ok(None)
         }

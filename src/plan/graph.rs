@@ -709,7 +709,10 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
         pause = Some(p);
     }
 
-    // Copy and back up on every node that changes; harmless, so it overlaps the preflight.
+    // Back up and copy on every node that changes; harmless, so it overlaps the preflight.
+    // One step and one remote command per node: the backup and the staging were two steps
+    // in a row with nothing between them, each paying its own round trip through the
+    // jumpbox. The backup still comes first, and every install checks it is there.
     let mut staged: HashMap<String, NodeIndex> = HashMap::new();
     let touched: Vec<&Node> = masters_touched.iter().copied().chain(agents.iter().copied()).collect();
     for node in &touched {
@@ -717,20 +720,20 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
         let d = b.action(
             Operation::DistributeCerts,
             Some(&node.name),
-            format!("copy {} to a staging directory on {}", ids.join(", "), node.name),
-            params(&[("certificates", AttrValue::List(ids))]),
+            format!(
+                "copy {CERT_DIR} to {CERT_DIR}.bak on {n} and verify the copy, then copy {} to a staging directory there",
+                ids.join(", "),
+                n = node.name
+            ),
+            params(&[
+                ("certificates", AttrValue::List(ids)),
+                ("backupFrom", AttrValue::Text(CERT_DIR.into())),
+                ("backupTo", AttrValue::Text(format!("{CERT_DIR}.bak"))),
+            ]),
             &[],
         );
         b.g.edge(issue, d);
-        let k = b.action(
-            Operation::BackupNodeCerts,
-            Some(&node.name),
-            format!("copy {CERT_DIR} to {CERT_DIR}.bak on {} and verify the copy", node.name),
-            params(&[("from", AttrValue::Text(CERT_DIR.into())), ("to", AttrValue::Text(format!("{CERT_DIR}.bak")))]),
-            &[],
-        );
-        b.g.edge(d, k);
-        staged.insert(node.name.clone(), k);
+        staged.insert(node.name.clone(), d);
     }
 
     // The front-proxy pair is installed in its own phase, after etcd holds it.
