@@ -67,10 +67,31 @@ fn every_profile_and_shape_gives_a_valid_graph_with_the_expected_strategy() {
                 // Agents: one install per changed agent, each followed by its own Ready gate.
                 let agent_installs = g.steps().filter(|s| s.operation == Operation::InstallCerts && s.target.as_deref().is_some_and(|t| t.contains("agentpool"))).count();
                 assert_eq!(agent_installs, a, "{label}");
-                // The API model is written after every gate, then the autoscaler resumes.
-                assert!(g.precedes(&format!("{}@final", GateKind::KubeSystemReady.as_str()), "updateApiModel"), "{label}");
-                assert!(g.precedes("updateApiModel", "resumeAutoscaler"));
+                // The API model is written, and the autoscaler resumes, once every gate about
+                // the nodes passed (etcd, apiservers, control plane, every node Ready), without
+                // waiting for the final kube-system gate, which an unrelated addon can hold up.
+                let final_gate = format!("{}@final", GateKind::KubeSystemReady.as_str());
+                for s in g.steps().filter(|s| s.operation.is_gate() && s.id != final_gate) {
+                    if g.step("updateApiModel").is_some() {
+                        assert!(g.precedes(&s.id, "updateApiModel"), "{label}: {} must precede updateApiModel", s.id);
+                    }
+                    if s.operation == Operation::Gate(GateKind::NodesReady) {
+                        assert!(g.precedes(&s.id, "resumeAutoscaler"), "{label}: {} must precede resumeAutoscaler", s.id);
+                    }
+                }
+                assert!(!g.precedes(&final_gate, "updateApiModel") && !g.precedes(&final_gate, "resumeAutoscaler"), "{label}");
+                for step in ["updateApiModel", "resumeAutoscaler", final_gate.as_str()] {
+                    if g.step(step).is_some() {
+                        assert!(g.precedes(step, "cleanup"), "{label}: {step} before cleanup");
+                    }
+                }
                 assert!(g.precedes("pauseAutoscaler", "resumeAutoscaler"));
+                // Each node's backup and staging are one step, before anything is installed there.
+                assert!(ids_of(&g, Operation::BackupNodeCerts).is_empty(), "{label}");
+                for s in g.steps().filter(|s| s.operation == Operation::InstallCerts) {
+                    let node = s.target.as_deref().unwrap();
+                    assert!(g.precedes(&format!("distributeCerts@{node}"), &s.id), "{label}: {}", s.id);
+                }
                 // Service-account tokens are renewed only when the apiserver key changes (a new
                 // CA); a reissue under the kept CA keeps the key, so tokens stay valid.
                 if g.step("deleteServiceAccountTokens").is_some() {

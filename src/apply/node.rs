@@ -134,6 +134,14 @@ mkdir -m 0700 "$X.tmp"
     s
 }
 
+/// The node's backup, then its staging, in one remote command (one round trip instead of
+/// two). Each runs in its own subshell with its own `set -eu`, so the backup's early
+/// `exit 0` when it is already made does not skip the staging, and a failed backup stops
+/// the script before anything is staged. Prints the backup's line, then the staging's.
+pub fn backup_and_stage_script(stamp: &str, admin_kubeconfig: Option<&str>, files: &[NodeFile]) -> String {
+    format!("set -eu\n(\n{}\n)\n(\n{}\n)\n", backup_script(stamp, admin_kubeconfig), stage_script(stamp, files))
+}
+
 /// Installs staged files atomically (a temp file beside the target, then rename) with their
 /// owners and modes; files already in place are left alone. Checks content, owner and mode.
 pub fn install_script(stamp: &str, step: &str, files: &[NodeFile]) -> String {
@@ -418,6 +426,24 @@ mod tests {
         assert_eq!(file("/x/y/z.crt", "").staged_name(), "x__y__z.crt");
     }
 
+    /// A backup that fails stops the combined script before anything is staged, so nothing
+    /// on the node moves on without a confirmed backup.
+    #[test]
+    fn failed_backup_stages_nothing() {
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path().display().to_string();
+        let script = backup_and_stage_script("s1", None, &[file("/etc/kubernetes/certs/ca.crt", "new ca\n")])
+            .replace("/etc/kubernetes", &format!("{r}/etc/kubernetes"))
+            .replace("/var/log/azure", &format!("{r}/var/log/azure"));
+        std::fs::create_dir_all(format!("{r}/etc/kubernetes")).unwrap();
+        // No certs directory: the backup has nothing to copy and must fail.
+        let out = std::process::Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        assert!(!out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+        assert!(!std::path::Path::new(&format!("{r}{}", staging_dir("s1"))).exists(), "staged although the backup failed");
+        assert!(!std::path::Path::new(&format!("{r}{}.tmp", staging_dir("s1"))).exists());
+    }
+
     /// Runs the scripts against a scratch tree with sh, as root would, using a fake
     /// /etc/kubernetes through path rewriting; proves stage → backup → install → restore.
     #[test]
@@ -442,9 +468,13 @@ mod tests {
         std::fs::write(format!("{r}/etc/kubernetes/certs/ca.crt"), "old ca\n").unwrap();
         let new = NodeFile { path: format!("{CERT_DIR}/ca.crt"), owner: me.clone(), group: String::new(), mode: 0o644, content: b"new ca\n".to_vec() };
         let files = vec![NodeFile { path: new.path.clone(), ..new.clone() }];
-        assert_eq!(run(stage_script("s1", &files)).trim(), "OK");
-        assert_eq!(run(stage_script("s1", &files)).trim(), "SKIP", "staging twice is a no-op");
-        assert_eq!(run(backup_script("s1", None)).trim(), "OK");
+        assert_eq!(run(backup_and_stage_script("s1", None, &files)).split_whitespace().collect::<Vec<_>>(), ["OK", "OK"]);
+        assert_eq!(
+            run(backup_and_stage_script("s1", None, &files)).split_whitespace().collect::<Vec<_>>(),
+            ["SKIP", "SKIP"],
+            "backing up and staging twice is a no-op, and the backup's early exit does not skip the staging check"
+        );
+        assert_eq!(run(stage_script("s1", &files)).trim(), "SKIP");
         assert_eq!(run(backup_script("s1", None)).trim(), "SKIP");
         assert_eq!(run(install_script("s1", "installCerts", &files)).trim(), "OK");
         assert_eq!(std::fs::read_to_string(format!("{r}/etc/kubernetes/certs/ca.crt")).unwrap(), "new ca\n");

@@ -279,6 +279,17 @@ pub fn issue_pki(
     };
     let wanted = |id: &str| ids.iter().any(|i| i == id);
     let mut items = BTreeMap::new();
+    // All keys first, in parallel: issued one by one below, they were generated serially.
+    let mut keys = {
+        let ca_keys = usize::from(wanted("ca")) + usize::from(wanted("proxy-ca") || wanted("proxy"));
+        let mut specs = vec![profile.key.ca_key(); ca_keys];
+        for id in ids.iter().filter(|i| *i != "ca" && *i != "proxy-ca") {
+            if !(entry(id)?.kind == CertKind::Apiserver && !wanted("ca")) {
+                specs.push(profile.key.leaf_key());
+            }
+        }
+        issue::KeyPool::generate(&specs).map_err(failed("the new keys"))?
+    };
 
     let supplied_ca = supplied.and_then(|cp| supplied_pair(cp, &ApiModelField::Pair { cert: "caCertificate".into(), key: "caPrivateKey".into() }));
     let ca_pair = if let Some(pair) = supplied_ca {
@@ -288,7 +299,7 @@ pub fn issue_pki(
         pair
     } else if wanted("ca") {
         let t = entry("ca")?.template(profile.key.ca_key(), not_before, until(profile.validity.ca));
-        let pair = issue::issue_ca(&t).map_err(failed("the cluster CA"))?;
+        let pair = keys.take(t.key).and_then(|k| issue::issue_ca_with_key(&t, &k)).map_err(failed("the cluster CA"))?;
         items.insert("ca".to_string(), pair.clone());
         pair
     } else {
@@ -307,7 +318,7 @@ pub fn issue_pki(
     let mut proxy_ca_cert_pem = None;
     let proxy_ca = if wanted("proxy-ca") || wanted("proxy") {
         let t = entry("proxy-ca")?.template(profile.key.ca_key(), not_before, until(profile.validity.front_proxy_ca));
-        let pair = issue::issue_ca(&t).map_err(failed("the front-proxy CA"))?;
+        let pair = keys.take(t.key).and_then(|k| issue::issue_ca_with_key(&t, &k)).map_err(failed("the front-proxy CA"))?;
         proxy_ca_cert_pem = Some(pair.cert_pem.clone());
         items.insert("proxy-ca".to_string(), pair.clone());
         Some(CertificateAuthority::load(&pair).map_err(failed("loading the front-proxy CA"))?)
@@ -327,11 +338,11 @@ pub fn issue_pki(
         let pair = match e.kind {
             CertKind::KubeletServer => {
                 let t = e.template(profile.key.leaf_key(), not_before, until(profile.validity.leaf));
-                issue::issue_ca(&t).map_err(failed(id))?
+                keys.take(t.key).and_then(|k| issue::issue_ca_with_key(&t, &k)).map_err(failed(id))?
             }
             CertKind::Proxy => {
                 let t = e.template(profile.key.leaf_key(), not_before, until(profile.validity.front_proxy_client));
-                proxy_ca.as_ref().expect("made above").issue(&t).map_err(failed(id))?
+                keys.take(t.key).and_then(|k| proxy_ca.as_ref().expect("made above").issue_with_key(&t, &k)).map_err(failed(id))?
             }
             _ => {
                 let mut t = e.template(profile.key.leaf_key(), not_before, until(profile.validity.leaf));
@@ -353,7 +364,7 @@ pub fn issue_pki(
                     let key = kept_apiserver_key(model).map_err(failed(id))?;
                     ca.issue_with_key(&t, &key).map_err(failed(id))?
                 } else {
-                    ca.issue(&t).map_err(failed(id))?
+                    keys.take(t.key).and_then(|k| ca.issue_with_key(&t, &k)).map_err(failed(id))?
                 }
             }
         };

@@ -38,8 +38,9 @@ pub(crate) fn windows_action(step: &Step, stamp: &str, pki: impl FnOnce() -> Res
     let node = step.target.as_deref().unwrap_or_default();
     let script = |what: &'static str, script: String| -> Result<WindowsAction, StepError> { Ok(WindowsAction::Script { what, script }) };
     match step.operation {
-        Operation::DistributeCerts => Ok(WindowsAction::Note("Windows: the material travels with the install step")),
-        Operation::BackupNodeCerts => script("back up c:\\k", windows::backup_script(stamp)),
+        // The material travels with the install step; what remains of this step on Windows
+        // is its backup (plans saved before the two steps were merged also have it apart).
+        Operation::DistributeCerts | Operation::BackupNodeCerts => script("back up c:\\k", windows::backup_script(stamp)),
         Operation::InstallCerts => {
             let pki = pki()?;
             let client = pki.get("client").ok_or_else(|| {
@@ -131,7 +132,8 @@ mod tests {
         assert_eq!(action_without_pki(Operation::Cleanup).unwrap(), script("clean up c:\\k", windows::cleanup_script()));
         // The backup is named after the plan: another stamp is another script.
         assert_ne!(action_without_pki(Operation::BackupNodeCerts).unwrap(), script("back up c:\\k", windows::backup_script("ffffffffffffffff")));
-        assert_eq!(action_without_pki(Operation::DistributeCerts).unwrap(), WindowsAction::Note("Windows: the material travels with the install step"));
+        // distributeCerts carries the backup on Linux too; the material travels with install.
+        assert_eq!(action_without_pki(Operation::DistributeCerts).unwrap(), script("back up c:\\k", windows::backup_script(STAMP)));
         assert_eq!(action_without_pki(Operation::RemoveKubeletClientCurrent).unwrap(), WindowsAction::Note("Windows: no kubelet-client-current.pem"));
     }
 

@@ -152,6 +152,53 @@ pub fn generate_keys(specs: &[KeySpec]) -> Result<Vec<GeneratedKey>, IssueError>
     parallel_map(specs, |spec| generate_key(*spec))
 }
 
+/// Keys generated ahead of issuance, all at once over the machine's cores, then handed out
+/// one by one by kind. Callers that issue certificates one after another (each needing the
+/// CA signed before the leaves) would otherwise generate RSA keys serially, which is most of
+/// a rotation's local CPU time.
+#[derive(Debug, Default)]
+pub struct KeyPool {
+    keys: std::collections::HashMap<KeySpec, Vec<GeneratedKey>>,
+}
+
+impl KeyPool {
+    /// Generates one key per entry of `specs`, in parallel. The slowest kinds go first so a
+    /// 4096-bit CA key does not start last and leave the other cores idle at the end.
+    pub fn generate(specs: &[KeySpec]) -> Result<KeyPool, IssueError> {
+        let mut ordered = specs.to_vec();
+        ordered.sort_by_key(|s| std::cmp::Reverse(key_cost_rank(*s)));
+        let mut pool = KeyPool::default();
+        for key in generate_keys(&ordered)? {
+            pool.keys.entry(key.spec()).or_default().push(key);
+        }
+        Ok(pool)
+    }
+
+    /// A key of kind `spec`: one generated ahead, or a new one when the pool has none left
+    /// (so a caller that counted wrong is slower, never wrong).
+    pub fn take(&mut self, spec: KeySpec) -> Result<GeneratedKey, IssueError> {
+        match self.keys.get_mut(&spec).and_then(Vec::pop) {
+            Some(key) => Ok(key),
+            None => generate_key(spec),
+        }
+    }
+
+    /// Keys generated ahead and not taken.
+    pub fn remaining(&self) -> usize {
+        self.keys.values().map(Vec::len).sum()
+    }
+}
+
+/// Relative cost of generating a key of this kind (RSA generation grows steeply with size).
+fn key_cost_rank(spec: KeySpec) -> u8 {
+    match spec {
+        KeySpec::Rsa4096 => 3,
+        KeySpec::Rsa3072 => 2,
+        KeySpec::Rsa2048 => 1,
+        KeySpec::EcdsaP256 => 0,
+    }
+}
+
 /// Issues a self-signed CA with a new key.
 pub fn issue_ca(template: &CertTemplate) -> Result<KeyCertPair, IssueError> {
     let key = generate_key(template.key)?;
@@ -634,6 +681,24 @@ mod tests {
             not_before: now,
             not_after: now + time::Duration::days(365),
         }
+    }
+
+    #[test]
+    fn key_pool_hands_out_distinct_keys_of_the_kind_asked_and_generates_more_when_empty() {
+        let mut pool = KeyPool::generate(&[KeySpec::EcdsaP256, KeySpec::Rsa2048, KeySpec::EcdsaP256]).unwrap();
+        assert_eq!(pool.remaining(), 3);
+        let a = pool.take(KeySpec::EcdsaP256).unwrap();
+        let b = pool.take(KeySpec::EcdsaP256).unwrap();
+        assert_eq!((a.spec(), b.spec()), (KeySpec::EcdsaP256, KeySpec::EcdsaP256));
+        assert_ne!(a.public_key_info_der(), b.public_key_info_der(), "each key is handed out once");
+        assert_eq!(pool.take(KeySpec::Rsa2048).unwrap().spec(), KeySpec::Rsa2048);
+        assert_eq!(pool.remaining(), 0);
+        // Empty: a new key rather than an error or a repeat.
+        let c = pool.take(KeySpec::EcdsaP256).unwrap();
+        assert_eq!(c.spec(), KeySpec::EcdsaP256);
+        assert!(c.public_key_info_der() != a.public_key_info_der() && c.public_key_info_der() != b.public_key_info_der());
+        // The pooled key signs a certificate like a freshly generated one.
+        issue_ca_with_key(&template("pooled", KeySpec::EcdsaP256, true), &c).unwrap();
     }
 
     #[test]

@@ -357,7 +357,8 @@ impl ActionGraph {
 
     /// Checks the graph: acyclic; every gate a step relies on runs before it; every change to
     /// the cluster comes after some gate; every gate guards something; the API model is
-    /// written and the run cleaned up only after every gate passed.
+    /// written only after every gate but the final kube-system one, and the run is cleaned
+    /// up only after every gate passed.
     pub fn validate(&self) -> Result<(), GraphError> {
         self.topological_order()?;
         for step in self.steps() {
@@ -389,9 +390,16 @@ impl ActionGraph {
             if step.operation.is_disruptive() && !after_some_gate.contains(&ix) {
                 return Err(GraphError::UngatedChange { step: step.id.clone() });
             }
+            // The API model may be written before the final kube-system gate (an unrelated
+            // addon must not keep it stale), but only after every gate about the nodes.
+            let must_follow = |g: &NodeIndex| match step.operation {
+                Operation::Cleanup => true,
+                Operation::UpdateApiModel => self.graph[*g].operation != Operation::Gate(GateKind::KubeSystemReady),
+                _ => false,
+            };
             if matches!(step.operation, Operation::UpdateApiModel | Operation::Cleanup) {
                 let ancestors: HashSet<NodeIndex> = Dfs::new(Reversed(&self.graph), ix).iter(Reversed(&self.graph)).collect();
-                if let Some(g) = gates.iter().find(|g| !ancestors.contains(g)) {
+                if let Some(g) = gates.iter().filter(|g| must_follow(g)).find(|g| !ancestors.contains(g)) {
                     return Err(GraphError::GateNotBefore { gate: self.graph[*g].id.clone(), step: step.id.clone() });
                 }
             }
@@ -709,7 +717,10 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
         pause = Some(p);
     }
 
-    // Copy and back up on every node that changes; harmless, so it overlaps the preflight.
+    // Back up and copy on every node that changes; harmless, so it overlaps the preflight.
+    // One step and one remote command per node: the backup and the staging were two steps
+    // in a row with nothing between them, each paying its own round trip through the
+    // jumpbox. The backup still comes first, and every install checks it is there.
     let mut staged: HashMap<String, NodeIndex> = HashMap::new();
     let touched: Vec<&Node> = masters_touched.iter().copied().chain(agents.iter().copied()).collect();
     for node in &touched {
@@ -717,20 +728,20 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
         let d = b.action(
             Operation::DistributeCerts,
             Some(&node.name),
-            format!("copy {} to a staging directory on {}", ids.join(", "), node.name),
-            params(&[("certificates", AttrValue::List(ids))]),
+            format!(
+                "copy {CERT_DIR} to {CERT_DIR}.bak on {n} and verify the copy, then copy {} to a staging directory there",
+                ids.join(", "),
+                n = node.name
+            ),
+            params(&[
+                ("certificates", AttrValue::List(ids)),
+                ("backupFrom", AttrValue::Text(CERT_DIR.into())),
+                ("backupTo", AttrValue::Text(format!("{CERT_DIR}.bak"))),
+            ]),
             &[],
         );
         b.g.edge(issue, d);
-        let k = b.action(
-            Operation::BackupNodeCerts,
-            Some(&node.name),
-            format!("copy {CERT_DIR} to {CERT_DIR}.bak on {} and verify the copy", node.name),
-            params(&[("from", AttrValue::Text(CERT_DIR.into())), ("to", AttrValue::Text(format!("{CERT_DIR}.bak")))]),
-            &[],
-        );
-        b.g.edge(d, k);
-        staged.insert(node.name.clone(), k);
+        staged.insert(node.name.clone(), d);
     }
 
     // The front-proxy pair is installed in its own phase, after etcd holds it.
@@ -1058,29 +1069,45 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
     b.g.edges_from(&workloads_end, final_gate);
     // The final gate must come after every other gate as well.
     let all_gates: Vec<NodeIndex> = b.g.graph.node_indices().filter(|ix| b.g.graph[*ix].operation.is_gate() && *ix != final_gate).collect();
-    let mut tail = final_gate;
+    // What proves every node works with its new certificates: the masters' last gates (etcd
+    // healthy, apiserver serving the new certificate, control plane Ready), the front-proxy
+    // gates and every agent Ready. Every other gate runs before these.
+    let nodes_proven: Vec<NodeIndex> = master_end
+        .iter()
+        .chain(proxy_gates.iter())
+        .copied()
+        .chain(b.g.graph.node_indices().filter(|ix| *ix != pre_nodes && b.g.graph[*ix].operation == Operation::Gate(GateKind::NodesReady)))
+        .collect();
+    // The API model is written once the nodes hold the new certificates and the control plane
+    // is proven to work with them, not after the final kube-system gate: an unrelated addon
+    // that never gets Ready would otherwise leave apimodel.json describing certificates the
+    // cluster no longer has.
+    let mut tail = vec![final_gate];
     if diff.apimodel_changes() {
         let u = b.action(
             Operation::UpdateApiModel,
             None,
             "write the new certificateProfile into apimodel.json (atomic, key order and unknown fields kept)".into(),
             BTreeMap::new(),
-            &[final_gate],
+            &nodes_proven,
         );
-        b.g.edge(final_gate, u);
-        tail = u;
+        b.g.edges_from(&agents_end, u);
+        tail.push(u);
     }
+    // The autoscaler comes back once every node is Ready again, for the same reason: a
+    // crash-looping addon must not keep the cluster from scaling.
     let resume = b.action(
         Operation::ResumeAutoscaler,
         None,
         "scale cluster-autoscaler back to its remembered replica count".into(),
         BTreeMap::new(),
-        &[final_gate],
+        &nodes_proven,
     );
-    b.g.edge(tail, resume);
+    b.g.edges_from(&agents_end, resume);
     if let Some(p) = pause {
         b.g.edge(p, resume);
     }
+    tail.push(resume);
     let cleanup = b.action(
         Operation::Cleanup,
         None,
@@ -1088,7 +1115,7 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
         BTreeMap::new(),
         &[final_gate],
     );
-    b.g.edge(resume, cleanup);
+    b.g.edges_from(&tail, cleanup);
     for g in all_gates {
         if b.g.graph.neighbors_directed(g, petgraph::Direction::Outgoing).next().is_none() {
             b.g.edge(g, final_gate);

@@ -4,6 +4,14 @@
 //! node's sshd during the apply. Target, judged from the figures and not asserted: own work
 //! under 10% of the total. The bench asserts only that every apply exited 0.
 //!
+//! What counts as waiting: the wall-clock time during which only gates, service restarts and
+//! VM reboots were in flight (apply's `waitingSecs`). Everything else is own work, shown two
+//! ways: `own%` = (wall − waiting) / wall, which also charges certrotate with taking the lock,
+//! the staleness re-read of every node before the walk, releasing the lock, closing sessions
+//! and process start and exit (none of them steps); and `steps%` = apply's `ownWorkSecs` /
+//! `totalSecs`, the share of its own steps only, a lower bound. Restarts and gates count as
+//! waiting whole, including the SSH round trip that starts or probes them.
+//!
 //! Every run gets a fresh lab (runs stay independent): `certrotate plan --profile P --out FILE`,
 //! then `certrotate apply FILE --json`, whose JSON lines give the summary (applyFinished) and
 //! the own-work steps (stepFinished with `waiting: false`). Two notions of own work are shown:
@@ -15,8 +23,14 @@
 //! `APPLY_SCALE_SHAPES=3x2,3x20`, `APPLY_SCALE_PROFILES=renew-expiring,rotate-all` and
 //! `APPLY_SCALE_ROUNDS=1` (the defaults) change what is measured. `APPLY_SCALE_REBOOT_DELAY=90s`
 //! makes every VM restart through the Azure stand-in take that long (the lab's default is a
-//! few seconds; Azure takes minutes), to judge the own-work share under realistic waits. The
-//! JSON lines and stderr of a failed apply are kept under `$TMPDIR/apply_scale-<pid>/`.
+//! few seconds; Azure takes minutes), to judge the own-work share under realistic waits;
+//! `APPLY_SCALE_RESTART_DELAY=10s` makes every `systemctl restart` keep its unit down that long
+//! (the lab restarts at once; a real etcd, kubelet or apiserver takes seconds to tens of
+//! seconds). With either set, every shape and profile also runs on the instant lab and both
+//! rows are printed side by side with their ratios, so delayed figures are never read alone.
+//! `APPLY_SCALE_CERTROTATE=PATH` measures another certrotate binary (e.g. a copy built
+//! before a change) against the same lab. The JSON lines and stderr of a failed apply are
+//! kept under `$TMPDIR/apply_scale-<pid>/`.
 
 use lab::spec::{Expiry, LabSpec};
 use lab::{Lab, UpOptions};
@@ -113,13 +127,18 @@ fn range(lo: usize, hi: usize) -> String {
 struct Row {
     shape: (u8, u16),
     profile: String,
+    delayed: bool,
     wall: Duration,
+    own_pct: f64,
     ok: bool,
 }
 
 fn main() {
     assert_eq!(unsafe { libc::geteuid() }, 0, "the lab needs root");
-    let certrotate = sibling_binary("certrotate");
+    let certrotate = match std::env::var_os("APPLY_SCALE_CERTROTATE") {
+        Some(p) => PathBuf::from(p),
+        None => sibling_binary("certrotate"),
+    };
     let lab_binary = sibling_binary("lab");
     let shapes: Vec<(u8, u16)> = std::env::var("APPLY_SCALE_SHAPES")
         .unwrap_or_else(|_| "3x2,3x20".into())
@@ -138,21 +157,36 @@ fn main() {
     let reboot_delay: Option<Duration> = std::env::var("APPLY_SCALE_REBOOT_DELAY")
         .ok()
         .map(|d| humantime::parse_duration(&d).expect("APPLY_SCALE_REBOOT_DELAY is a duration such as 90s"));
+    let restart_delay: Option<Duration> = std::env::var("APPLY_SCALE_RESTART_DELAY")
+        .ok()
+        .map(|d| humantime::parse_duration(&d).expect("APPLY_SCALE_RESTART_DELAY is a duration such as 10s"));
+    // The instant lab always runs; the delayed one as well when a delay is set.
+    let mut modes: Vec<bool> = vec![false];
+    if reboot_delay.is_some() || restart_delay.is_some() {
+        modes.push(true);
+    }
     let keep = std::env::temp_dir().join(format!("apply_scale-{}", std::process::id()));
 
-    println!("certrotate apply on lab clusters (certificates expiring in 20 days), a fresh lab per run, {rounds} round(s) each");
-    if let Some(d) = reboot_delay {
-        println!("VM restarts take {} (APPLY_SCALE_REBOOT_DELAY)", humantime::format_duration(d));
+    println!("certrotate apply ({}) on lab clusters (certificates expiring in 20 days), a fresh lab per run, {rounds} round(s) each", certrotate.display());
+    if modes.len() > 1 {
+        let d = |d: Option<Duration>| d.map(|d| humantime::format_duration(d).to_string()).unwrap_or_else(|| "instant".into());
+        println!(
+            "lab \"delayed\": VM restarts {} (APPLY_SCALE_REBOOT_DELAY), service restarts {} (APPLY_SCALE_RESTART_DELAY); lab \"instant\": the lab's defaults",
+            d(reboot_delay),
+            d(restart_delay)
+        );
     }
+    println!("own% = (wall - waiting) / wall, everything not spent waiting on the cluster; steps% = own steps' wall-clock / apply's total");
     let header = format!(
-        "{:<6} {:<15} {:>7} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>6} {:>8} {:>11} {:>8}",
-        "shape", "profile", "lab up", "wall", "CPU", "peak RSS", "total", "waiting", "own", "own%", "API down", "logins/node", "jumpbox"
+        "{:<6} {:<15} {:<8} {:>7} {:>8} {:>8} {:>9} {:>8} {:>8} {:>8} {:>6} {:>7} {:>8} {:>11} {:>8}",
+        "shape", "profile", "lab", "lab up", "wall", "CPU", "peak RSS", "total", "waiting", "own", "own%", "steps%", "API down", "logins/node", "jumpbox"
     );
     println!("{header}");
     let mut rows: Vec<Row> = Vec::new();
     let mut details: Vec<String> = Vec::new();
     for &(masters, agents) in &shapes {
         for profile in &profiles {
+            for &delayed in &modes {
             for round in 0..rounds {
                 let dir = tempfile::tempdir().expect("temp dir");
                 let up_start = Instant::now();
@@ -163,8 +197,11 @@ fn main() {
                 )
                 .expect("lab up");
                 let up_time = up_start.elapsed();
-                if let Some(d) = reboot_delay {
+                if let Some(d) = reboot_delay.filter(|_| delayed) {
                     lab.fault(lab::control::Fault::RebootDelay { node: None, millis: d.as_millis() as u64 }).expect("set the reboot delay");
+                }
+                if let Some(d) = restart_delay.filter(|_| delayed) {
+                    lab.fault(lab::control::Fault::RestartDelay { node: None, millis: d.as_millis() as u64 }).expect("set the restart delay");
                 }
                 let env = lab.env();
                 let suffix = env["LAB_NAME_SUFFIX"].clone();
@@ -214,10 +251,14 @@ fn main() {
                 let shape = format!("{masters}+{agents}");
                 let f = |k: &str| report.summary.as_ref().and_then(|s| s[k].as_f64()).unwrap_or(f64::NAN);
                 let (total, waiting, own) = (f("totalSecs"), f("waitingSecs"), f("ownWorkSecs"));
+                let wall = m.wall.as_secs_f64();
+                let own_pct = 100.0 * (wall - waiting) / wall;
+                let mode = if delayed { "delayed" } else { "instant" };
                 println!(
-                    "{:<6} {:<15} {:>5.1} s {:>6.1} s {:>6.1} s {:>5.0} MiB {:>6.1} s {:>6.1} s {:>6.1} s {:>5.1}% {:>6.1} s {:>11} {:>8}{}",
+                    "{:<6} {:<15} {:<8} {:>5.1} s {:>6.1} s {:>6.1} s {:>5.0} MiB {:>6.1} s {:>6.1} s {:>6.1} s {:>5.1}% {:>6.1}% {:>6.1} s {:>11} {:>8}{}",
                     shape,
                     profile,
+                    mode,
                     up_time.as_secs_f64(),
                     m.wall.as_secs_f64(),
                     m.cpu.as_secs_f64(),
@@ -225,6 +266,7 @@ fn main() {
                     total,
                     waiting,
                     own,
+                    own_pct,
                     100.0 * own / total,
                     f("apiDowntimeSecs"),
                     range(lo, hi),
@@ -232,7 +274,7 @@ fn main() {
                     if m.code == 0 { String::new() } else { format!("  FAILED (exit {})", m.code) }
                 );
 
-                let mut d = format!("{shape} {profile} (round {}):", round + 1);
+                let mut d = format!("{shape} {profile} {mode} (round {}):", round + 1);
                 if let Some(s) = &report.summary {
                     let phases: Vec<String> = s["phases"]
                         .as_array()
@@ -241,7 +283,7 @@ fn main() {
                         .map(|p| format!("{} {:.1} s", p["phase"].as_str().unwrap_or("?"), p["secs"].as_f64().unwrap_or(0.0)))
                         .collect();
                     d.push_str(&format!(
-                        "\n  phases: {}\n  CPU {:.1} s = {:.1}% of wall; other (between steps) {:.1} s; outside the walk (lock, staleness refresh, exit) {:.1} s; API probes {} ({} failed); steps {} done, {} skipped",
+                        "\n  phases: {}\n  CPU {:.1} s = {:.1}% of wall; own work outside steps (lock, staleness re-read, release, scheduling) {:.1} s; process start and exit {:.1} s; API probes {} ({} failed); steps {} done, {} skipped",
                         phases.join(", "),
                         m.cpu.as_secs_f64(),
                         100.0 * m.cpu.as_secs_f64() / m.wall.as_secs_f64(),
@@ -283,8 +325,9 @@ fn main() {
                     }
                 }
                 details.push(d);
-                rows.push(Row { shape: (masters, agents), profile: profile.clone(), wall: m.wall, ok: m.code == 0 });
+                rows.push(Row { shape: (masters, agents), profile: profile.clone(), delayed, wall: m.wall, own_pct, ok: m.code == 0 });
                 lab.down().expect("lab down");
+            }
             }
         }
     }
@@ -298,7 +341,7 @@ fn main() {
         if first != last {
             for profile in &profiles {
                 let median = |shape: (u8, u16)| {
-                    let mut v: Vec<Duration> = rows.iter().filter(|r| r.shape == shape && &r.profile == profile && r.ok).map(|r| r.wall).collect();
+                    let mut v: Vec<Duration> = rows.iter().filter(|r| r.shape == shape && &r.profile == profile && r.ok && !r.delayed).map(|r| r.wall).collect();
                     v.sort();
                     v.get(v.len() / 2).copied()
                 };
@@ -312,6 +355,30 @@ fn main() {
                         b.as_secs_f64() / a.as_secs_f64()
                     ),
                     _ => println!("ratio apply({}+{}) / apply({}+{}), {profile}: n/a (a run failed)", last.0, last.1, first.0, first.1),
+                }
+            }
+        }
+    }
+    if modes.len() > 1 {
+        // Delayed figures next to the instant ones they came from.
+        for &shape in &shapes {
+            for profile in &profiles {
+                let median = |delayed: bool, key: fn(&Row) -> f64| {
+                    let mut v: Vec<f64> = rows.iter().filter(|r| r.shape == shape && &r.profile == profile && r.ok && r.delayed == delayed).map(key).collect();
+                    v.sort_by(f64::total_cmp);
+                    v.get(v.len() / 2).copied()
+                };
+                let wall = |r: &Row| r.wall.as_secs_f64();
+                let own = |r: &Row| r.own_pct;
+                match (median(false, wall), median(true, wall), median(false, own), median(true, own)) {
+                    (Some(wi), Some(wd), Some(oi), Some(od)) => println!(
+                        "{}+{} {profile}: wall instant {wi:.1} s, delayed {wd:.1} s (x{:.2}); own% instant {oi:.1}%, delayed {od:.1}% (x{:.2})",
+                        shape.0,
+                        shape.1,
+                        wd / wi,
+                        od / oi
+                    ),
+                    _ => println!("{}+{} {profile}: instant/delayed ratio n/a (a run failed)", shape.0, shape.1),
                 }
             }
         }

@@ -57,6 +57,10 @@ pub enum Fault {
     RestoreNetwork { node: String },
     /// Make reboots take this long (all nodes when `node` is None).
     RebootDelay { node: Option<String>, millis: u64 },
+    /// Make `systemctl restart` keep the unit down this long before it starts again (all
+    /// nodes when `node` is None), as real etcd, kubelet and static pods take seconds to tens
+    /// of seconds to come back; the default 0 restarts at once.
+    RestartDelay { node: Option<String>, millis: u64 },
     StopEtcd { node: String },
     StartEtcd { node: String },
     /// New SSH host key for the node (known_hosts is left stale on purpose).

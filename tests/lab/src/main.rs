@@ -102,6 +102,13 @@ enum FaultCommand {
         #[arg(long)]
         node: Option<String>,
     },
+    /// Make `systemctl restart` keep the unit down this long (all nodes unless --node).
+    RestartDelay {
+        #[arg(value_parser = humantime::parse_duration)]
+        delay: Duration,
+        #[arg(long)]
+        node: Option<String>,
+    },
     StopEtcd { node: String },
     StartEtcd { node: String },
     ReplaceHostKey { node: String },
@@ -133,6 +140,7 @@ impl FaultCommand {
             FaultCommand::CutNetwork { node } => Fault::CutNetwork { node },
             FaultCommand::RestoreNetwork { node } => Fault::RestoreNetwork { node },
             FaultCommand::RebootDelay { delay, node } => Fault::RebootDelay { node, millis: delay.as_millis() as u64 },
+            FaultCommand::RestartDelay { delay, node } => Fault::RestartDelay { node, millis: delay.as_millis() as u64 },
             FaultCommand::StopEtcd { node } => Fault::StopEtcd { node },
             FaultCommand::StartEtcd { node } => Fault::StartEtcd { node },
             FaultCommand::ReplaceHostKey { node } => Fault::ReplaceHostKey { node },

@@ -43,6 +43,8 @@ struct NodeRuntime {
     power: Mutex<Power>,
     network_up: AtomicBool,
     reboot_delay_ms: AtomicU64,
+    /// How long `systemctl restart` keeps a unit down (0: restart at once).
+    restart_delay_ms: AtomicU64,
     /// Serialises power operations (reboot, stop, start) on one node.
     power_lock: tokio::sync::Mutex<()>,
 }
@@ -295,6 +297,7 @@ impl Supervisor {
                 power: Mutex::new(Power::Stopped),
                 network_up: AtomicBool::new(true),
                 reboot_delay_ms: AtomicU64::new(layout.spec.reboot_delay.as_millis() as u64),
+                restart_delay_ms: AtomicU64::new(0),
                 power_lock: tokio::sync::Mutex::new(()),
             }));
         }
@@ -399,6 +402,17 @@ impl Supervisor {
                 }
                 Ok(format!("reboots now take {millis} ms"))
             }
+            Fault::RestartDelay { node, millis } => {
+                if let Some(name) = &node {
+                    self.node(name)?;
+                }
+                for rt in &self.nodes {
+                    if node.as_deref().is_none_or(|n| n == rt.info.name) {
+                        rt.restart_delay_ms.store(millis, Ordering::Relaxed);
+                    }
+                }
+                Ok(format!("service restarts now take {millis} ms"))
+            }
             Fault::StopEtcd { node } => {
                 let unit = self.unit(&node, Unit::Etcd)?;
                 unit.stop().await.map(|_| format!("etcd stopped on {node}"))
@@ -466,9 +480,20 @@ impl Supervisor {
                 service.stop().await?;
             }
             SystemctlAction::Restart => {
-                // Static pods come back with the kubelet: restart the apiserver stand-in too.
-                if let Some(a) = also(self) { a.restart().await?; }
-                service.restart().await?;
+                let delay = self.node(node)?.restart_delay_ms.load(Ordering::Relaxed);
+                if delay > 0 {
+                    // Down for the delay, then up, with systemctl waiting throughout: a real
+                    // etcd rejoins, and a kubelet's static pods come back, seconds later.
+                    if let Some(a) = also(self) { a.stop().await?; }
+                    service.stop().await?;
+                    tokio::time::sleep(Duration::from_millis(delay)).await;
+                    service.start().await?;
+                    if let Some(a) = also(self) { a.start().await?; }
+                } else {
+                    // Static pods come back with the kubelet: restart the apiserver stand-in too.
+                    if let Some(a) = also(self) { a.restart().await?; }
+                    service.restart().await?;
+                }
             }
             SystemctlAction::IsActive => {
                 let active = service.status().active;

@@ -240,6 +240,16 @@ fn three_masters_two_agents() {
     assert!(out.status.success(), "{}", text(&out));
     wait_for("etcd back on master 2", Duration::from_secs(20), || etcd_health(&lab, &master2.ip.to_string()).status.success());
 
+    // A restart delay keeps the unit down that long, with systemctl waiting, as a real etcd
+    // takes seconds to rejoin; etcd answers again once it returns.
+    lab.fault(Fault::RestartDelay { node: Some(master2.name.clone()), millis: 3000 }).unwrap();
+    let started = std::time::Instant::now();
+    let out = ssh(&lab, &master2.name, "sudo systemctl restart etcd && systemctl is-active etcd");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(started.elapsed() >= Duration::from_secs(3), "restart took only {:?}", started.elapsed());
+    lab.fault(Fault::RestartDelay { node: None, millis: 0 }).unwrap();
+    wait_for("etcd back on master 2 after a slow restart", Duration::from_secs(20), || etcd_health(&lab, &master2.ip.to_string()).status.success());
+
     // reboot from inside: services and sshd go down, then come back reading certs from disk.
     lab.fault(Fault::RebootDelay { node: Some(master2.name.clone()), millis: 3000 }).unwrap();
     let _ = ssh(&lab, &master2.name, "sudo reboot");
