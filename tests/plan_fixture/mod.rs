@@ -220,19 +220,15 @@ pub fn entry_key(entry: &CertEntry) -> String {
 
 impl Cluster {
     pub fn diff(&self, profile: &Profile) -> Diff {
-        diff::diff_with(DiffInput {
-            topology: &self.topo,
-            catalogue: &self.catalogue,
-            inventory: &self.inventory,
-            apimodel_certificates: Some(&self.apimodel),
-            profile,
-            now: NOW,
-            supplied: None,
-        })
+        self.diff_with(profile, None)
     }
 
     /// The diff with certificates supplied by the operator (`--certificate-profile`).
     pub fn diff_supplied(&self, profile: &Profile, supplied: &[(String, CertFacts)]) -> Diff {
+        self.diff_with(profile, Some(supplied))
+    }
+
+    fn diff_with(&self, profile: &Profile, supplied: Option<&[(String, CertFacts)]>) -> Diff {
         diff::diff_with(DiffInput {
             topology: &self.topo,
             catalogue: &self.catalogue,
@@ -240,7 +236,7 @@ impl Cluster {
             apimodel_certificates: Some(&self.apimodel),
             profile,
             now: NOW,
-            supplied: Some(supplied),
+            supplied,
         })
     }
 
