@@ -302,22 +302,10 @@ impl Context {
             .map_err(|e| StepError::new(format!("the admin kubeconfig is neither JSON nor YAML: {e}")))?;
         use base64::Engine as _;
         let b64 = |s: &str| serde_json::Value::String(base64::engine::general_purpose::STANDARD.encode(s));
-        if let Some(clusters) = doc.get_mut("clusters").and_then(|c| c.as_array_mut()) {
-            for c in clusters {
-                if let Some(cluster) = c.get_mut("cluster").and_then(|c| c.as_object_mut()) {
-                    cluster.insert("certificate-authority-data".into(), b64(&pki.ca_cert_pem));
-                }
-            }
-        }
+        set_in_each(&mut doc, "clusters", "cluster", "certificate-authority-data", b64(&pki.ca_cert_pem));
         if let Some(pair) = client {
-            if let Some(users) = doc.get_mut("users").and_then(|c| c.as_array_mut()) {
-                for u in users {
-                    if let Some(user) = u.get_mut("user").and_then(|c| c.as_object_mut()) {
-                        user.insert("client-certificate-data".into(), b64(&pair.cert_pem));
-                        user.insert("client-key-data".into(), b64(&pair.key_pem));
-                    }
-                }
-            }
+            set_in_each(&mut doc, "users", "user", "client-certificate-data", b64(&pair.cert_pem));
+            set_in_each(&mut doc, "users", "user", "client-key-data", b64(&pair.key_pem));
         }
         Ok(Some(serde_json::to_string_pretty(&doc).expect("kubeconfig serialises")))
     }
@@ -360,13 +348,7 @@ impl Context {
         let text = match server {
             Some(server) => {
                 let mut doc: serde_json::Value = serde_json::from_str(&text).expect("made as JSON");
-                if let Some(clusters) = doc.get_mut("clusters").and_then(|c| c.as_array_mut()) {
-                    for c in clusters {
-                        if let Some(cluster) = c.get_mut("cluster").and_then(|c| c.as_object_mut()) {
-                            cluster.insert("server".into(), serde_json::Value::String(server.clone()));
-                        }
-                    }
-                }
+                set_in_each(&mut doc, "clusters", "cluster", "server", serde_json::Value::String(server));
                 serde_json::to_string_pretty(&doc).expect("serialises")
             }
             None => text,
@@ -850,4 +832,14 @@ pub fn phase_totals(ctx: &Context) -> Vec<(Phase, usize)> {
         counts.entry(format!("{p:?}")).or_insert((p, 0)).1 += 1;
     }
     counts.into_values().collect()
+}
+
+/// Sets `key` to `value` in the `item` object of every entry of the kubeconfig list `list`
+/// (every cluster's `cluster`, every user's `user`).
+fn set_in_each(doc: &mut serde_json::Value, list: &str, item: &str, key: &str, value: serde_json::Value) {
+    for entry in doc.get_mut(list).and_then(|l| l.as_array_mut()).into_iter().flatten() {
+        if let Some(object) = entry.get_mut(item).and_then(|o| o.as_object_mut()) {
+            object.insert(key.to_string(), value.clone());
+        }
+    }
 }

@@ -61,7 +61,7 @@ async fn look(
     match (kind, spec.probe) {
         (GateKind::EtcdHealthy, _) if expired => problems = probe_each(ctx, &nodes, |_| node::etcd_alive_script()).await?,
         (GateKind::EtcdHealthy, _) => {
-            let endpoints: Vec<String> = ctx.topo.masters.iter().filter_map(|m| m.ip).map(|ip| format!("https://{ip}:2379")).collect();
+            let endpoints = ctx.topo.etcd_client_endpoints();
             let scope = scope_of(step);
             let on = if ctx.topo.masters.iter().any(|m| m.name == scope) { scope.to_string() } else { nodes[0].clone() };
             let (ok, lines) = probe(ctx, &on, &node::etcd_health_script(&endpoints)).await?;

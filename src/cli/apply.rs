@@ -677,7 +677,7 @@ async fn rollback_nodes(
 }
 
 async fn wait_etcd(ctx: &Context, masters: &[String]) -> Result<(), StepError> {
-    let endpoints: Vec<String> = ctx.topo.masters.iter().filter_map(|m| m.ip).map(|ip| format!("https://{ip}:2379")).collect();
+    let endpoints = ctx.topo.etcd_client_endpoints();
     let deadline = Instant::now() + ctx.profile.gates.timing(crate::model::profile::GateKind::EtcdHealthy).timeout.as_std();
     loop {
         match ctx.run_root(&masters[0], "etcd health", &node::etcd_health_script(&endpoints)).await {

@@ -321,6 +321,12 @@ impl Topology {
         self.masters.iter().chain(self.agents.iter())
     }
 
+    /// etcd's client URL on every master with a known address (port 2379, as AKS Engine
+    /// configures it).
+    pub fn etcd_client_endpoints(&self) -> Vec<String> {
+        self.masters.iter().filter_map(|m| m.ip).map(|ip| format!("https://{ip}:2379")).collect()
+    }
+
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes().find(|n| n.name == name)
     }
