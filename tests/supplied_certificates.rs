@@ -44,44 +44,45 @@ fn line_of(file: &Path, needle: &str) -> usize {
     text.lines().position(|l| l.contains(needle)).expect("needle in file") + 1
 }
 
+/// Plans with `profile`, expects the refusal (exit 1) and its diagnostic at the line of
+/// `"field"` in the file; returns the flattened stderr.
+fn refused_at(profile: &serde_json::Map<String, serde_json::Value>, field: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, err, file) = plan_with(dir.path(), profile);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains(&format!("{}:{}:", file.display(), line_of(&file, &format!("\"{field}\"")))), "not at {field}: {err}");
+    err
+}
+
 #[test]
 fn a_profile_without_the_ca_key_is_refused_at_its_line() {
-    let dir = tempfile::tempdir().unwrap();
     let mut p = own_profile();
     p.remove("caPrivateKey");
-    let (code, err, file) = plan_with(dir.path(), &p);
-    assert_eq!(code, 1, "{err}");
+    let err = refused_at(&p, "caCertificate");
     assert!(err.contains("caPrivateKey is missing"), "{err}");
-    assert!(err.contains(&format!("{}:{}:", file.display(), line_of(&file, "\"caCertificate\""))), "{err}");
 }
 
 #[test]
 fn certificates_in_the_wrong_fields_are_listed_with_what_is_wrong() {
-    let dir = tempfile::tempdir().unwrap();
     let mut p = own_profile();
     // The client pair where the apiserver pair belongs: it parses and matches its key, but
     // carries the wrong name and no SANs.
     let (cert, key) = (p["clientCertificate"].clone(), p["clientPrivateKey"].clone());
     p.insert("apiServerCertificate".into(), cert);
     p.insert("apiServerPrivateKey".into(), key);
-    let (code, err, file) = plan_with(dir.path(), &p);
-    assert_eq!(code, 1, "{err}");
+    let err = refused_at(&p, "apiServerCertificate");
     assert!(err.contains("cannot be installed on this cluster"), "{err}");
     assert!(err.contains("apiServerCertificate (apiserver): subject CN is"), "{err}");
     assert!(err.contains("IP SAN"), "{err}");
-    assert!(err.contains(&format!("{}:{}:", file.display(), line_of(&file, "\"apiServerCertificate\""))), "{err}");
 }
 
 #[test]
 fn a_key_that_does_not_belong_to_its_certificate_is_refused() {
-    let dir = tempfile::tempdir().unwrap();
     let mut p = own_profile();
     let other_key = p["etcdClientPrivateKey"].clone();
     p.insert("etcdServerPrivateKey".into(), other_key);
-    let (code, err, file) = plan_with(dir.path(), &p);
-    assert_eq!(code, 1, "{err}");
+    let err = refused_at(&p, "etcdServerPrivateKey");
     assert!(err.contains("etcdServerPrivateKey"), "{err}");
-    assert!(err.contains(&format!("{}:", file.display())), "{err}");
 }
 
 #[test]

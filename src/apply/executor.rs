@@ -526,8 +526,8 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
             Ok(Some(format!("backed up to {}", dir.display())))
         }
         Operation::IssuePki => {
-            if NewPki::load(&ctx.run.pki_dir())?.is_some() {
-                ctx.pki()?;
+            if let Some(persisted) = NewPki::load(&ctx.run.pki_dir())? {
+                *ctx.pki.lock().expect("pki lock") = Some(Arc::new(persisted));
                 return Ok(Some("reused the certificates issued by an earlier run of this plan".into()));
             }
             let ids = list_param(step, "certificates");

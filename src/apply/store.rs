@@ -180,6 +180,9 @@ struct Manifest {
     proxy_ca_cert_file: Option<String>,
 }
 
+/// The file naming every persisted pair; written last, so its presence means complete.
+const MANIFEST: &str = "manifest.json";
+
 fn file_stem(id: &str) -> String {
     id.replace(':', "_")
 }
@@ -213,12 +216,17 @@ impl NewPki {
             proxy_ca_cert_file: self.proxy_ca_cert_pem.as_ref().map(|_| "proxy-ca-after.crt".into()),
         };
         let text = serde_json::to_string_pretty(&manifest).expect("manifest serialises");
-        write_atomic(&dir.join("manifest.json"), text.as_bytes(), Some(0o600)).map_err(io(dir))
+        write_atomic(&dir.join(MANIFEST), text.as_bytes(), Some(0o600)).map_err(io(dir))
+    }
+
+    /// Whether a PKI was persisted in `dir` (its manifest, written last, is there).
+    pub fn is_persisted(dir: &Path) -> bool {
+        dir.join(MANIFEST).is_file()
     }
 
     /// Loads a persisted PKI; `None` when none was persisted (no manifest).
     pub fn load(dir: &Path) -> Result<Option<NewPki>, StoreError> {
-        let manifest_path = dir.join("manifest.json");
+        let manifest_path = dir.join(MANIFEST);
         let text = match std::fs::read_to_string(&manifest_path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -279,19 +287,22 @@ pub fn issue_pki(
     };
     let wanted = |id: &str| ids.iter().any(|i| i == id);
     let mut items = BTreeMap::new();
+    // What the operator supplied is taken as it is: no key is made for it.
+    let supplied_ca = supplied.and_then(|cp| pair_of(cp.pair("caCertificate")));
+    let supplied_leaf = |e: &CertEntry| supplied.zip(e.apimodel_field.as_ref()).and_then(|(cp, field)| pair_of(field.read(cp)));
     // All keys first, in parallel: issued one by one below, they were generated serially.
     let mut keys = {
-        let ca_keys = usize::from(wanted("ca")) + usize::from(wanted("proxy-ca") || wanted("proxy"));
+        let ca_keys = usize::from(wanted("ca") && supplied_ca.is_none()) + usize::from(wanted("proxy-ca") || wanted("proxy"));
         let mut specs = vec![profile.key.ca_key(); ca_keys];
         for id in ids.iter().filter(|i| *i != "ca" && *i != "proxy-ca") {
-            if !(entry(id)?.kind == CertKind::Apiserver && !wanted("ca")) {
+            let e = entry(id)?;
+            if !(e.kind == CertKind::Apiserver && !wanted("ca")) && supplied_leaf(&e).is_none() {
                 specs.push(profile.key.leaf_key());
             }
         }
         issue::KeyPool::generate(&specs).map_err(failed("the new keys"))?
     };
 
-    let supplied_ca = supplied.and_then(|cp| supplied_pair(cp, &ApiModelField::Pair { cert: "caCertificate".into(), key: "caPrivateKey".into() }));
     let ca_pair = if let Some(pair) = supplied_ca {
         if wanted("ca") {
             items.insert("ca".to_string(), pair.clone());
@@ -331,7 +342,7 @@ pub fn issue_pki(
             continue;
         }
         let e = entry(id)?;
-        if let Some(pair) = supplied.zip(e.apimodel_field.as_ref()).and_then(|(cp, field)| supplied_pair(cp, field)) {
+        if let Some(pair) = supplied_leaf(&e) {
             items.insert(id.clone(), pair);
             continue;
         }
@@ -373,12 +384,8 @@ pub fn issue_pki(
     Ok(NewPki { items, ca_cert_pem: ca_pair.cert_pem, proxy_ca_cert_pem })
 }
 
-/// The pair a certificateProfile holds for one of its fields, when both halves are there.
-fn supplied_pair(cp: &CertificateProfile, field: &ApiModelField) -> Option<KeyCertPair> {
-    let (cert, key) = match field {
-        ApiModelField::Pair { cert, .. } => cp.pair(cert),
-        ApiModelField::PeerIndex(i) => (cp.etcd_peer_certificates.get(*i).map(String::as_str), cp.etcd_peer_private_keys.get(*i).map(String::as_str)),
-    };
+/// A certificateProfile field's certificate and key as a pair, when both halves are there.
+fn pair_of((cert, key): (Option<&str>, Option<&str>)) -> Option<KeyCertPair> {
     Some(KeyCertPair { cert_pem: cert?.to_string(), key_pem: key?.to_string() })
 }
 

@@ -98,8 +98,7 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
     if let Some(recorded) = &plan.supplied_certificates {
         // A resumed run installs what the first run persisted; the file is needed only
         // until then.
-        let persisted = matches!(NewPki::load(&ctx.run.pki_dir()), Ok(Some(_)));
-        if !persisted {
+        if !NewPki::is_persisted(&ctx.run.pki_dir()) {
             ctx.supplied = Some(Arc::new(super::supplied::reload(recorded)?));
         }
     }
@@ -134,24 +133,23 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         ctx.close_sessions().await;
         let summary = ctx.timings.lock().expect("timings lock").summary(total, down, probes, failures);
         ctx.emit(Event::ApplyFinished { ok, summary: summary.clone() });
+        let saved = plan_path.clone().unwrap_or_else(|| ctx.run.root.join("plan.yaml"));
+        let args: Vec<String> = std::env::args().collect();
         if ok {
             println!("\nApply complete: {} steps done, {} already done.", walked.done, walked.skipped);
             let forced: Vec<String> = ctx.graph.steps().filter(|s| ctx.journal.was_forced(&s.id)).map(|s| s.id.clone()).collect();
             if !forced.is_empty() {
-                let saved = plan_path.clone().unwrap_or_else(|| ctx.run.root.join("plan.yaml"));
-                let args: Vec<String> = std::env::args().filter(|a| a != "--force").collect();
+                let unforced: Vec<String> = args.into_iter().filter(|a| a != "--force").collect();
                 println!(
                     "Not done yet: {} step(s) were skipped under --force because the API did not answer ({}). Once it answers, run `{}` to do them.",
                     forced.len(),
                     forced.join(", "),
-                    command_line("apply", &saved, &args)
+                    command_line("apply", &saved, &unforced)
                 );
             }
             Ok(Outcome::Ok)
         } else {
             let (id, e) = &walked.failed[0];
-            let saved = plan_path.clone().unwrap_or_else(|| ctx.run.root.join("plan.yaml"));
-            let args: Vec<String> = std::env::args().collect();
             let again = command_line("apply", &saved, &args);
             let back = command_line("rollback", &saved, &args);
             let autoscaler = {

@@ -151,18 +151,11 @@ pub fn audit_profile_fields(
     }
 
     for entry in catalogue {
-        let (field, cert_pem, key_pem, key_field) = match &entry.apimodel_field {
-            Some(ApiModelField::Pair { cert, key }) => {
-                let (c, k) = cp.pair(cert);
-                (cert.clone(), c, k, key.clone())
-            }
-            Some(ApiModelField::PeerIndex(i)) => (
-                "etcdPeerCertificates".to_string(),
-                cp.etcd_peer_certificates.get(*i).map(String::as_str),
-                cp.etcd_peer_private_keys.get(*i).map(String::as_str),
-                "etcdPeerPrivateKeys".to_string(),
-            ),
-            None => continue,
+        let Some(apimodel_field) = &entry.apimodel_field else { continue };
+        let (cert_pem, key_pem) = apimodel_field.read(cp);
+        let (field, key_field) = match apimodel_field {
+            ApiModelField::Pair { cert, key } => (cert.clone(), key.clone()),
+            ApiModelField::PeerIndex(_) => ("etcdPeerCertificates".to_string(), "etcdPeerPrivateKeys".to_string()),
         };
         let location = match &entry.apimodel_field {
             Some(ApiModelField::PeerIndex(i)) => format!("{field}[{i}]"),

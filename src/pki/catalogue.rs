@@ -100,6 +100,18 @@ pub enum ApiModelField {
     PeerIndex(usize),
 }
 
+impl ApiModelField {
+    /// The certificate and key PEM this field holds in a certificateProfile, where present.
+    pub fn read<'a>(&self, cp: &'a crate::model::apimodel::CertificateProfile) -> (Option<&'a str>, Option<&'a str>) {
+        match self {
+            ApiModelField::Pair { cert, .. } => cp.pair(cert),
+            ApiModelField::PeerIndex(i) => {
+                (cp.etcd_peer_certificates.get(*i).map(String::as_str), cp.etcd_peer_private_keys.get(*i).map(String::as_str))
+            }
+        }
+    }
+}
+
 /// One certificate of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]

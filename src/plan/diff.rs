@@ -540,9 +540,10 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
     for entry in catalogue {
         let id = cert_id(entry.kind);
         let desired = desired_entry(entry, profile);
-        let supplied_cert = supplied_facts(&entry.id()).filter(|_| !is_authority(entry.kind));
+        let supplied_here = supplied_facts(&entry.id());
+        let supplied_cert = supplied_here.filter(|_| !is_authority(entry.kind));
         // What the operator supplied is wanted whatever the profile's scope says.
-        let in_scope = profile.in_scope(id) || supplied_facts(&entry.id()).is_some();
+        let in_scope = profile.in_scope(id) || supplied_here.is_some();
         let (signer, signer_reason): (Option<&ObservedCa>, Option<&Reason>) = match entry.issuer {
             IssuerRef::ClusterCa => (cluster_ca.as_ref(), cluster_ca_reason.as_ref()),
             IssuerRef::FrontProxyCa => (proxy_ca.as_ref(), proxy_ca_reason.as_ref()),
@@ -808,7 +809,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
 
         // What plan can already tell about the material apply installs.
         let known_after = KnownAfter {
-            exact: supplied_facts(&entry.id()),
+            exact: supplied_here,
             exact_issuer: match entry.issuer {
                 IssuerRef::ClusterCa => supplied_facts("ca").map(|f| f.sha256_fingerprint.clone()),
                 _ => None,
