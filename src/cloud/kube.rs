@@ -323,11 +323,24 @@ where
     K: kube::Resource + Clone + DeserializeOwned + fmt::Debug,
 {
     let name = what.rsplit('/').next().unwrap_or(&what).to_owned();
-    match api.delete(&name, &DeleteParams::default()).await {
-        Ok(_) => Ok(true),
-        Err(e) if is_not_found(&e) => Ok(false),
-        Err(e) => Err(KubeOpsError::api(format!("deleting {what}"), &e)),
+    // A 409 means the object changed while the delete was handled (kubelet updating a pod's
+    // status): the delete is still wanted, so it is sent again, a few times.
+    let mut conflicts = 0;
+    loop {
+        match api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => return Ok(true),
+            Err(e) if is_not_found(&e) => return Ok(false),
+            Err(e) if is_conflict(&e) && conflicts < 3 => {
+                conflicts += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(200 * conflicts)).await;
+            }
+            Err(e) => return Err(KubeOpsError::api(format!("deleting {what}"), &e)),
+        }
     }
+}
+
+fn is_conflict(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 409)
 }
 
 /// Scales kube-system/cluster-autoscaler to `replicas`; returns the replica count before, or None when it is not deployed.
