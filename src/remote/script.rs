@@ -58,8 +58,8 @@ pub fn refresh_script(spec: &NodeReadSpec) -> String {
 c={cert_dir_rel}
 if [ -r "$c/etcdclient.key" ] && command -v etcdctl >/dev/null 2>&1; then
   e() {{ ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert="$c/ca.crt" --cert="$c/etcdclient.crt" --key="$c/etcdclient.key" --command-timeout=5s get "$1" --print-value-only 2>/dev/null; }}
-  for k in {ca} {cert}; do printf 'ETCD\t%s\t%s\n' "$k" "$(e "$k" | b64)"; done
-  printf 'ETCDKEYPUB\t%s\n' "$(e {key} | openssl pkey -pubout -outform DER 2>/dev/null | b64)"
+  for k in {ca} {cert}; do printf 'ETCD\t%s\t%s\n' "$k" "$(e "$k" | base64 -w0)"; done
+  pem_body "$(e {key} | openssl pkey -pubout 2>/dev/null)"; printf 'ETCDKEYPUB\t%s\n' "$b"
 fi"#,
             ca = sh_quote(ETCD_PROXY_CA_KEY),
             cert = sh_quote(ETCD_PROXY_CERT_KEY),
@@ -70,13 +70,17 @@ fi"#,
         String::new()
     };
     // Few processes per node: refresh runs on every node at once, so each fork and exec
-    // costs wall time across the whole cluster. One stat and one sha256sum cover every file;
-    // listing the directory, the hostname and the existence tests are shell builtins; only
-    // the contents (base64) and the key derivations (openssl) need a process per file.
+    // costs wall time across the whole cluster. One stat and one sha256sum cover every file,
+    // and one base64 every certificate: the client cuts that stream by the sizes stat gave
+    // and checks each part against its sha256sum digest, so a file rewritten while it was
+    // read is caught rather than misread. Keys need one openssl each; their PEM output is
+    // already base64 and kubeconfigs are text, so neither needs base64 (shell builtins
+    // strip the PEM armour, and sed prefixes every kubeconfig line while it redacts).
     format!(
         r#"set -u
 cd "${{ROOT:-/}}" || exit 1
-b64() {{ base64 -w0; }}
+pem_body() {{ b=; o=$IFS; IFS='
+'; set -f; for l in $1; do case $l in -----*) ;; *) b=$b$l ;; esac; done; set +f; IFS=$o; }}
 h=; read -r h < /proc/sys/kernel/hostname 2>/dev/null || h=$(hostname)
 printf 'HOST\t%s\n' "$h"
 set --
@@ -85,21 +89,25 @@ for f in {certs} {keys}; do
 done
 if [ $# -gt 0 ]; then sha256sum -- "$@" | while read -r d n; do printf 'SHA\t/%s\t%s\n' "$n" "$d"; done; fi
 for f in {kubeconfigs}; do if [ -e "${{f#/}}" ]; then set -- "$@" "${{f#/}}"; fi; done
-if [ $# -gt 0 ]; then stat --printf 'FILE\t/%n\t%U\t%G\t%a\n' -- "$@"; fi
+if [ $# -gt 0 ]; then stat --printf 'FILE\t/%n\t%U\t%G\t%a\t%s\n' -- "$@"; fi
+set --
 for f in {certs}; do
-  if [ -e "${{f#/}}" ]; then printf 'PEM\t%s\t%s\n' "$f" "$(b64 < "${{f#/}}")"; fi
+  if [ -e "${{f#/}}" ]; then set -- "$@" "${{f#/}}"; printf 'PEMFILE\t%s\n' "$f"; fi
 done
+if [ $# -gt 0 ]; then printf 'PEMS\t'; cat -- "$@" | base64 -w0; printf '\n'; fi
 for f in {keys}; do
   if [ -e "${{f#/}}" ]; then
-    p=$(openssl pkey -in "${{f#/}}" -pubout -outform DER 2>/dev/null | b64)
-    if [ -n "$p" ]; then printf 'PUB\t%s\t%s\n' "$f" "$p"; else printf 'PUBERR\t%s\n' "$f"; fi
+    pem_body "$(openssl pkey -in "${{f#/}}" -pubout 2>/dev/null)"
+    if [ -n "$b" ]; then printf 'PUB\t%s\t%s\n' "$f" "$b"; else printf 'PUBERR\t%s\n' "$f"; fi
   fi
 done
 for f in {kubeconfigs}; do
   if [ -e "${{f#/}}" ]; then
-    printf 'KCFG\t%s\t%s\n' "$f" "$(sed -E -e 's/^([[:space:]]*(client-key-data|token|password):).*/\1 REDACTED/' -e 's/("(client-key-data|token|password)"[[:space:]]*:[[:space:]]*")[^"]*"/\1REDACTED"/g' "${{f#/}}" | b64)"
+    printf 'KCFG\t%s\n' "$f"
+    sed -E -e 's/^([[:space:]]*(client-key-data|token|password):).*/\1 REDACTED/' -e 's/("(client-key-data|token|password)"[[:space:]]*:[[:space:]]*")[^"]*"/\1REDACTED"/g' -e 's/^/KCFGLINE\t/' "${{f#/}}"
+    printf '\nKCFGEND\t%s\n' "$f"
     k=$(sed -nE -e '/^[[:space:]]*client-key-data:/{{s/^[[:space:]]*client-key-data:[[:space:]]*"?([A-Za-z0-9+\/=]+)"?.*/\1/p;q;}}' -e '/"client-key-data"[[:space:]]*:/{{s/.*"client-key-data"[[:space:]]*:[[:space:]]*"([^"]*)".*/\1/p;q;}}' "${{f#/}}")
-    if [ -n "$k" ]; then printf 'KCFGKEYPUB\t%s\t%s\n' "$f" "$(printf %s "$k" | base64 -d 2>/dev/null | openssl pkey -pubout -outform DER 2>/dev/null | b64)"; fi
+    if [ -n "$k" ]; then pem_body "$(printf %s "$k" | base64 -d 2>/dev/null | openssl pkey -pubout 2>/dev/null)"; printf 'KCFGKEYPUB\t%s\t%s\n' "$f" "$b"; fi
   fi
 done
 for p in ./{cert_dir_rel}/*; do if [ -e "$p" ]; then printf 'LS\t%s\n' "{cert_dir}/${{p##*/}}"; fi; done
@@ -136,22 +144,34 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
         etcd_proxy: None,
         kubelet_client_current: false,
     };
-    let mut meta: std::collections::HashMap<String, (String, String, u32, String)> = Default::default();
+    let mut meta: std::collections::HashMap<String, FileMeta> = Default::default();
     let mut listed: Vec<String> = vec![];
     let mut ended = false;
     let mut etcd = EtcdProxyState { ca_sha256: None, client_cert_sha256: None, client_key_public_sha256: None };
     let mut saw_etcd = false;
+    let mut pem_files: Vec<String> = vec![];
+    let mut kubeconfig: Option<(String, String)> = None;
     for line in out.lines() {
+        // Kubeconfig lines are the file's own text, tabs and all: they are taken whole.
+        if let Some(text) = line.strip_prefix("KCFGLINE\t") {
+            let Some((_, body)) = kubeconfig.as_mut() else {
+                return Err(err("a kubeconfig line outside a kubeconfig".into()));
+            };
+            body.push_str(text);
+            body.push('\n');
+            continue;
+        }
         let f: Vec<&str> = line.split('\t').collect();
         let decode = |s: &str| b64.decode(s.trim()).map_err(|e| err(format!("bad base64 in {line:.60}: {e}")));
         match f.as_slice() {
             ["HOST", h] => inv.hostname = h.to_string(),
-            ["FILE", path, owner, group, mode] => {
+            ["FILE", path, owner, group, mode, size] => {
                 let mode = u32::from_str_radix(mode, 8).map_err(|_| err(format!("bad mode {mode} for {path}")))?;
+                let size = size.parse().map_err(|_| err(format!("bad size {size} for {path}")))?;
                 let entry = meta.entry(path.to_string()).or_default();
-                (entry.0, entry.1, entry.2) = (owner.to_string(), group.to_string(), mode);
+                (entry.owner, entry.group, entry.mode, entry.size) = (owner.to_string(), group.to_string(), mode, size);
             }
-            ["SHA", path, sha] => meta.entry(path.to_string()).or_default().3 = sha.to_string(),
+            ["SHA", path, sha] => meta.entry(path.to_string()).or_default().sha256 = sha.to_string(),
             ["MISSING", path] => inv.files.push(ObservedFile {
                 path: path.to_string(),
                 owner: String::new(),
@@ -160,13 +180,26 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
                 sha256: String::new(),
                 content: ObservedContent::Missing,
             }),
-            ["PEM", path, data] => {
-                let pem = String::from_utf8(decode(data)?).unwrap_or_default();
-                let content = match inspect::parse_cert_pem(&pem) {
-                    Ok(facts) => ObservedContent::Certificate { facts: Box::new(facts), pem },
-                    Err(e) => ObservedContent::Unparseable { error: e.to_string() },
-                };
-                inv.files.push(observed(&meta, path, content));
+            ["PEMFILE", path] => pem_files.push(path.to_string()),
+            ["PEMS", data] => {
+                let mut rest = &decode(data)?[..];
+                for path in pem_files.drain(..) {
+                    let size = meta.get(&path).map_or(0, |m| m.size);
+                    let part = rest.get(..size).filter(|part| meta.get(&path).is_some_and(|m| m.sha256 == hex::encode(Sha256::digest(part))));
+                    let Some(part) = part else {
+                        return Err(err(format!("{path} changed while it was read; run again")));
+                    };
+                    rest = &rest[size..];
+                    let pem = String::from_utf8(part.to_vec()).unwrap_or_default();
+                    let content = match inspect::parse_cert_pem(&pem) {
+                        Ok(facts) => ObservedContent::Certificate { facts: Box::new(facts), pem },
+                        Err(e) => ObservedContent::Unparseable { error: e.to_string() },
+                    };
+                    inv.files.push(observed(&meta, &path, content));
+                }
+                if !rest.is_empty() {
+                    return Err(err("the certificate files changed while they were read; run again".into()));
+                }
             }
             ["PUB", path, data] => {
                 let der = decode(data)?;
@@ -185,10 +218,13 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
                 path,
                 ObservedContent::Unparseable { error: "not a private key openssl can read".into() },
             )),
-            ["KCFG", path, data] => {
-                let text = String::from_utf8(decode(data)?).unwrap_or_default();
-                let (owner, _, mode, _) = meta.get(*path).cloned().unwrap_or_default();
-                inv.kubeconfigs.push(parse_kubeconfig(path, &owner, mode, &text));
+            ["KCFG", path] => kubeconfig = Some((path.to_string(), String::new())),
+            ["KCFGEND", path] => {
+                let Some((started, text)) = kubeconfig.take().filter(|(started, _)| started == path) else {
+                    return Err(err(format!("the end of kubeconfig {path} without its start")));
+                };
+                let m = meta.get(&started).cloned().unwrap_or_default();
+                inv.kubeconfigs.push(parse_kubeconfig(path, &m.owner, m.mode, &text));
             }
             ["KCFGKEYPUB", path, data] => {
                 let der = decode(data)?;
@@ -222,6 +258,9 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
             _ => return Err(err(format!("unrecognised line {line:.80}"))),
         }
     }
+    if let Some((path, _)) = kubeconfig {
+        return Err(err(format!("kubeconfig {path} was cut short")));
+    }
     if !ended {
         return Err(err("the output ended early (connection dropped or the script failed)".into()));
     }
@@ -239,12 +278,18 @@ fn is_known_elsewhere(path: &str) -> bool {
     path.ends_with(".bak") || path.ends_with("/certs.bak")
 }
 
-fn observed(
-    meta: &std::collections::HashMap<String, (String, String, u32, String)>,
-    path: &str,
-    content: ObservedContent,
-) -> ObservedFile {
-    let (owner, group, mode, sha256) = meta.get(path).cloned().unwrap_or_default();
+/// What stat and sha256sum said about one file.
+#[derive(Debug, Clone, Default)]
+struct FileMeta {
+    owner: String,
+    group: String,
+    mode: u32,
+    sha256: String,
+    size: usize,
+}
+
+fn observed(meta: &std::collections::HashMap<String, FileMeta>, path: &str, content: ObservedContent) -> ObservedFile {
+    let FileMeta { owner, group, mode, sha256, .. } = meta.get(path).cloned().unwrap_or_default();
     ObservedFile { path: path.to_string(), owner, group, mode, sha256, content }
 }
 
@@ -359,15 +404,12 @@ mod tests {
         let stdout = String::from_utf8(out.stdout).unwrap();
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         assert!(!stdout.contains(&b64.encode(&client.key_pem)), "the key left the node");
-        // Kubeconfigs travel base64-encoded: decode them to look for secrets.
-        let kubeconfigs: String = stdout
-            .lines()
-            .filter_map(|l| l.strip_prefix("KCFG\t"))
-            .filter_map(|l| l.split('\t').nth(1))
-            .map(|b| String::from_utf8(b64.decode(b.trim()).unwrap()).unwrap())
-            .collect();
+        // Kubeconfigs travel as text, one prefixed line each.
+        let kubeconfigs: String = stdout.lines().filter_map(|l| l.strip_prefix("KCFGLINE\t")).collect();
         assert!(kubeconfigs.contains("client-certificate-data"), "the kubeconfig travelled: {kubeconfigs}");
-        assert!(!kubeconfigs.contains("s3cr3t"), "a token or password left the node: {kubeconfigs}");
+        assert!(!stdout.contains("s3cr3t"), "a token or password left the node: {stdout}");
+        let key_body: String = client.key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(!stdout.contains(&key_body[..40]), "the key left the node");
         let inv = parse_output("n1", &spec, &stdout).unwrap();
         let client_cert = crate::pki::inspect::parse_cert_pem(&client.cert_pem).unwrap();
         match &inv.file("/etc/kubernetes/certs/client.key").unwrap().content {
@@ -391,6 +433,41 @@ mod tests {
         assert_eq!(kc.client_certificate.as_deref(), Some(format!("embedded:{}", client_cert.sha256_fingerprint).as_str()));
         assert_eq!(kc.client_key.as_deref(), Some(format!("embedded:{}", client_cert.public_key_sha256).as_str()));
         assert!(!inv.kubelet_client_current);
+    }
+
+    /// Certificates travel in one stream cut by stat's sizes: a file rewritten between stat and
+    /// the read must be refused, not cut in the wrong place.
+    #[test]
+    fn certificate_rewritten_while_read_is_refused() {
+        let ca = pair("ca", None);
+        let client = pair("client", Some(&ca));
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let spec = NodeReadSpec {
+            cert_paths: vec!["/etc/kubernetes/certs/ca.crt".into(), "/etc/kubernetes/certs/client.crt".into()],
+            key_paths: vec![],
+            kubeconfig_paths: vec![],
+            read_etcd_proxy: false,
+        };
+        let digest = |s: &str| hex::encode(Sha256::digest(s.as_bytes()));
+        let output = |client_now: &str| {
+            format!(
+                "HOST\tn1\nSHA\t/etc/kubernetes/certs/ca.crt\t{}\nSHA\t/etc/kubernetes/certs/client.crt\t{}\n\
+                 FILE\t/etc/kubernetes/certs/ca.crt\troot\troot\t644\t{}\nFILE\t/etc/kubernetes/certs/client.crt\troot\troot\t644\t{}\n\
+                 PEMFILE\t/etc/kubernetes/certs/ca.crt\nPEMFILE\t/etc/kubernetes/certs/client.crt\nPEMS\t{}\nEND\n",
+                digest(&ca.cert_pem),
+                digest(&client.cert_pem),
+                ca.cert_pem.len(),
+                client.cert_pem.len(),
+                b64.encode(format!("{}{}", ca.cert_pem, client_now)),
+            )
+        };
+        let inv = parse_output("n1", &spec, &output(&client.cert_pem)).unwrap();
+        assert!(matches!(inv.file("/etc/kubernetes/certs/client.crt").unwrap().content, ObservedContent::Certificate { .. }));
+        let other = pair("client", Some(&ca));
+        let e = parse_output("n1", &spec, &output(&other.cert_pem)).unwrap_err();
+        assert!(e.why.contains("client.crt changed while it was read"), "{e}");
+        let longer = format!("{}\n", client.cert_pem);
+        assert!(parse_output("n1", &spec, &output(&longer)).unwrap_err().why.contains("changed while they were read"));
     }
 
     #[test]
