@@ -39,6 +39,10 @@ enum Command {
         /// How long a reboot keeps a node down.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
         reboot_delay: Duration,
+        /// How often kubelets report node status (Kubernetes' default is 10s); a node goes
+        /// NotReady after four missed reports.
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
+        heartbeat: Duration,
         /// Print time and peak memory per phase.
         #[arg(long)]
         timings: bool,
@@ -252,13 +256,13 @@ fn node_ctl(socket: PathBuf, node: String, args: Vec<String>) -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode, lab::error::LabError> {
     match cli.command {
-        Command::Up { masters, agents, expires_in, expired, dir, dns_prefix, location, reboot_delay, timings } => {
+        Command::Up { masters, agents, expires_in, expired, dir, dns_prefix, location, reboot_delay, heartbeat, timings } => {
             let expiry = match (expired, expires_in) {
                 (true, _) => Expiry::Expired,
                 (false, Some(d)) => Expiry::In(d.as_secs()),
                 (false, None) => Expiry::Default,
             };
-            let spec = LabSpec { masters, agents, expiry, dns_prefix, location, reboot_delay };
+            let spec = LabSpec { masters, agents, expiry, dns_prefix, location, reboot_delay, heartbeat };
             let mut lab = Lab::up(&dir, spec, UpOptions::default())?;
             let report = lab.report.clone();
             let env_path = lab::outputs::env_path(&lab.layout);

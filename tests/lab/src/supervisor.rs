@@ -153,7 +153,8 @@ fn etcd_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>) -> Launcher {
 
 /// The apiserver stand-in's configuration on a master, with the paths the node sees (it runs
 /// inside the node), flags as AKS Engine sets them (etcd on 127.0.0.1).
-fn apiserver_config(node: &NodeInfo) -> crate::kube::ApiserverConfig {
+fn apiserver_config(node: &NodeInfo, heartbeat: Duration) -> crate::kube::ApiserverConfig {
+    let defaults = crate::kube::controller::ControllerConfig::default();
     let cert = |name: &str| PathBuf::from(format!("{CERT_DIR}/{name}"));
     crate::kube::ApiserverConfig {
         bind_address: std::net::SocketAddr::from((node.ip, 443)),
@@ -167,7 +168,10 @@ fn apiserver_config(node: &NodeInfo) -> crate::kube::ApiserverConfig {
         etcd_keyfile: cert("etcdclient.key"),
         service_account_key_file: None,
         advertise_address: None,
-        controllers: Default::default(),
+        controllers: crate::kube::controller::ControllerConfig {
+            node_monitor_grace_period: defaults.node_monitor_grace_period.max(heartbeat * 4),
+            ..defaults
+        },
     }
 }
 
@@ -175,7 +179,7 @@ fn apiserver_config(node: &NodeInfo) -> crate::kube::ApiserverConfig {
 /// reading its certificates from the node's disk at every start.
 fn apiserver_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>, lab_binary: PathBuf) -> Result<Launcher, LabError> {
     let config_path = layout.node_dir(&node.info).join("apiserver.json");
-    let text = serde_json::to_string_pretty(&apiserver_config(&node.info)).expect("config serialises");
+    let text = serde_json::to_string_pretty(&apiserver_config(&node.info, layout.spec.heartbeat)).expect("config serialises");
     crate::fsutil::write_file(&config_path, text.as_bytes(), 0o644, 0, 0)?;
     let log_file = nodefiles::log_dir(layout, &node.info).join("apiserver.log");
     Ok(Arc::new(move || {
@@ -208,7 +212,7 @@ fn kubelet_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>) -> Launcher {
         node_ip: node.info.ip.into(),
         local_apiserver: None,
         labels,
-        heartbeat_interval: Duration::from_secs(2),
+        heartbeat_interval: layout.spec.heartbeat,
     };
     Arc::new(move || {
         let config = config.clone();
@@ -896,4 +900,23 @@ pub async fn run(dir: &Path, owner_pid: Option<u32>) -> Result<(), LabError> {
     let _ = std::fs::remove_file(&socket);
     let _ = std::fs::remove_file(pid_file(dir));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn master() -> NodeInfo {
+        NodeInfo { name: "k8s-master-1-0".into(), role: Role::Master, index: 0, ip: [10, 200, 0, 5].into(), veth: "v0".into() }
+    }
+
+    /// Nodes go NotReady after four missed heartbeats, as with Kubernetes' 10 s and 40 s, and
+    /// never sooner than the tests' short default grace.
+    #[test]
+    fn node_grace_follows_the_heartbeat() {
+        let short = apiserver_config(&master(), Duration::from_secs(2)).controllers.node_monitor_grace_period;
+        assert_eq!(short, crate::kube::controller::ControllerConfig::default().node_monitor_grace_period);
+        let kubernetes = apiserver_config(&master(), Duration::from_secs(10)).controllers.node_monitor_grace_period;
+        assert_eq!(kubernetes, Duration::from_secs(40));
+    }
 }
