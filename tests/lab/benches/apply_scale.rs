@@ -32,48 +32,23 @@
 //! before a change) against the same lab. The JSON lines and stderr of a failed apply are
 //! kept under `$TMPDIR/apply_scale-<pid>/`.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use lab::spec::{Expiry, LabSpec};
 use lab::{Lab, UpOptions};
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
+use support::{sibling_binary, Measured};
 use std::time::{Duration, Instant};
 
-fn sibling_binary(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("bench binary path");
-    let bin = exe.parent().and_then(|d| d.parent()).expect("target profile dir").join(name);
-    assert!(bin.is_file(), "build {name} in this profile first (cargo build --workspace); looked for {}", bin.display());
-    bin
-}
-
-struct Measured {
-    wall: Duration,
-    cpu: Duration,
-    max_rss_kib: i64,
-    code: i32,
-}
-
-fn tv(t: libc::timeval) -> Duration {
-    Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64)
-}
-
-/// Runs a command with stdout and stderr into files and returns its wall time, CPU time
-/// (user + sys) and peak RSS, reading the child's own rusage with wait4 so other processes
-/// (the lab, the other engineer's tests) do not count.
+/// Runs a command with stdout and stderr into files; see [`support::run_measured`].
 fn run_measured(cmd: &mut Command, stdout: &Path, stderr: &Path) -> Measured {
     let out = std::fs::File::create(stdout).expect("stdout file");
     let err = std::fs::File::create(stderr).expect("stderr file");
-    let start = Instant::now();
-    let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn().expect("spawn certrotate");
-    let mut status = 0;
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4 failed");
-    std::mem::forget(child);
-    let code = if libc::WIFEXITED(status) { libc::WEXITSTATUS(status) } else { -1 };
-    Measured { wall: start.elapsed(), cpu: tv(usage.ru_utime) + tv(usage.ru_stime), max_rss_kib: usage.ru_maxrss, code }
+    support::run_measured(cmd.stdout(out).stderr(err))
 }
 
 /// What the JSON lines of one apply say.
