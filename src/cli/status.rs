@@ -10,7 +10,8 @@ use crate::model::inventory::{Inventory, ObservedContent};
 use crate::model::topology::Topology;
 use crate::pki::audit::compare;
 use crate::pki::catalogue::{self, CertEntry};
-use crate::remote::refresh::{refresh_over_ssh, RefreshError, RefreshOptions};
+use crate::remote::refresh::{refresh_over_ssh, refresh_some_over_ssh, RefreshError, RefreshOptions};
+use crate::remote::script::NodeReadSpec;
 use crate::remote::ssh::{HostKeyPolicy, SshFleet, SshSettings};
 use miette::{miette, IntoDiagnostic};
 use std::path::PathBuf;
@@ -78,7 +79,7 @@ pub fn admin_kubeconfig_path(model: &ApiModel, topo: &Topology) -> PathBuf {
 /// (nodes added by `aks-engine scale`). The API is asked only when the admin kubeconfig is
 /// beside the API model, within NODE_LIST_TIMEOUT; whatever happens, the operator gets one
 /// `note:` line per thing worth knowing on stderr and the API model's nodes are kept.
-pub fn add_registered_nodes(runtime: &tokio::runtime::Runtime, args: &ClusterArgs, model: &ApiModel, topo: Topology) -> Topology {
+pub async fn add_registered_nodes(args: &ClusterArgs, model: &ApiModel, topo: Topology) -> Topology {
     let path = admin_kubeconfig_path(model, &topo);
     let Ok(text) = std::fs::read_to_string(&path) else {
         eprintln!(
@@ -94,14 +95,11 @@ pub fn add_registered_nodes(runtime: &tokio::runtime::Runtime, args: &ClusterArg
             return topo;
         }
     };
-    let listed = runtime.block_on(async {
-        let list = async {
-            let (client, _) = access.client(NODE_LIST_TIMEOUT).await?;
-            kube_ops::registered_nodes(&client).await
-        };
-        tokio::time::timeout(NODE_LIST_TIMEOUT * 2, list).await
-    });
-    let registered = match listed {
+    let list = async {
+        let (client, _) = access.client(NODE_LIST_TIMEOUT).await?;
+        kube_ops::registered_nodes(&client).await
+    };
+    let registered = match tokio::time::timeout(NODE_LIST_TIMEOUT * 2, list).await {
         Ok(Ok(nodes)) => nodes,
         Ok(Err(e)) => {
             eprintln!("note: the Kubernetes API did not list the nodes ({e}); going on with the API model's nodes");
@@ -133,22 +131,56 @@ pub fn read_cluster(args: &ClusterArgs) -> miette::Result<(ApiModel, Topology, V
     let model = ApiModel::load(&args.model.api_model)?;
     let topo = Topology::derive(&model, args.model.name_suffix.as_deref())?;
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
-    let topo = add_registered_nodes(&runtime, args, &model, topo);
-    let cat = catalogue::catalogue(&topo);
     // Refresh sends and reads no private keys (see SshSettings::no_private_keys).
     let settings = SshSettings { no_private_keys: true, ..ssh_settings(args, &model, &topo)? };
     let fleet = Arc::new(SshFleet::new(settings).into_diagnostic()?);
     let opts = RefreshOptions { parallelism: args.parallelism as usize, skip_unreachable: args.skip_unreachable };
-    let inventory = runtime.block_on(refresh_over_ssh(fleet, &topo, &cat, opts)).map_err(|e| {
-        let help = match &e {
-            RefreshError::HostKey(_) => "do not go on until you know why the key changed; nothing was read or changed",
-            RefreshError::Unreachable(_) => {
-                "check that --ssh-host reaches the nodes and the key is the admin user's; use --skip-unreachable to go on without nodes that are down"
+    let model_catalogue = catalogue::catalogue(&topo);
+    let (topo, cat, inventory) = runtime
+        .block_on(async {
+            // The Kubernetes API's node list and the reads of the API model's nodes do not
+            // depend on each other, so neither waits for the other; only agents that the API
+            // adds are read after the list.
+            let listing = add_registered_nodes(args, &model, topo.clone());
+            let reading = refresh_over_ssh(fleet.clone(), &topo, &model_catalogue, opts);
+            tokio::pin!(listing, reading);
+            let (full, mut inventory) = tokio::select! {
+                read = &mut reading => {
+                    let inventory = read?;
+                    (listing.await, inventory)
+                }
+                full = &mut listing => (full, reading.await?),
+            };
+            let cat = catalogue::catalogue(&full);
+            // A node is read again should the added agents change what it must hold.
+            let spec = |node: &crate::model::topology::Node, cat: &[CertEntry]| NodeReadSpec::for_node(node, cat, &full.admin_username);
+            let unread: Vec<String> = full
+                .nodes()
+                .filter(|n| topo.node(&n.name).is_none() || spec(n, &cat) != spec(n, &model_catalogue))
+                .map(|n| n.name.clone())
+                .collect();
+            if !unread.is_empty() {
+                let more = refresh_some_over_ssh(fleet, &full, Some(&unread), &cat, opts).await?;
+                inventory.nodes.retain(|n| !unread.contains(&n.node));
+                inventory.unreachable.retain(|u| !unread.contains(&u.node));
+                inventory.nodes.extend(more.nodes);
+                inventory.unreachable.extend(more.unreachable);
+                let order: Vec<&str> = full.nodes().map(|n| n.name.as_str()).collect();
+                inventory.nodes.sort_by_key(|n| order.iter().position(|o| *o == n.node));
+                inventory.unreachable.sort_by_key(|u| order.iter().position(|o| *o == u.node));
             }
-            RefreshError::NameSuffix(_) => "the VM name suffix does not match the nodes: check azuredeploy.json or --name-suffix",
-        };
-        miette!(help = help, "{e}")
-    })?;
+            Ok((full, cat, inventory))
+        })
+        .map_err(|e: RefreshError| {
+            let help = match &e {
+                RefreshError::HostKey(_) => "do not go on until you know why the key changed; nothing was read or changed",
+                RefreshError::Unreachable(_) => {
+                    "check that --ssh-host reaches the nodes and the key is the admin user's; use --skip-unreachable to go on without nodes that are down"
+                }
+                RefreshError::NameSuffix(_) => "the VM name suffix does not match the nodes: check azuredeploy.json or --name-suffix",
+            };
+            miette!(help = help, "{e}")
+        })?;
     Ok((model, topo, cat, inventory))
 }
 

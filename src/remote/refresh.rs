@@ -37,8 +37,19 @@ pub async fn refresh_over_ssh(
     catalogue: &[CertEntry],
     opts: RefreshOptions,
 ) -> Result<Inventory, RefreshError> {
+    refresh_some_over_ssh(fleet, topo, None, catalogue, opts).await
+}
+
+/// As [`refresh_over_ssh`], for the named nodes of the topology only (all when `only` is None).
+pub async fn refresh_some_over_ssh(
+    fleet: Arc<SshFleet>,
+    topo: &Topology,
+    only: Option<&[String]>,
+    catalogue: &[CertEntry],
+    opts: RefreshOptions,
+) -> Result<Inventory, RefreshError> {
     let jumpbox = topo.masters.first().map(|m| m.name.clone());
-    refresh(topo, catalogue, opts, move |node: Node, script: String| {
+    refresh_some(topo, only, catalogue, opts, move |node: Node, script: String| {
         let fleet = fleet.clone();
         let via_jumpbox = Some(&node.name) != jumpbox.as_ref();
         async move {
@@ -59,10 +70,18 @@ where
     F: Fn(Node, String) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<String, RemoteError>> + Send + 'static,
 {
+    refresh_some(topo, None, catalogue, opts, run).await
+}
+
+async fn refresh_some<F, Fut>(topo: &Topology, only: Option<&[String]>, catalogue: &[CertEntry], opts: RefreshOptions, run: F) -> Result<Inventory, RefreshError>
+where
+    F: Fn(Node, String) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<String, RemoteError>> + Send + 'static,
+{
     let run = Arc::new(run);
     let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.parallelism.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
-    for node in topo.nodes() {
+    for node in topo.nodes().filter(|n| only.is_none_or(|names| names.contains(&n.name))) {
         let spec = NodeReadSpec::for_node(node, catalogue, &topo.admin_username);
         let (run, semaphore, node) = (run.clone(), semaphore.clone(), node.clone());
         tasks.spawn(async move {
