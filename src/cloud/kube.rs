@@ -6,7 +6,9 @@
 //!
 //! Every operation is idempotent so a resumed apply can simply call it again. Probes return
 //! what they observed as one line per problem; an empty list means the gate passes. Nothing
-//! here waits or retries: the executor owns timeouts and polling.
+//! here polls or waits for a state: the executor owns timeouts and polling. The one retry is
+//! a delete answered 409 Conflict, sent again a few times (`delete_one`): the conflict says
+//! only that the object changed meanwhile, not that the delete is no longer wanted.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
