@@ -477,7 +477,7 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
         }
         match outcome {
             Ok(note) => {
-                if let Err(e) = ctx.journal.record(&step.id, secs, note) {
+                if let Err(e) = ctx.journal.record(&step.id, secs, note).await {
                     result.failed.push((step.id.clone(), StepError::new(format!("cannot record the step in the journal {}: {e}", ctx.journal.path().display()))));
                     stop = true;
                     continue;

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
@@ -26,7 +26,8 @@ pub const FORCED_NOTE: &str = "skipped (--force";
 pub struct Journal {
     path: PathBuf,
     done: Mutex<BTreeMap<String, JournalEntry>>,
-    file: Mutex<std::fs::File>,
+    /// Shared with the blocking-pool task that appends and syncs each line.
+    file: Arc<Mutex<std::fs::File>>,
 }
 
 impl Journal {
@@ -46,7 +47,7 @@ impl Journal {
             // End the torn line so the next entry starts on a line of its own.
             file.write_all(b"\n")?;
         }
-        Ok(Journal { path: path.to_path_buf(), done: Mutex::new(done), file: Mutex::new(file) })
+        Ok(Journal { path: path.to_path_buf(), done: Mutex::new(done), file: Arc::new(Mutex::new(file)) })
     }
 
     pub fn path(&self) -> &Path {
@@ -71,15 +72,23 @@ impl Journal {
     }
 
     /// Records a finished step; the line is on disk when this returns.
-    pub fn record(&self, step: &str, secs: f64, note: Option<String>) -> std::io::Result<()> {
+    ///
+    /// The write and fsync run on tokio's blocking pool: an fsync can take a long time on a
+    /// busy disk, and on a runtime worker it would stall the steps in flight and the progress
+    /// output meanwhile. spawn_blocking rather than block_in_place, which panics on a
+    /// current-thread runtime.
+    pub async fn record(&self, step: &str, secs: f64, note: Option<String>) -> std::io::Result<()> {
         let entry = JournalEntry { step: step.to_string(), at: time::OffsetDateTime::now_utc(), secs, note };
         let mut line = serde_json::to_string(&entry).expect("entry serialises");
         line.push('\n');
-        {
-            let mut f = self.file.lock().expect("journal lock");
+        let file = Arc::clone(&self.file);
+        tokio::task::spawn_blocking(move || {
+            let mut f = file.lock().expect("journal lock");
             f.write_all(line.as_bytes())?;
-            f.sync_data()?;
-        }
+            f.sync_data()
+        })
+        .await
+        .map_err(|e| std::io::Error::other(format!("the journal write did not finish: {e}")))??;
         self.done.lock().expect("journal lock").insert(entry.step.clone(), entry);
         Ok(())
     }
@@ -89,13 +98,15 @@ impl Journal {
 mod tests {
     use super::*;
 
-    #[test]
-    fn finished_steps_survive_a_reopen_and_a_torn_last_line_is_ignored() {
+    // A current-thread runtime, as #[tokio::test] gives, also checks that recording needs no
+    // multi-thread runtime.
+    #[tokio::test]
+    async fn finished_steps_survive_a_reopen_and_a_torn_last_line_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("journal.jsonl");
         let j = Journal::open(&path).unwrap();
-        j.record("issuePki", 1.5, None).unwrap();
-        j.record("installCerts@m0", 0.2, Some("3 files".into())).unwrap();
+        j.record("issuePki", 1.5, None).await.unwrap();
+        j.record("installCerts@m0", 0.2, Some("3 files".into())).await.unwrap();
         drop(j);
         let mut text = std::fs::read_to_string(&path).unwrap();
         text.push_str("{\"step\":\"restartEtcd@m0\",\"at\":");
@@ -104,7 +115,7 @@ mod tests {
         assert!(j.is_done("issuePki") && j.is_done("installCerts@m0"));
         assert!(!j.is_done("restartEtcd@m0"));
         assert_eq!(j.done_count(), 2);
-        j.record("restartEtcd@m0", 3.0, None).unwrap();
+        j.record("restartEtcd@m0", 3.0, None).await.unwrap();
         drop(j);
         assert!(Journal::open(&path).unwrap().is_done("restartEtcd@m0"), "an entry after a torn line is readable");
         use std::os::unix::fs::PermissionsExt;

@@ -6,7 +6,9 @@
 //!
 //! Every operation is idempotent so a resumed apply can simply call it again. Probes return
 //! what they observed as one line per problem; an empty list means the gate passes. Nothing
-//! here waits or retries: the executor owns timeouts and polling.
+//! here polls or waits for a state: the executor owns timeouts and polling. The one retry is
+//! a delete answered 409 Conflict, sent again a few times (`delete_one`): the conflict says
+//! only that the object changed meanwhile, not that the delete is no longer wanted.
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -684,6 +686,7 @@ pub fn admin_kubeconfig(cluster_name: &str, server_url: &str, ca_pem: &str, clie
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::{Arc, Mutex};
 
     const CA: &str = "-----BEGIN CERTIFICATE-----\nMIIBca\n-----END CERTIFICATE-----\n";
     const CERT: &str = "-----BEGIN CERTIFICATE-----\nMIIBclient\n-----END CERTIFICATE-----\n";
@@ -778,5 +781,178 @@ mod tests {
     fn conditions_read_like_kubectl_describe() {
         assert_eq!(condition_text("Ready", "False", Some("KubeletNotReady"), Some("PLEG is not healthy")), "Ready=False (KubeletNotReady: PLEG is not healthy)");
         assert_eq!(condition_text("Ready", "Unknown", None, None), "Ready=Unknown");
+    }
+
+    // delete_one against a stand-in apiserver on 127.0.0.1 that answers in kube-apiserver's
+    // wire format, through the real kube client: the 409 handling depends on how kube decodes
+    // a Status body into kube::Error::Api, which a unit test of is_conflict alone would not show.
+
+    const POD: &str = "kube-proxy-x7k2p";
+
+    /// The Status kube-apiserver sends with a failed request (key order as it writes them).
+    fn failure(code: u16, reason: &str, message: &str, name: &str, plural: &str) -> String {
+        json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+            "message": message, "reason": reason, "details": { "name": name, "kind": plural }, "code": code,
+        })
+        .to_string()
+    }
+
+    fn conflict(plural: &str, name: &str) -> (u16, String) {
+        let message = format!("Operation cannot be fulfilled on {plural} \"{name}\": the object has been modified; please apply your changes to the latest version and try again");
+        (409, failure(409, "Conflict", &message, name, plural))
+    }
+
+    fn pod_conflict() -> (u16, String) {
+        conflict("pods", POD)
+    }
+
+    fn pod_not_found() -> (u16, String) {
+        (404, failure(404, "NotFound", &format!("pods \"{POD}\" not found"), POD, "pods"))
+    }
+
+    /// What a pod DELETE returns: the pod itself (pods are registered with ReturnDeletedObject),
+    /// now carrying its deletion timestamp and grace period.
+    fn pod_deleted() -> (u16, String) {
+        let pod = json!({
+            "kind": "Pod", "apiVersion": "v1",
+            "metadata": {
+                "name": POD, "generateName": "kube-proxy-", "namespace": KUBE_SYSTEM,
+                "uid": "5f1c7a52-3f0e-4a5e-9d55-0d3e7c2b8a11", "resourceVersion": "48213",
+                "creationTimestamp": "2026-11-01T10:00:00Z", "deletionTimestamp": "2026-11-28T04:00:30Z",
+                "deletionGracePeriodSeconds": 30, "labels": { "k8s-app": "kube-proxy" },
+            },
+            "spec": {
+                "nodeName": "k8s-agentpool1-12345678-0",
+                "containers": [{ "name": "kube-proxy", "image": "mcr.microsoft.com/oss/kubernetes/kube-proxy:v1.30.10" }],
+            },
+            "status": { "phase": "Running" },
+        });
+        (200, pod.to_string())
+    }
+
+    /// Serves one HTTP/1.1 connection (keep-alive, Content-Length bodies: what kube's client
+    /// sends to an http:// server). The n-th request of the server gets `answers[n]`, the last
+    /// answer once they run out.
+    async fn serve(stream: tokio::net::TcpStream, answers: Arc<Vec<(u16, String)>>, seen: Arc<Mutex<Vec<String>>>) {
+        use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::io::BufReader::new(stream);
+        loop {
+            let mut request_line = String::new();
+            if stream.read_line(&mut request_line).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let mut length = 0;
+            loop {
+                let mut header = String::new();
+                if stream.read_line(&mut header).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let header = header.trim_end();
+                if header.is_empty() {
+                    break;
+                }
+                if let Some((name, value)) = header.split_once(':') {
+                    if name.eq_ignore_ascii_case("content-length") {
+                        length = value.trim().parse().unwrap_or(0);
+                    }
+                }
+            }
+            let mut body = vec![0; length];
+            if stream.read_exact(&mut body).await.is_err() {
+                return;
+            }
+            let (code, text) = {
+                let mut seen = seen.lock().unwrap();
+                seen.push(request_line.trim_end().to_owned());
+                answers[(seen.len() - 1).min(answers.len() - 1)].clone()
+            };
+            let phrase = match code {
+                200 => "OK",
+                403 => "Forbidden",
+                404 => "Not Found",
+                409 => "Conflict",
+                _ => "Unknown",
+            };
+            let response = format!("HTTP/1.1 {code} {phrase}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{text}", text.len());
+            if stream.get_mut().write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// A kube client for a stand-in apiserver that gives `answers` in turn, and the request
+    /// lines the server has seen.
+    async fn stand_in(answers: Vec<(u16, String)>) -> (kube::Client, Arc<Mutex<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (answers, seen2) = (Arc::new(answers), seen.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(stream, answers.clone(), seen2.clone()));
+            }
+        });
+        install_crypto_provider();
+        let client = kube::Client::try_from(kube::Config::new(url.parse().unwrap())).unwrap();
+        (client, seen)
+    }
+
+    /// delete_one of the kube-proxy pod; a hang (a request the stand-in misread) fails the test.
+    async fn delete_pod(client: kube::Client) -> Result<bool, KubeOpsError> {
+        let pods: Api<Pod> = Api::namespaced(client, KUBE_SYSTEM);
+        tokio::time::timeout(Duration::from_secs(30), delete_one(pods, format!("pod {KUBE_SYSTEM}/{POD}"))).await.expect("delete_one answered within 30 s")
+    }
+
+    fn pod_deletes(seen: &Mutex<Vec<String>>) -> usize {
+        let seen = seen.lock().unwrap();
+        let path = format!("DELETE /api/v1/namespaces/{KUBE_SYSTEM}/pods/{POD}");
+        assert!(seen.iter().all(|line| line.starts_with(&path)), "only DELETEs of the pod: {seen:?}");
+        seen.len()
+    }
+
+    #[tokio::test]
+    async fn a_delete_answered_409_is_sent_again_until_it_succeeds() {
+        let (client, seen) = stand_in(vec![pod_conflict(), pod_conflict(), pod_deleted()]).await;
+        assert!(delete_pod(client).await.unwrap(), "deleted, not 'already gone'");
+        assert_eq!(pod_deletes(&seen), 3);
+
+        // A secret's DELETE answers with a Status of Success instead of the object: deleted too.
+        let secret = "default-token-abcde";
+        let success = json!({
+            "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
+            "details": { "name": secret, "kind": "secrets", "uid": "0b6a3e1c-1d4f-4c2e-8f6e-2f9a7c0d5e41" },
+        });
+        let (client, seen) = stand_in(vec![conflict("secrets", secret), (200, success.to_string())]).await;
+        let secrets: Api<Secret> = Api::namespaced(client, "default");
+        assert!(delete_one(secrets, format!("secret default/{secret}")).await.unwrap());
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_delete_that_keeps_conflicting_fails_naming_the_object_and_the_409() {
+        let (client, seen) = stand_in(vec![pod_conflict()]).await;
+        let error = delete_pod(client).await.unwrap_err().to_string();
+        assert!(error.contains(&format!("deleting pod {KUBE_SYSTEM}/{POD}")), "{error}");
+        assert!(error.contains("409") && error.contains("Conflict"), "{error}");
+        assert_eq!(pod_deletes(&seen), 4, "the first DELETE and 3 more, then it gives up");
+
+        // Other failures are not retried.
+        let message = format!("pods \"{POD}\" is forbidden: User \"system:anonymous\" cannot delete resource \"pods\" in API group \"\" in the namespace \"{KUBE_SYSTEM}\"");
+        let (client, seen) = stand_in(vec![(403, failure(403, "Forbidden", &message, POD, "pods"))]).await;
+        let error = delete_pod(client).await.unwrap_err().to_string();
+        assert!(error.contains("403") && error.contains(POD), "{error}");
+        assert_eq!(pod_deletes(&seen), 1);
+    }
+
+    #[tokio::test]
+    async fn an_object_already_gone_is_not_an_error() {
+        let (client, seen) = stand_in(vec![pod_not_found()]).await;
+        assert!(!delete_pod(client).await.unwrap(), "reported as already gone");
+        assert_eq!(pod_deletes(&seen), 1);
+        // Gone by the time the delete is sent again (kubelet finished with it, or someone else deleted it).
+        let (client, seen) = stand_in(vec![pod_conflict(), pod_not_found()]).await;
+        assert!(!delete_pod(client).await.unwrap());
+        assert_eq!(pod_deletes(&seen), 2);
     }
 }
