@@ -92,7 +92,8 @@ for f in {kubeconfigs}; do if [ -e "${{f#/}}" ]; then set -- "$@" "${{f#/}}"; fi
 if [ $# -gt 0 ]; then stat --printf 'FILE\t/%n\t%U\t%G\t%a\t%s\n' -- "$@"; fi
 set --
 for f in {certs}; do
-  if [ -e "${{f#/}}" ]; then set -- "$@" "${{f#/}}"; printf 'PEMFILE\t%s\n' "$f"; fi
+  if [ -f "${{f#/}}" ] && [ -r "${{f#/}}" ]; then set -- "$@" "${{f#/}}"; printf 'PEMFILE\t%s\n' "$f"
+  elif [ -e "${{f#/}}" ]; then printf 'NOTFILE\t%s\n' "$f"; fi
 done
 if [ $# -gt 0 ]; then printf 'PEMS\t'; cat -- "$@" | base64 -w0; printf '\n'; fi
 for f in {keys}; do
@@ -181,6 +182,9 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
                 content: ObservedContent::Missing,
             }),
             ["PEMFILE", path] => pem_files.push(path.to_string()),
+            // A directory or device where a certificate belongs: nothing to read, and left out
+            // of the stream so it cannot upset the other files' sizes.
+            ["NOTFILE", path] => inv.files.push(observed(&meta, path, ObservedContent::Unparseable { error: "not a regular file".into() })),
             ["PEMS", data] => {
                 let mut rest = &decode(data)?[..];
                 for path in pem_files.drain(..) {
@@ -374,6 +378,7 @@ mod tests {
         std::fs::write(certs.join("client.crt"), &client.cert_pem).unwrap();
         std::fs::write(certs.join("client.key"), &client.key_pem).unwrap();
         std::fs::write(certs.join("stray.pem"), "x").unwrap();
+        std::fs::create_dir(certs.join("apiserver.crt")).unwrap();
         use std::os::unix::fs::PermissionsExt;
         let mode = |p: std::path::PathBuf, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m)).unwrap();
         mode(certs.join("ca.crt"), 0o640);
@@ -390,7 +395,12 @@ mod tests {
         .unwrap();
         mode(root.path().join("var/lib/kubelet/kubeconfig"), 0o604);
         let spec = NodeReadSpec {
-            cert_paths: vec!["/etc/kubernetes/certs/ca.crt".into(), "/etc/kubernetes/certs/client.crt".into(), "/etc/kubernetes/certs/apiserver.crt".into()],
+            cert_paths: vec![
+                "/etc/kubernetes/certs/ca.crt".into(),
+                "/etc/kubernetes/certs/client.crt".into(),
+                "/etc/kubernetes/certs/apiserver.crt".into(),
+                "/etc/kubernetes/certs/kubectlClient.crt".into(),
+            ],
             key_paths: vec!["/etc/kubernetes/certs/client.key".into()],
             kubeconfig_paths: vec!["/var/lib/kubelet/kubeconfig".into()],
             read_etcd_proxy: false,
@@ -416,7 +426,12 @@ mod tests {
             ObservedContent::PrivateKey { public_key_sha256, .. } => assert_eq!(public_key_sha256, &client_cert.public_key_sha256),
             other => panic!("{other:?}"),
         }
-        assert_eq!(inv.file("/etc/kubernetes/certs/apiserver.crt").unwrap().content, ObservedContent::Missing);
+        assert_eq!(
+            inv.file("/etc/kubernetes/certs/apiserver.crt").unwrap().content,
+            ObservedContent::Unparseable { error: "not a regular file".into() },
+            "a directory where a certificate belongs is reported, and the other files still read"
+        );
+        assert_eq!(inv.file("/etc/kubernetes/certs/kubectlClient.crt").unwrap().content, ObservedContent::Missing);
         assert!(matches!(inv.file("/etc/kubernetes/certs/ca.crt").unwrap().content, ObservedContent::Certificate { .. }));
         assert_eq!(inv.unexpected_files, vec!["/etc/kubernetes/certs/stray.pem".to_string()]);
         // Owners, modes and digests come from one stat and one sha256sum over every file.
