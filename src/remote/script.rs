@@ -1,9 +1,10 @@
 //! The one remote command refresh runs on each node, and the parser of what it prints.
 //!
 //! The script is POSIX sh run as root through sudo. It reads every catalogue file the node
-//! should hold, and prints one tab-separated record per fact. Certificates travel as PEM;
-//! private keys never leave the node: `openssl pkey -pubout` derives their public key there
-//! and only that travels. Kubeconfigs travel with `client-key-data`, `token` and `password` replaced, plus the
+//! should hold, and prints one tab-separated record per fact. Certificates travel as one
+//! base64 stream, cut by size and checked by digest; private keys never leave the node:
+//! `openssl pkey -pubout` derives their public key there and only that travels. Kubeconfigs
+//! travel as text, one prefixed line each, with secret fields redacted on the node, plus the
 //! public key of the embedded key. etcd's front-proxy key is treated the same way.
 
 use crate::model::inventory::{EtcdProxyState, NodeInventory, ObservedContent, ObservedFile, ObservedKubeconfig};
@@ -76,6 +77,11 @@ fi"#,
     // read is caught rather than misread. Keys need one openssl each; their PEM output is
     // already base64 and kubeconfigs are text, so neither needs base64 (shell builtins
     // strip the PEM armour, and sed prefixes every kubeconfig line while it redacts).
+    // Only regular files are read (after symlinks): a FIFO would block sha256sum for ever.
+    // Kubeconfig redaction replaces secret values in JSON (escaped quotes too, the rest of
+    // the line kept so the JSON still parses), then whole YAML values (quoted keys and list
+    // items too), and drops lines without a colon other than JSON's brackets: that is where
+    // block scalars (`token: |`) and list items keep their text.
     format!(
         r#"set -u
 cd "${{ROOT:-/}}" || exit 1
@@ -85,30 +91,34 @@ h=; read -r h < /proc/sys/kernel/hostname 2>/dev/null || h=$(hostname)
 printf 'HOST\t%s\n' "$h"
 set --
 for f in {certs} {keys}; do
-  if [ -e "${{f#/}}" ]; then set -- "$@" "${{f#/}}"; else printf 'MISSING\t%s\n' "$f"; fi
+  if [ -f "${{f#/}}" ]; then set -- "$@" "${{f#/}}"
+  elif [ -e "${{f#/}}" ]; then printf 'NOTFILE\t%s\n' "$f"
+  else printf 'MISSING\t%s\n' "$f"; fi
 done
 if [ $# -gt 0 ]; then sha256sum -- "$@" | while read -r d n; do printf 'SHA\t/%s\t%s\n' "$n" "$d"; done; fi
-for f in {kubeconfigs}; do if [ -e "${{f#/}}" ]; then set -- "$@" "${{f#/}}"; fi; done
-if [ $# -gt 0 ]; then stat --printf 'FILE\t/%n\t%U\t%G\t%a\t%s\n' -- "$@"; fi
+for f in {kubeconfigs}; do if [ -f "${{f#/}}" ]; then set -- "$@" "${{f#/}}"; fi; done
+if [ $# -gt 0 ]; then stat -L --printf 'FILE\t/%n\t%U\t%G\t%a\t%s\n' -- "$@"; fi
 set --
 for f in {certs}; do
-  if [ -f "${{f#/}}" ] && [ -r "${{f#/}}" ]; then set -- "$@" "${{f#/}}"; printf 'PEMFILE\t%s\n' "$f"
-  elif [ -e "${{f#/}}" ]; then printf 'NOTFILE\t%s\n' "$f"; fi
+  if [ -f "${{f#/}}" ]; then set -- "$@" "${{f#/}}"; printf 'PEMFILE\t%s\n' "$f"; fi
 done
 if [ $# -gt 0 ]; then printf 'PEMS\t'; cat -- "$@" | base64 -w0; printf '\n'; fi
 for f in {keys}; do
-  if [ -e "${{f#/}}" ]; then
-    pem_body "$(openssl pkey -in "${{f#/}}" -pubout 2>/dev/null)"
+  if [ -f "${{f#/}}" ]; then
+    pem_body "$(openssl pkey -in "${{f#/}}" -passin pass: -pubout 2>/dev/null </dev/null)"
     if [ -n "$b" ]; then printf 'PUB\t%s\t%s\n' "$f" "$b"; else printf 'PUBERR\t%s\n' "$f"; fi
   fi
 done
 for f in {kubeconfigs}; do
-  if [ -e "${{f#/}}" ]; then
+  if [ -f "${{f#/}}" ]; then
     printf 'KCFG\t%s\n' "$f"
-    sed -E -e 's/^([[:space:]]*(client-key-data|token|password):).*/\1 REDACTED/' -e 's/("(client-key-data|token|password)"[[:space:]]*:[[:space:]]*")[^"]*"/\1REDACTED"/g' -e 's/^/KCFGLINE\t/' "${{f#/}}"
+    sed -E -e '/^[^:]*$/{{/^[[:space:]]*[][{{}},]*[[:space:]]*$/!d;}}' \
+      -e 's/("({secret_keys})"[[:space:]]*:[[:space:]]*")([^"\\]|\\.)*"/\1REDACTED"/g' \
+      -e '/^[[:space:]]*(- )?["'\'']?({secret_keys})["'\'']?[[:space:]]*:[[:space:]]*"REDACTED"/!s/^([[:space:]]*(- )?["'\'']?({secret_keys})["'\'']?[[:space:]]*:).*/\1 REDACTED/' \
+      -e 's/^/KCFGLINE\t/' "${{f#/}}"
     printf '\nKCFGEND\t%s\n' "$f"
     k=$(sed -nE -e '/^[[:space:]]*client-key-data:/{{s/^[[:space:]]*client-key-data:[[:space:]]*"?([A-Za-z0-9+\/=]+)"?.*/\1/p;q;}}' -e '/"client-key-data"[[:space:]]*:/{{s/.*"client-key-data"[[:space:]]*:[[:space:]]*"([^"]*)".*/\1/p;q;}}' "${{f#/}}")
-    if [ -n "$k" ]; then pem_body "$(printf %s "$k" | base64 -d 2>/dev/null | openssl pkey -pubout 2>/dev/null)"; printf 'KCFGKEYPUB\t%s\t%s\n' "$f" "$b"; fi
+    if [ -n "$k" ]; then pem_body "$(printf %s "$k" | base64 -d 2>/dev/null | openssl pkey -passin pass: -pubout 2>/dev/null)"; printf 'KCFGKEYPUB\t%s\t%s\n' "$f" "$b"; fi
   fi
 done
 for p in ./{cert_dir_rel}/*; do if [ -e "$p" ]; then printf 'LS\t%s\n' "{cert_dir}/${{p##*/}}"; fi; done
@@ -121,8 +131,14 @@ printf 'END\n'
         cert_dir = CERT_DIR,
         cert_dir_rel = sh_quote(CERT_DIR.trim_start_matches('/')),
         kubelet_pem_rel = sh_quote(catalogue::KUBELET_CLIENT_CURRENT.trim_start_matches('/')),
+        secret_keys = KUBECONFIG_SECRET_KEYS.join("|"),
     )
 }
+
+/// Kubeconfig fields whose values are secrets and never leave the node: the embedded key, and
+/// every kind of token, password and client secret kubeconfigs and auth plugins carry.
+const KUBECONFIG_SECRET_KEYS: &[&str] =
+    &["client-key-data", "token", "password", "access-token", "id-token", "refresh-token", "client-secret", "secret"];
 
 /// Output that does not follow the protocol (a truncated run, a shell error).
 #[derive(Debug, thiserror::Error)]
@@ -182,17 +198,19 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
                 content: ObservedContent::Missing,
             }),
             ["PEMFILE", path] => pem_files.push(path.to_string()),
-            // A directory or device where a certificate belongs: nothing to read, and left out
-            // of the stream so it cannot upset the other files' sizes.
+            // A directory, FIFO or device where a certificate or key belongs: nothing is read
+            // from it (a FIFO would block), and it stays out of the certificate stream.
             ["NOTFILE", path] => inv.files.push(observed(&meta, path, ObservedContent::Unparseable { error: "not a regular file".into() })),
             ["PEMS", data] => {
                 let mut rest = &decode(data)?[..];
                 for path in pem_files.drain(..) {
-                    let size = meta.get(&path).map_or(0, |m| m.size);
-                    let part = rest.get(..size).filter(|part| meta.get(&path).is_some_and(|m| m.sha256 == hex::encode(Sha256::digest(part))));
-                    let Some(part) = part else {
+                    let Some(m) = meta.get(&path).filter(|m| !m.sha256.is_empty()) else {
+                        return Err(err(format!("no size or digest for {path}: stat or sha256sum could not read it")));
+                    };
+                    let Some(part) = rest.get(..m.size).filter(|part| m.sha256 == hex::encode(Sha256::digest(part))) else {
                         return Err(err(format!("{path} changed while it was read; run again")));
                     };
+                    let size = m.size;
                     rest = &rest[size..];
                     let pem = String::from_utf8(part.to_vec()).unwrap_or_default();
                     let content = match inspect::parse_cert_pem(&pem) {
@@ -264,6 +282,9 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
     }
     if let Some((path, _)) = kubeconfig {
         return Err(err(format!("kubeconfig {path} was cut short")));
+    }
+    if let Some(path) = pem_files.first() {
+        return Err(err(format!("{path} was announced but its content never came")));
     }
     if !ended {
         return Err(err("the output ended early (connection dropped or the script failed)".into()));
@@ -374,8 +395,12 @@ mod tests {
         std::fs::create_dir_all(root.path().join("var/lib/kubelet")).unwrap();
         let ca = pair("ca", None);
         let client = pair("client", Some(&ca));
-        std::fs::write(certs.join("ca.crt"), &ca.cert_pem).unwrap();
+        // ca.crt is a symlink: its size, owner and mode are the target's.
+        std::fs::write(certs.join("ca-real.pem"), &ca.cert_pem).unwrap();
+        std::os::unix::fs::symlink("ca-real.pem", certs.join("ca.crt")).unwrap();
         std::fs::write(certs.join("client.crt"), &client.cert_pem).unwrap();
+        // A FIFO where a key belongs must be reported, not block the script.
+        assert!(std::process::Command::new("mkfifo").arg(certs.join("apiserver.key")).status().unwrap().success());
         std::fs::write(certs.join("client.key"), &client.key_pem).unwrap();
         std::fs::write(certs.join("stray.pem"), "x").unwrap();
         std::fs::create_dir(certs.join("apiserver.crt")).unwrap();
@@ -387,13 +412,21 @@ mod tests {
         std::fs::write(
             root.path().join("var/lib/kubelet/kubeconfig"),
             format!(
-                "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority: /etc/kubernetes/certs/ca.crt\n    server: https://10.255.255.5:443\n  name: c\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n- name: t\n  user:\n    token: s3cr3t-bearer-token\n    password: s3cr3t-password\n",
+                "apiVersion: v1\nclusters:\n- cluster:\n    certificate-authority: /etc/kubernetes/certs/ca.crt\n    server: https://10.255.255.5:443\n  name: c\nusers:\n- name: u\n  user:\n    client-certificate-data: {}\n    client-key-data: {}\n- name: t\n  user:\n    token: s3cr3t-bearer-token\n    password: s3cr3t-password\n\
+                 - name: block\n  user:\n    \"token\": |\n      s3cr3t-block-scalar\n    auth-provider:\n      config:\n        access-token: s3cr3t-access\n        refresh-token: s3cr3t-refresh\n        client-secret: s3cr3t-client\n",
                 b64.encode(&client.cert_pem),
                 b64.encode(&client.key_pem)
             ),
         )
         .unwrap();
         mode(root.path().join("var/lib/kubelet/kubeconfig"), 0o604);
+        // apply writes the admin kubeconfig as pretty JSON; a password may hold escaped quotes.
+        std::fs::create_dir_all(root.path().join("home/azureuser/.kube")).unwrap();
+        std::fs::write(
+            root.path().join("home/azureuser/.kube/config"),
+            "{\n  \"clusters\": [\n    {\n      \"cluster\": {\n        \"server\": \"https://10.255.255.6:443\"\n      },\n      \"name\": \"c\"\n    }\n  ],\n  \"users\": [\n    {\n      \"name\": \"u\",\n      \"user\": {\n        \"password\": \"pw\\\"s3cr3t-escaped\",\n        \"token\": \"s3cr3t-json\", \"client-certificate\": \"/etc/kubernetes/certs/client.crt\"\n      }\n    }\n  ]\n}\n",
+        )
+        .unwrap();
         let spec = NodeReadSpec {
             cert_paths: vec![
                 "/etc/kubernetes/certs/ca.crt".into(),
@@ -401,18 +434,18 @@ mod tests {
                 "/etc/kubernetes/certs/apiserver.crt".into(),
                 "/etc/kubernetes/certs/kubectlClient.crt".into(),
             ],
-            key_paths: vec!["/etc/kubernetes/certs/client.key".into()],
-            kubeconfig_paths: vec!["/var/lib/kubelet/kubeconfig".into()],
+            key_paths: vec!["/etc/kubernetes/certs/client.key".into(), "/etc/kubernetes/certs/apiserver.key".into()],
+            kubeconfig_paths: vec!["/var/lib/kubelet/kubeconfig".into(), "/home/azureuser/.kube/config".into()],
             read_etcd_proxy: false,
         };
-        let out = std::process::Command::new("sh")
-            .arg("-c")
+        let out = std::process::Command::new("timeout")
+            .args(["20", "sh", "-c"])
             .arg(refresh_script(&spec))
             .env("ROOT", root.path())
             .output()
             .unwrap();
         let stdout = String::from_utf8(out.stdout).unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "the script failed or hung: {:?} {}", out.status, String::from_utf8_lossy(&out.stderr));
         assert!(!stdout.contains(&b64.encode(&client.key_pem)), "the key left the node");
         // Kubeconfigs travel as text, one prefixed line each.
         let kubeconfigs: String = stdout.lines().filter_map(|l| l.strip_prefix("KCFGLINE\t")).collect();
@@ -433,7 +466,8 @@ mod tests {
         );
         assert_eq!(inv.file("/etc/kubernetes/certs/kubectlClient.crt").unwrap().content, ObservedContent::Missing);
         assert!(matches!(inv.file("/etc/kubernetes/certs/ca.crt").unwrap().content, ObservedContent::Certificate { .. }));
-        assert_eq!(inv.unexpected_files, vec!["/etc/kubernetes/certs/stray.pem".to_string()]);
+        assert_eq!(inv.file("/etc/kubernetes/certs/apiserver.key").unwrap().content, ObservedContent::Unparseable { error: "not a regular file".into() });
+        assert_eq!(inv.unexpected_files, vec!["/etc/kubernetes/certs/ca-real.pem".to_string(), "/etc/kubernetes/certs/stray.pem".to_string()]);
         // Owners, modes and digests come from one stat and one sha256sum over every file.
         let owner = String::from_utf8(std::process::Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
         let ca_file = inv.file("/etc/kubernetes/certs/ca.crt").unwrap();
@@ -441,6 +475,9 @@ mod tests {
         assert_eq!(ca_file.sha256, hex::encode(Sha256::digest(ca.cert_pem.as_bytes())));
         let key_file = inv.file("/etc/kubernetes/certs/client.key").unwrap();
         assert_eq!((key_file.mode, key_file.sha256.as_str()), (0o600, hex::encode(Sha256::digest(client.key_pem.as_bytes())).as_str()));
+        let admin = &inv.kubeconfigs[1];
+        assert_eq!(admin.server.as_deref(), Some("https://10.255.255.6:443"), "the redacted JSON kubeconfig still parses");
+        assert_eq!(admin.client_certificate.as_deref(), Some("/etc/kubernetes/certs/client.crt"));
         let kc = &inv.kubeconfigs[0];
         assert_eq!((kc.owner.as_str(), kc.mode), (owner.trim(), 0o604));
         assert_eq!(kc.server.as_deref(), Some("https://10.255.255.5:443"));
