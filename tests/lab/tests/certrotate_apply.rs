@@ -179,8 +179,18 @@ fn renew_expiring_keeps_the_api_up_and_leaves_nothing_to_do() {
     assert_eq!(applied.status.code(), Some(0), "{}", text(&applied));
     assert!(probes >= 20, "the prober ran throughout ({probes} probes)");
     assert_eq!(failures, 0, "/readyz failed {failures} of {probes} times during a rolling renewal");
+    // apply's own prober asks the kubeconfig's server. On a cluster that is the load
+    // balancer; the lab has none, so it is master 0 itself, and a probe can land in the
+    // moment master 0's apiserver restarts (CI saw 1 of 18). The LB-like prober above is the
+    // downtime check; here the summary must be there and show no more than that moment.
     let stderr = String::from_utf8_lossy(&applied.stderr);
-    assert!(stderr.contains("API downtime        0.0s"), "{stderr}");
+    let downtime: f64 = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("API downtime"))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|secs| secs.trim_end_matches('s').parse().ok())
+        .unwrap_or_else(|| panic!("apply reports the API downtime it measured: {stderr}"));
+    assert!(downtime <= 2.0, "at most master 0's own restart, without a load balancer: {stderr}");
 
     assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
     kubectl_nodes_ready(&lab);

@@ -46,12 +46,13 @@ pub fn run_measured(cmd: &mut Command) -> Measured {
     Measured { wall: start.elapsed(), cpu: tv(usage.ru_utime) + tv(usage.ru_stime), max_rss_kib: usage.ru_maxrss, code }
 }
 
-/// Machine-wide busy CPU time so far (all cores, /proc/stat, idle and iowait excluded).
+/// Machine-wide busy CPU time so far (all cores, /proc/stat): user, nice, system, irq and
+/// softirq. Idle, iowait and steal are not work done here; guest time is already in user.
 pub fn machine_busy() -> Duration {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<u64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
     let ticks_per_sec = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let busy: u64 = fields.iter().enumerate().filter(|(i, _)| *i != 3 && *i != 4).map(|(_, v)| v).sum();
+    let busy: u64 = [0, 1, 2, 5, 6].iter().filter_map(|&i| fields.get(i)).sum();
     Duration::from_millis(busy * 1000 / ticks_per_sec)
 }
 
