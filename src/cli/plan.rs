@@ -2,7 +2,7 @@
 //! action graph, render it, and save it as a sealed plan file; render saved plans offline.
 
 use super::args::{ClusterArgs, GraphArgs, PlanArgs, ShowArgs};
-use super::status::read_cluster;
+use super::status::read_cluster_of;
 use super::Outcome;
 use crate::model::apimodel::ApiModel;
 use crate::model::inventory::{Inventory, ObservedContent};
@@ -50,11 +50,12 @@ pub fn make_plan(args: &ClusterArgs) -> miette::Result<MadePlan> {
     let now = time::OffsetDateTime::now_utc();
     // The operator's certificates are checked before the cluster is contacted: a bad file
     // costs nothing but a message.
+    let model = ApiModel::load(&args.model.api_model)?;
     let supplied = match &args.model.certificate_profile {
-        Some(path) => Some(super::supplied::load(path, &ApiModel::load(&args.model.api_model)?, args.model.name_suffix.as_deref(), now)?),
+        Some(path) => Some(super::supplied::load(path, &model, args.model.name_suffix.as_deref(), now)?),
         None => None,
     };
-    let (model, topo, cat, inventory) = read_cluster(args)?;
+    let (model, topo, cat, inventory) = read_cluster_of(args, model)?;
     let audit = audit_certificate_profile(&model, &cat, now)?;
     let diff = diff_with(DiffInput {
         topology: &topo,

@@ -128,7 +128,11 @@ pub async fn add_registered_nodes(args: &ClusterArgs, model: &ApiModel, topo: To
 /// Reads the cluster: API model, topology (with agents only the Kubernetes API knows),
 /// catalogue, and the live inventory.
 pub fn read_cluster(args: &ClusterArgs) -> miette::Result<(ApiModel, Topology, Vec<CertEntry>, Inventory)> {
-    let model = ApiModel::load(&args.model.api_model)?;
+    read_cluster_of(args, ApiModel::load(&args.model.api_model)?)
+}
+
+/// As [`read_cluster`], with the API model already loaded.
+pub fn read_cluster_of(args: &ClusterArgs, model: ApiModel) -> miette::Result<(ApiModel, Topology, Vec<CertEntry>, Inventory)> {
     let topo = Topology::derive(&model, args.model.name_suffix.as_deref())?;
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
     // Refresh sends and reads no private keys (see SshSettings::no_private_keys).
