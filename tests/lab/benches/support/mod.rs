@@ -62,20 +62,35 @@ pub fn cores() -> usize {
 
 /// A cpuacct cgroup (v1) that counts the CPU time of every process put in it and of all its
 /// descendants, including the ones that daemonize (ssh ControlMasters) and so escape wait4.
-/// Removed on drop once empty.
+/// It is made inside the bench's own group, so that where cpu and cpuacct share a hierarchy
+/// the processes moved keep the CPU weight they had. Removed on drop once empty.
 pub struct CpuGroup {
     dir: PathBuf,
+    parent: PathBuf,
 }
 
 const CPUACCT: &str = "/sys/fs/cgroup/cpuacct";
+
+/// The cpuacct group the bench itself runs in (v1: the /proc/self/cgroup line naming cpuacct).
+fn own_cpuacct_group() -> PathBuf {
+    let own = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    let relative = own
+        .lines()
+        .filter_map(|l| l.splitn(3, ':').nth(1).zip(l.splitn(3, ':').nth(2)))
+        .find(|(controllers, _)| controllers.split(',').any(|c| c == "cpuacct"))
+        .map(|(_, path)| path.trim_start_matches('/').to_string())
+        .unwrap_or_default();
+    Path::new(CPUACCT).join(relative)
+}
 
 impl CpuGroup {
     /// None where cgroup v1 cpuacct is not mounted or not writable: the bench then prints
     /// n/a rather than guess.
     pub fn new(name: &str) -> Option<CpuGroup> {
-        let dir = Path::new(CPUACCT).join(format!("certrotate-bench-{}-{name}", std::process::id()));
+        let parent = own_cpuacct_group();
+        let dir = parent.join(format!("certrotate-bench-{}-{name}", std::process::id()));
         std::fs::create_dir(&dir).ok()?;
-        let group = CpuGroup { dir };
+        let group = CpuGroup { dir, parent };
         group.usage()?;
         Some(group)
     }
@@ -130,8 +145,8 @@ impl CpuGroup {
 
 impl Drop for CpuGroup {
     fn drop(&mut self) {
-        // Whatever is still inside goes back to the root group, so the directory can go.
-        let root = Path::new(CPUACCT).join("cgroup.procs");
+        // Whatever is still inside goes back to the bench's own group, so the directory can go.
+        let root = self.parent.join("cgroup.procs");
         for pid in std::fs::read_to_string(self.dir.join("cgroup.procs")).unwrap_or_default().lines() {
             let _ = std::fs::write(&root, pid);
         }
