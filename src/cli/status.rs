@@ -146,7 +146,10 @@ pub fn read_cluster_of(args: &ClusterArgs, model: ApiModel) -> miette::Result<(A
             // depend on each other, so neither waits for the other; only agents that the API
             // adds are read after the list.
             let listing = add_registered_nodes(args, &model, topo.clone());
-            let reading = refresh_over_ssh(fleet.clone(), &topo, &model_catalogue, opts);
+            // Unreachable nodes are judged once both reads are in, so that the error names
+            // every one of them, agents the API added included; host-key errors stop at once.
+            let lenient = RefreshOptions { skip_unreachable: true, ..opts };
+            let reading = refresh_over_ssh(fleet.clone(), &topo, &model_catalogue, lenient);
             tokio::pin!(listing, reading);
             let (full, mut inventory) = tokio::select! {
                 read = &mut reading => {
@@ -164,7 +167,7 @@ pub fn read_cluster_of(args: &ClusterArgs, model: ApiModel) -> miette::Result<(A
                 .map(|n| n.name.clone())
                 .collect();
             if !unread.is_empty() {
-                let more = refresh_some_over_ssh(fleet, &full, Some(&unread), &cat, opts).await?;
+                let more = refresh_some_over_ssh(fleet, &full, Some(&unread), &cat, lenient).await?;
                 inventory.nodes.retain(|n| !unread.contains(&n.node));
                 inventory.unreachable.retain(|u| !unread.contains(&u.node));
                 inventory.nodes.extend(more.nodes);
@@ -172,6 +175,9 @@ pub fn read_cluster_of(args: &ClusterArgs, model: ApiModel) -> miette::Result<(A
                 let order: Vec<&str> = full.nodes().map(|n| n.name.as_str()).collect();
                 inventory.nodes.sort_by_key(|n| order.iter().position(|o| *o == n.node));
                 inventory.unreachable.sort_by_key(|u| order.iter().position(|o| *o == u.node));
+            }
+            if !opts.skip_unreachable && !inventory.unreachable.is_empty() {
+                return Err(RefreshError::Unreachable(inventory.unreachable));
             }
             Ok((full, cat, inventory))
         })

@@ -5,6 +5,7 @@
 
 mod support;
 
+use lab::control::Fault;
 use lab::spec::LabSpec;
 use lab::Lab;
 use std::path::Path;
@@ -55,6 +56,18 @@ fn agents_registered_in_the_api_but_missing_from_the_api_model_are_planned() {
     assert_eq!(rows.len(), 3 * 10 + 3 * 3, "{}", text(&out));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.lines().any(|l| l.starts_with("note: ") && l.contains(&third) && l.contains("not in the API model")), "{stderr}");
+
+    // The API model's nodes are read while the API lists the nodes, and the agents it adds
+    // after: an error for unreachable nodes still names every one of them.
+    let first = format!("k8s-agentpool1-{suffix}-0");
+    lab.fault(Fault::CutNetwork { node: first.clone() }).unwrap();
+    lab.fault(Fault::CutNetwork { node: third.clone() }).unwrap();
+    let out = certrotate(&lab, "status", &[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 node(s) could not be read") && stderr.contains(&first) && stderr.contains(&third), "{stderr}");
+    lab.fault(Fault::RestoreNetwork { node: first }).unwrap();
+    lab.fault(Fault::RestoreNetwork { node: third.clone() }).unwrap();
 
     // And plan replaces its certificates like any other agent's, with a finding naming it.
     let out = certrotate(&lab, "plan", &["--profile", "rotate-all", "--json"]);
