@@ -8,7 +8,7 @@
 //! public key of the embedded key. etcd's front-proxy key is treated the same way.
 
 use crate::model::inventory::{EtcdProxyState, NodeInventory, ObservedContent, ObservedFile, ObservedKubeconfig};
-use crate::pki::catalogue::{self, CertEntry, CERT_DIR, ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY};
+use crate::pki::catalogue::{self, CertEntry, CERT_DIR, ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY, ETCD_PROXY_PREFIX};
 use crate::pki::inspect;
 use crate::model::topology::{Node, Role};
 use base64::Engine as _;
@@ -53,15 +53,36 @@ pub fn sh_quote(s: &str) -> String {
 /// so the same script is tested against a directory tree.
 pub fn refresh_script(spec: &NodeReadSpec) -> String {
     let list = |v: &[String]| v.iter().map(|p| sh_quote(p)).collect::<Vec<_>>().join(" ");
+    // Masters: one etcdctl for all three front-proxy values (each etcdctl start costs tens of
+    // milliseconds on the slowest nodes of every plan). Its output is key line, value lines;
+    // the key's value goes only into openssl, on the node.
     let etcd = if spec.read_etcd_proxy {
         format!(
             r#"
 c={cert_dir_rel}
 if [ -r "$c/etcdclient.key" ] && command -v etcdctl >/dev/null 2>&1; then
-  e() {{ ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert="$c/ca.crt" --cert="$c/etcdclient.crt" --key="$c/etcdclient.key" --command-timeout=5s get "$1" --print-value-only 2>/dev/null; }}
-  for k in {ca} {cert}; do printf 'ETCD\t%s\t%s\n' "$k" "$(e "$k" | base64 -w0)"; done
-  pem_body "$(e {key} | openssl pkey -pubout 2>/dev/null)"; printf 'ETCDKEYPUB\t%s\n' "$b"
+  out=$(ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert="$c/ca.crt" --cert="$c/etcdclient.crt" --key="$c/etcdclient.key" --command-timeout=5s get {prefix} --prefix 2>/dev/null)
+  ca=; cert=; key=; cur=; o=$IFS; IFS='
+'; set -f
+  for l in $out; do
+    case $l in
+      {ca}|{cert}|{key}) cur=$l ;;
+      *) case $cur in
+           {ca}) ca="$ca$l
+" ;;
+           {cert}) cert="$cert$l
+" ;;
+           {key}) key="$key$l
+" ;;
+         esac ;;
+    esac
+  done
+  set +f; IFS=$o; out=
+  printf 'ETCD\t%s\t%s\n' {ca} "$(printf %s "$ca" | base64 -w0)"
+  printf 'ETCD\t%s\t%s\n' {cert} "$(printf %s "$cert" | base64 -w0)"
+  pem_body "$(printf %s "$key" | openssl pkey -passin pass: -pubout 2>/dev/null)"; key=; printf 'ETCDKEYPUB\t%s\n' "$b"
 fi"#,
+            prefix = sh_quote(ETCD_PROXY_PREFIX),
             ca = sh_quote(ETCD_PROXY_CA_KEY),
             cert = sh_quote(ETCD_PROXY_CERT_KEY),
             key = sh_quote(ETCD_PROXY_KEY_KEY),
@@ -520,6 +541,51 @@ mod tests {
         assert!(e.why.contains("client.crt changed while it was read"), "{e}");
         let longer = format!("{}\n", client.cert_pem);
         assert!(parse_output("n1", &spec, &output(&longer)).unwrap_err().why.contains("changed while they were read"));
+    }
+
+    /// The front-proxy values come from one `etcdctl get --prefix` (a stand-in on PATH prints
+    /// what etcd 3.4 prints); only the public half of the key leaves the node.
+    #[test]
+    fn front_proxy_material_is_read_from_etcd_in_one_call() {
+        use std::os::unix::fs::PermissionsExt;
+        assert!([ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY].iter().all(|k| k.starts_with(ETCD_PROXY_PREFIX)));
+        let root = tempfile::tempdir().unwrap();
+        let certs = root.path().join("etc/kubernetes/certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        std::fs::write(certs.join("etcdclient.key"), "client key").unwrap();
+        let proxy_ca = pair("proxy-ca", None);
+        let proxy = pair("proxy", Some(&proxy_ca));
+        let bin = root.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        let stored = root.path().join("etcd-output");
+        std::fs::write(
+            &stored,
+            format!("{ETCD_PROXY_CERT_KEY}\n{}{ETCD_PROXY_KEY_KEY}\n{}{ETCD_PROXY_CA_KEY}\n{}", proxy.cert_pem, proxy.key_pem, proxy_ca.cert_pem),
+        )
+        .unwrap();
+        let etcdctl = bin.join("etcdctl");
+        std::fs::write(&etcdctl, format!("#!/bin/sh\necho \"$*\" >> {0}.calls\ncat {0}\n", stored.display())).unwrap();
+        std::fs::set_permissions(&etcdctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let spec = NodeReadSpec { cert_paths: vec![], key_paths: vec![], kubeconfig_paths: vec![], read_etcd_proxy: true };
+        let out = std::process::Command::new("timeout")
+            .args(["20", "sh", "-c"])
+            .arg(refresh_script(&spec))
+            .env("ROOT", root.path())
+            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let calls = std::fs::read_to_string(root.path().join("etcd-output.calls")).unwrap();
+        assert_eq!(calls.lines().count(), 1, "one etcdctl per node: {calls}");
+        assert!(calls.contains(&format!("get {ETCD_PROXY_PREFIX} --prefix")), "{calls}");
+        let key_body: String = proxy.key_pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        assert!(!stdout.contains(&key_body[..40]) && !stdout.contains("PRIVATE KEY"), "the front-proxy key left the node: {stdout}");
+        let etcd = parse_output("m0", &spec, &stdout).unwrap().etcd_proxy.expect("etcd was read");
+        let facts = |p: &crate::pki::KeyCertPair| crate::pki::inspect::parse_cert_pem(&p.cert_pem).unwrap();
+        assert_eq!(etcd.ca_sha256, Some(facts(&proxy_ca).sha256_fingerprint));
+        assert_eq!(etcd.client_cert_sha256, Some(facts(&proxy).sha256_fingerprint));
+        assert_eq!(etcd.client_key_public_sha256, Some(facts(&proxy).public_key_sha256));
     }
 
     #[test]
