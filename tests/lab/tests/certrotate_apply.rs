@@ -270,10 +270,12 @@ fn a_killed_apply_resumes_and_a_second_apply_meanwhile_is_refused() {
     let out = plan(&lab, "renew-expiring", &saved);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
+    // A killed process cannot remove its temporary ssh directory: keep it in the test's own.
     let mut first = Command::new(certrotate_bin())
         .args(["apply", saved.to_str().unwrap()])
         .args(cluster_flags(&lab))
         .env("NO_COLOR", "1")
+        .env("TMPDIR", dir.path())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
