@@ -172,9 +172,7 @@ pub fn read_cluster_of(args: &ClusterArgs, model: ApiModel) -> miette::Result<(A
                 inventory.unreachable.retain(|u| !unread.contains(&u.node));
                 inventory.nodes.extend(more.nodes);
                 inventory.unreachable.extend(more.unreachable);
-                let order: Vec<&str> = full.nodes().map(|n| n.name.as_str()).collect();
-                inventory.nodes.sort_by_key(|n| order.iter().position(|o| *o == n.node));
-                inventory.unreachable.sort_by_key(|u| order.iter().position(|o| *o == u.node));
+                inventory.sort_in_order_of(&full);
             }
             if !opts.skip_unreachable && !inventory.unreachable.is_empty() {
                 return Err(RefreshError::Unreachable(inventory.unreachable));

@@ -115,4 +115,13 @@ impl Inventory {
     pub fn node(&self, name: &str) -> Option<&NodeInventory> {
         self.nodes.iter().find(|n| n.node == name)
     }
+
+    /// Puts nodes and unreachable nodes in the topology's order, so that plans and tables read
+    /// the same every time whatever order the reads finished in.
+    pub fn sort_in_order_of(&mut self, topo: &crate::model::topology::Topology) {
+        let order: Vec<&str> = topo.nodes().map(|n| n.name.as_str()).collect();
+        let position = |name: &str| order.iter().position(|o| *o == name);
+        self.nodes.sort_by_key(|n| position(&n.node));
+        self.unreachable.sort_by_key(|u| position(&u.node));
+    }
 }

@@ -18,9 +18,9 @@ pub const KUBELET_KUBECONFIG: &str = "/var/lib/kubelet/kubeconfig";
 pub const KUBELET_CLIENT_CURRENT: &str = "/var/lib/kubelet/pki/kubelet-client-current.pem";
 /// Where the original tool logs, and so do we.
 pub const ROTATE_LOG: &str = "/var/log/azure/rotate-certs.log";
-/// etcd keys holding the front-proxy material.
 /// Where AKS Engine keeps the front-proxy material in etcd; the three keys below live under it.
 pub const ETCD_PROXY_PREFIX: &str = "/proxycerts/";
+/// etcd keys holding the front-proxy material.
 pub const ETCD_PROXY_CA_KEY: &str = "/proxycerts/requestheader-client-ca-file";
 pub const ETCD_PROXY_CERT_KEY: &str = "/proxycerts/proxy-client-cert-file";
 pub const ETCD_PROXY_KEY_KEY: &str = "/proxycerts/proxy-client-key-file";

@@ -104,19 +104,17 @@ where
             Err(e) => unreachable.push(UnreachableNode { node: name, error: e.to_string() }),
         }
     }
-    // Keep the topology's order so plans and tables read the same every time.
-    let order: Vec<&str> = topo.nodes().map(|n| n.name.as_str()).collect();
-    nodes.sort_by_key(|n| order.iter().position(|o| *o == n.node));
-    unreachable.sort_by_key(|u| order.iter().position(|o| *o == u.node));
-    for n in &nodes {
+    let mut inventory = Inventory { taken_at: time::OffsetDateTime::now_utc(), nodes, unreachable };
+    inventory.sort_in_order_of(topo);
+    for n in &inventory.nodes {
         if !n.hostname.is_empty() {
             check_hostname_suffix(&topo.name_suffix, &n.hostname).map_err(RefreshError::NameSuffix)?;
         }
     }
-    if !unreachable.is_empty() && !opts.skip_unreachable {
-        return Err(RefreshError::Unreachable(unreachable));
+    if !inventory.unreachable.is_empty() && !opts.skip_unreachable {
+        return Err(RefreshError::Unreachable(inventory.unreachable));
     }
-    Ok(Inventory { taken_at: time::OffsetDateTime::now_utc(), nodes, unreachable })
+    Ok(inventory)
 }
 
 async fn read_node<F, Fut>(run: &F, node: Node, spec: &NodeReadSpec) -> Result<NodeInventory, RemoteError>
