@@ -255,11 +255,53 @@ async fn try_candidate(candidate: &Candidate, timeout: Duration) -> Result<kube:
     config.tls_server_name = candidate.tls_server_name.clone();
     // A dead address should fail this candidate, not eat the whole budget of the next one.
     config.connect_timeout = Some(config.connect_timeout.map_or(timeout, |t| t.min(timeout)));
-    let client = kube::Client::try_from(config).map_err(|e| error_chain(&e))?;
-    client.apiserver_version().await.map_err(|e| format!("GET /version: {}", explain_handshake(error_chain(&e))))?;
+    let client = kube::Client::try_from(config.clone()).map_err(|e| error_chain(&e))?;
+    if let Err(error) = client.apiserver_version().await {
+        let mut reason = error_chain(&error);
+        if !matches!(error, kube::Error::Api(_)) {
+            if let Some(refusal) = handshake_refusal(&config, timeout).await.filter(|_| !reason.contains("received fatal alert")) {
+                reason = refusal;
+            }
+        }
+        return Err(format!("GET /version: {}", explain_handshake(reason)));
+    }
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     namespaces.get(KUBE_SYSTEM).await.map_err(|e| format!("GET namespace kube-system: {}", error_chain(&e)))?;
     Ok(client)
+}
+
+/// Why the server refused a TLS session with these credentials, if it did.
+///
+/// Under TLS 1.3 the server checks the client certificate after the client already counts
+/// the handshake as done, so the server's alert races hyper's first request: hyper may
+/// report only "connection was not ready" or "connection closed". This repeats the
+/// handshake on a connection of its own and reads the server's answer to one request, so
+/// the alert, which always comes first on that connection, is seen for certain.
+async fn handshake_refusal(config: &kube::Config, timeout: Duration) -> Option<String> {
+    use kube::client::ConfigExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = std::sync::Arc::new(config.rustls_client_config().ok()?);
+    let host = config.cluster_url.host()?;
+    let port = config.cluster_url.port_u16().unwrap_or(443);
+    let name = config.tls_server_name.clone().unwrap_or_else(|| host.trim_start_matches('[').trim_end_matches(']').to_owned());
+    let server_name = rustls::pki_types::ServerName::try_from(name.clone()).ok()?;
+    let probe = async {
+        let tcp = tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)).await.ok()?;
+        let mut session = match tokio_rustls::TlsConnector::from(tls).connect(server_name, tcp).await {
+            Ok(session) => session,
+            Err(error) => return Some(error_chain(&error)),
+        };
+        let request = format!("GET /version HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
+        if let Err(error) = session.write_all(request.as_bytes()).await {
+            return Some(error_chain(&error)).filter(|text| text.contains("alert"));
+        }
+        let mut first = [0u8; 1];
+        match session.read(&mut first).await {
+            Err(error) => Some(error_chain(&error)).filter(|text| text.contains("alert")),
+            Ok(_) => None,
+        }
+    };
+    tokio::time::timeout(timeout, probe).await.ok().flatten()
 }
 
 /// A TLS alert from the server after the client sent its certificate is, for an apiserver, a
@@ -954,5 +996,105 @@ mod tests {
         let (client, seen) = stand_in(vec![pod_conflict(), pod_not_found()]).await;
         assert!(!delete_pod(client).await.unwrap());
         assert_eq!(pod_deletes(&seen), 2);
+    }
+
+    /// A CA and a certificate it signed for `name`, both as PEM, plus the leaf's key.
+    fn ca_and_leaf(name: &str) -> (String, String, String) {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ca");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![name.to_owned()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+        (ca.pem(), leaf.pem(), leaf_key.serialize_pem())
+    }
+
+    /// An apiserver stand-in that, like the real one, trusts client certificates of one CA
+    /// only; whoever gets through is answered GET /version. Returns its address.
+    async fn tls_apiserver(serving: &(String, String, String), client_ca: &str) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        install_crypto_provider();
+        let pem_der = |pem: &str| rustls_pemfile::certs(&mut pem.as_bytes()).next().unwrap().unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(pem_der(client_ca)).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots)).build().unwrap();
+        let key = rustls_pemfile::private_key(&mut serving.2.as_bytes()).unwrap().unwrap();
+        let config = rustls::ServerConfig::builder().with_client_cert_verifier(verifier).with_single_cert(vec![pem_der(&serving.1)], key).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Ok(mut session) = acceptor.accept(tcp).await else { return };
+                    let mut request = Vec::new();
+                    let mut buffer = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match session.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let (status, body) = if request.starts_with(b"GET /version ") {
+                        ("200 OK", r#"{"major":"1","minor":"33","gitVersion":"v1.33.0"}"#)
+                    } else {
+                        ("404 Not Found", r#"{"kind":"Status","apiVersion":"v1","status":"Failure","reason":"NotFound","code":404}"#)
+                    };
+                    let answer = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+                    let _ = session.write_all(answer.as_bytes()).await;
+                    let _ = session.shutdown().await;
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_refused_client_certificate_is_named_as_such_every_time() {
+        let name = "apiserver.test";
+        let (cluster_ca, serving_cert, serving_key) = ca_and_leaf(name);
+        let (_, foreign_cert, foreign_key) = ca_and_leaf("foreign-admin");
+        let address = tls_apiserver(&(cluster_ca.clone(), serving_cert, serving_key), &cluster_ca).await;
+        let kubeconfig = admin_kubeconfig("lab", &format!("https://{name}:443"), &cluster_ca, &foreign_cert, &foreign_key);
+        let access = KubeAccess::from_kubeconfigs(&[("foreign".into(), kubeconfig)], Some(&address.to_string())).unwrap();
+        let candidate = &access.candidates[0];
+        let options = KubeConfigOptions { context: Some(candidate.context.clone()), ..KubeConfigOptions::default() };
+        let mut config = kube::Config::from_custom_kubeconfig(candidate.kubeconfig.clone(), &options).await.unwrap();
+        config.cluster_url = candidate.server.parse().unwrap();
+        config.tls_server_name = candidate.tls_server_name.clone();
+
+        // The probe sees the server's alert, whatever hyper happened to see first.
+        let refusal = handshake_refusal(&config, Duration::from_secs(5)).await.expect("the server refused the certificate");
+        assert!(refusal.contains("received fatal alert"), "{refusal}");
+        // End to end. hyper rarely loses the race against this local stand-in (it did once in
+        // CI against the lab's apiserver), so the probe's own assertion above is what would fail
+        // first; this loop checks the message an operator gets.
+        for _ in 0..20 {
+            let error = access.client(Duration::from_secs(5)).await.err().expect("refused").to_string();
+            assert!(error.contains("foreign") && error.contains("not signed by the CA"), "{error}");
+            assert!(!error.contains("PRIVATE KEY"), "{error}");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_accepted_client_certificate_is_not_reported_as_refused() {
+        let name = "apiserver.test";
+        let (cluster_ca, serving_cert, serving_key) = ca_and_leaf(name);
+        let client_ca_and_cert = ca_and_leaf("admin");
+        let address = tls_apiserver(&(cluster_ca.clone(), serving_cert, serving_key), &client_ca_and_cert.0).await;
+        let kubeconfig = admin_kubeconfig("lab", &format!("https://{name}:443"), &cluster_ca, &client_ca_and_cert.1, &client_ca_and_cert.2);
+        let access = KubeAccess::from_kubeconfigs(&[("admin".into(), kubeconfig)], Some(&address.to_string())).unwrap();
+        let candidate = &access.candidates[0];
+        let options = KubeConfigOptions { context: Some(candidate.context.clone()), ..KubeConfigOptions::default() };
+        let mut config = kube::Config::from_custom_kubeconfig(candidate.kubeconfig.clone(), &options).await.unwrap();
+        config.cluster_url = candidate.server.parse().unwrap();
+        config.tls_server_name = candidate.tls_server_name.clone();
+        assert_eq!(handshake_refusal(&config, Duration::from_secs(5)).await, None);
+        // The stand-in answers /version only, so the namespace read is what fails, not TLS.
+        let error = access.client(Duration::from_secs(5)).await.err().expect("the stand-in has no namespaces").to_string();
+        assert!(error.contains("GET namespace kube-system") && !error.contains("not signed by the CA"), "{error}");
     }
 }
