@@ -48,7 +48,7 @@ impl From<store::StoreError> for StepError {
 }
 
 /// How a walk ended.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct WalkResult {
     pub failed: Vec<(String, StepError)>,
     pub done: usize,
@@ -56,6 +56,10 @@ pub struct WalkResult {
     /// Seconds spent in gates and waits for reboots, versus everything else.
     pub waiting_secs: f64,
     pub own_secs: f64,
+    /// A stop signal ended the walk early: every step it had started finished, except gates.
+    pub interrupted: Option<crate::interrupt::StopSignal>,
+    /// Gates in flight when the stop came, cancelled because they only wait.
+    pub cancelled_gates: Vec<String>,
 }
 
 /// A node's connection, behind a lock of its own so nodes connect independently.
@@ -90,6 +94,8 @@ pub struct Context {
     /// the digest the plan recorded.
     pub supplied: Option<Arc<crate::model::apimodel::CertificateProfile>>,
     pub state: Mutex<RunState>,
+    /// Set by Ctrl-C or SIGTERM: no new step starts, gates in flight are cancelled.
+    pub stop: crate::interrupt::StopRequest,
     sessions: Mutex<HashMap<String, SessionSlot>>,
     compute: tokio::sync::OnceCell<Result<Arc<AzureCompute>, String>>,
 }
@@ -130,6 +136,7 @@ impl Context {
             pki: Mutex::new(None),
             supplied: None,
             state: Mutex::new(state),
+            stop: crate::interrupt::StopRequest::default(),
             sessions: Mutex::new(HashMap::new()),
             compute: tokio::sync::OnceCell::new(),
         }
@@ -406,7 +413,7 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
     let order = match ctx.graph.topological_order() {
         Ok(o) => o.into_iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
         Err(e) => {
-            return WalkResult { failed: vec![("graph".into(), StepError::new(e.to_string()))], done: 0, skipped: 0, waiting_secs: 0.0, own_secs: 0.0 }
+            return WalkResult { failed: vec![("graph".into(), StepError::new(e.to_string()))], ..WalkResult::default() }
         }
     };
     let position: HashMap<&str, usize> = order.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
@@ -421,10 +428,18 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
     }
     let mut ready: Vec<String> = order.iter().filter(|id| pending[*id] == 0).cloned().collect();
     let mut running = tokio::task::JoinSet::new();
-    let mut result = WalkResult { failed: Vec::new(), done: 0, skipped: 0, waiting_secs: 0.0, own_secs: 0.0 };
+    let mut result = WalkResult::default();
     let mut stop = false;
+    // Which task runs which step, and whether it is a gate: gates are cancelled on a stop signal.
+    let mut in_flight: HashMap<tokio::task::Id, (String, bool, tokio::task::AbortHandle)> = HashMap::new();
     loop {
-        while !stop && running.len() < ctx.parallelism.max(1) && !ready.is_empty() {
+        if result.interrupted.is_none() {
+            if let Some(signal) = ctx.stop.requested() {
+                result.interrupted = Some(signal);
+                stop_for_signal(&ctx, signal, &in_flight, &mut result);
+            }
+        }
+        while !stop && result.interrupted.is_none() && running.len() < ctx.parallelism.max(1) && !ready.is_empty() {
             // Keep the plan's order among ready steps, so the run reads like the plan.
             ready.sort_by_key(|id| std::cmp::Reverse(position.get(id.as_str()).copied().unwrap_or(usize::MAX)));
             let id = ready.pop().expect("not empty");
@@ -444,7 +459,8 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
                 continue;
             }
             let ctx2 = ctx.clone();
-            running.spawn(async move {
+            let step_id = id.clone();
+            let handle = running.spawn(async move {
                 let step = ctx2.graph.step(&id).expect("step of the graph").clone();
                 let started = Instant::now();
                 let is_master = step.target.as_deref().and_then(|t| ctx2.topo.node(t)).map(|n| n.role == Role::Master).unwrap_or(false);
@@ -460,11 +476,34 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
                 let waiting = step.operation.is_gate() || step.operation.is_restart();
                 (step, outcome, secs, waiting)
             });
+            in_flight.insert(handle.id(), (step_id, gate, handle));
         }
-        let Some(joined) = running.join_next().await else { break };
+        let joined = if result.interrupted.is_some() || running.is_empty() {
+            running.join_next_with_id().await
+        } else {
+            tokio::select! {
+                joined = running.join_next_with_id() => joined,
+                signal = ctx.stop.wait() => {
+                    result.interrupted = Some(signal);
+                    stop_for_signal(&ctx, signal, &in_flight, &mut result);
+                    continue;
+                }
+            }
+        };
+        let Some(joined) = joined else { break };
         let (step, outcome, secs, waiting) = match joined {
-            Ok(v) => v,
+            Ok((task, v)) => {
+                in_flight.remove(&task);
+                v
+            }
+            Err(e) if e.is_cancelled() => {
+                if let Some((id, _, _)) = in_flight.remove(&e.id()) {
+                    ctx.emit(Event::StepSkipped { id, reason: "gate cancelled by the stop signal; it runs again on resume".into() });
+                }
+                continue;
+            }
             Err(e) => {
+                in_flight.remove(&e.id());
                 result.failed.push(("(task)".into(), StepError::new(format!("a step panicked: {e}"))));
                 stop = true;
                 continue;
@@ -500,6 +539,26 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
         }
     }
     result
+}
+
+/// The first stop signal: says what happens next, and cancels the gates in flight (they
+/// only wait, and run again on resume); steps that change nodes finish and are journaled.
+fn stop_for_signal(ctx: &Context, signal: crate::interrupt::StopSignal, in_flight: &HashMap<tokio::task::Id, (String, bool, tokio::task::AbortHandle)>, result: &mut WalkResult) {
+    let mut finishing: Vec<&str> = Vec::new();
+    for (id, gate, handle) in in_flight.values() {
+        if *gate {
+            handle.abort();
+            result.cancelled_gates.push(id.clone());
+        } else {
+            finishing.push(id);
+        }
+    }
+    finishing.sort_unstable();
+    result.cancelled_gates.sort_unstable();
+    let waiting_for = if finishing.is_empty() { "nothing is in flight".to_string() } else { format!("waiting for {} step(s) in flight to finish: {}", finishing.len(), finishing.join(", ")) };
+    ctx.emit(Event::Warning {
+        message: format!("{} received: no new step starts; {waiting_for}. Send it again to exit at once (steps cut short are done again on resume).", signal.name()),
+    });
 }
 
 /// Runs one step; `Ok` carries an optional note for the journal.

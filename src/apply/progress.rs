@@ -129,7 +129,13 @@ pub enum Event {
         observed: Vec<String>,
     },
     Warning { message: String },
-    ApplyFinished { ok: bool, summary: Summary },
+    ApplyFinished {
+        ok: bool,
+        /// The stop signal that ended the run early, if one did.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stopped_by: Option<String>,
+        summary: Summary,
+    },
 }
 
 /// The end-of-run numbers. `waiting_secs` and `own_work_secs` are wall-clock: own work is
@@ -464,8 +470,12 @@ fn plain_lines(e: &Event, at: f64, phase_of: &HashMap<String, Phase>) -> String 
                 s.push('\n');
             }
         }
-        Event::ApplyFinished { ok, summary } => {
-            let how = if *ok { "ok" } else { "FAILED" };
+        Event::ApplyFinished { ok, stopped_by, summary } => {
+            let how = match (ok, stopped_by) {
+                (true, _) => "ok".to_string(),
+                (false, Some(signal)) => format!("STOPPED by {signal}"),
+                (false, None) => "FAILED".to_string(),
+            };
             s.push_str(&format!("{t}finish {how} after {}\n", fmt_secs(summary.total_secs)));
             s.push_str(&Reporter::summary_text(summary));
         }
@@ -857,7 +867,7 @@ mod tests {
             assert!(bars.overall.is_none());
         }
         r.emit(Event::StepFailed { id: "installCerts@k8s-agent-0".into(), error: "ssh: timeout".into(), observed: vec![] });
-        r.emit(Event::ApplyFinished { ok: false, summary: Summary::default() });
+        r.emit(Event::ApplyFinished { ok: false, stopped_by: None, summary: Summary::default() });
         let st = r.lock();
         let Output::Bars(bars) = &st.out else { panic!("bars") };
         assert!(bars.busy.is_empty());
@@ -907,7 +917,7 @@ mod tests {
             r.emit(wait("nodesReady@k8s-agent-1", &["NotReady"], i as f64));
         }
         r.emit(finished("rebootVm@k8s-agent-1", 90.0, true));
-        r.emit(Event::ApplyFinished { ok: true, summary: Summary { total_secs: 91.0, ..Summary::default() } });
+        r.emit(Event::ApplyFinished { ok: true, stopped_by: None, summary: Summary { total_secs: 91.0, ..Summary::default() } });
         let text = buf.text();
         let values: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(values.len(), 7);
@@ -948,7 +958,7 @@ mod tests {
             let r = Reporter::to_writer(mode, 1, Box::new(Broken));
             r.emit(started("cleanup", "cleanup", None, Phase::Finish));
             r.emit(Event::StepFailed { id: "cleanup".into(), error: "x".into(), observed: vec![] });
-            r.emit(Event::ApplyFinished { ok: false, summary: Summary::default() });
+            r.emit(Event::ApplyFinished { ok: false, stopped_by: None, summary: Summary::default() });
         }
     }
 

@@ -105,6 +105,8 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
 
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
     let plan_path = a.plan_file.clone();
+    // From here on a first Ctrl-C stops at a safe point instead of exiting.
+    let _graceful = crate::interrupt::Graceful::begin();
     let result = runtime.block_on(async move {
         // The run's time includes taking the lock and re-reading the nodes.
         let started = Instant::now();
@@ -114,7 +116,10 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
             reporter.emit(Event::Warning { message: format!("took over the cluster lock held by {who}") });
         }
         let ctx = Arc::new(ctx);
-        let checked = preflight(&ctx, &plan, &model).await;
+        let checked = tokio::select! {
+            checked = preflight(&ctx, &plan, &model) => checked,
+            signal = ctx.stop.wait() => Err(miette!("{} received while checking the cluster; nothing was changed", signal.name())),
+        };
         if let Err(e) = checked {
             release(&ctx, &first, &digest).await;
             ctx.close_sessions().await;
@@ -126,13 +131,13 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         let walked = executor::walk(ctx.clone()).await;
         let (probes, failures, down) = prober.stop().await;
         let total = started.elapsed().as_secs_f64();
-        let ok = walked.failed.is_empty();
+        let ok = walked.failed.is_empty() && walked.interrupted.is_none();
         if ok {
             release(&ctx, &first, &digest).await;
         }
         ctx.close_sessions().await;
         let summary = ctx.timings.lock().expect("timings lock").summary(total, down, probes, failures);
-        ctx.emit(Event::ApplyFinished { ok, summary: summary.clone() });
+        ctx.emit(Event::ApplyFinished { ok, stopped_by: walked.interrupted.map(|s| s.name().to_string()), summary: summary.clone() });
         let saved = plan_path.clone().unwrap_or_else(|| ctx.run.root.join("plan.yaml"));
         let args: Vec<String> = std::env::args().collect();
         if ok {
@@ -148,19 +153,31 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
                 );
             }
             Ok(Outcome::Ok)
+        } else if walked.failed.is_empty() {
+            let autoscaler = autoscaler_note(&ctx);
+            let signal = walked.interrupted.map(|s| s.name()).unwrap_or("a stop signal");
+            let left = ctx.graph.len() - walked.done - walked.skipped;
+            let gates = if walked.cancelled_gates.is_empty() {
+                String::new()
+            } else {
+                format!("; gates cancelled (they run again on resume): {}", walked.cancelled_gates.join(", "))
+            };
+            Err(miette!(
+                help = format!(
+                    "resume with `{}` (finished steps are skipped; journal {}), or return to the previous certificates with `{}`",
+                    command_line("apply", &saved, &args),
+                    ctx.journal.path().display(),
+                    command_line("rollback", &saved, &args)
+                ),
+                "apply stopped by {signal}: {} step(s) done, {} already done, {left} not done; every step that changed a node finished and is in the journal{gates}{autoscaler}",
+                walked.done,
+                walked.skipped
+            ))
         } else {
+            let autoscaler = autoscaler_note(&ctx);
             let (id, e) = &walked.failed[0];
             let again = command_line("apply", &saved, &args);
             let back = command_line("rollback", &saved, &args);
-            let autoscaler = {
-                let st = ctx.state.lock().expect("state lock");
-                match (st.autoscaler_paused, st.autoscaler_replicas) {
-                    (true, Some(n)) => format!(
-                        "\ncluster-autoscaler stays scaled to 0 until the apply completes (to run it meanwhile: kubectl -n kube-system scale deployment cluster-autoscaler --replicas={n})"
-                    ),
-                    _ => String::new(),
-                }
-            };
             let observed = if e.observed.is_empty() { String::new() } else { format!("\nobserved:\n  {}", e.observed.join("\n  ")) };
             Err(miette!(
                 help = format!(
@@ -173,6 +190,17 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         }
     });
     result
+}
+
+/// What an unfinished apply leaves paused, for its error message.
+fn autoscaler_note(ctx: &Context) -> String {
+    let st = ctx.state.lock().expect("state lock");
+    match (st.autoscaler_paused, st.autoscaler_replicas) {
+        (true, Some(n)) => format!(
+            "\ncluster-autoscaler stays scaled to 0 until the apply completes (to run it meanwhile: kubectl -n kube-system scale deployment cluster-autoscaler --replicas={n})"
+        ),
+        _ => String::new(),
+    }
 }
 
 /// The command that resumes (or rolls back) this run: the same flags, the saved plan instead of
@@ -516,6 +544,8 @@ pub fn run_rollback(a: &RollbackArgs) -> miette::Result<Outcome> {
     ctx.apiserver = c.apiserver.clone();
     ctx.old_admin_kubeconfig = old_admin;
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
+    // A first Ctrl-C stops rollback between nodes, not in the middle of one.
+    let _graceful = crate::interrupt::Graceful::begin();
     runtime.block_on(async move {
         let ctx = Arc::new(ctx);
         let started = Instant::now();
@@ -570,6 +600,16 @@ async fn rollback_nodes(
             missing.join("\n")
         ));
     }
+    // Checked before each node or group of masters is touched: what was restored stays so.
+    let stop_point = |done: &str| match ctx.stop.requested() {
+        Some(signal) => Err(miette!(
+            help = "run rollback again to restore the rest: nodes already restored are left as they are",
+            "rollback stopped by {}: {done}",
+            signal.name()
+        )),
+        None => Ok(()),
+    };
+    stop_point("nothing was changed")?;
     let on_all = |names: Vec<String>, script: String, what: &'static str| {
         let ctx = ctx.clone();
         async move {
@@ -601,7 +641,9 @@ async fn rollback_nodes(
             .await
             .map_err(|e| fail("restarting the control plane", e))?;
     }
+    let mut restored: Vec<&str> = masters.iter().map(String::as_str).collect();
     for (n, windows) in &agents {
+        stop_point(&format!("restored: {}", if restored.is_empty() { "none".to_string() } else { restored.join(", ") }))?;
         println!("restoring {n}");
         if *windows {
             crate::apply::winexec::restore_windows(ctx, n).await.map_err(|e| fail(n, e))?;
@@ -609,7 +651,9 @@ async fn rollback_nodes(
             ctx.run_root(n, "restore certificates", &node::restore_script(stamp, None)).await.map_err(|e| fail(n, e))?;
             ctx.run_root(n, "restart kubelet", &node::restart_script(stamp, "rollback", &["kubelet"], &[])).await.map_err(|e| fail(n, e))?;
         }
+        restored.push(n);
     }
+    stop_point(&format!("every node is restored; {} is not yet", model.path().display()))?;
 
     println!("restoring {} from {}", model.path().display(), local_backup.display());
     let kept = store::backup_api_model_as(&model.dir(), "before-rollback-").map_err(|e| miette!("{e}"))?;

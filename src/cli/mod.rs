@@ -25,6 +25,9 @@ pub fn main() -> ExitCode {
     // an interactive user's bash costs several times what /bin/sh does there and adds nothing.
     // Set before any thread exists, so no other thread can be reading the environment.
     std::env::set_var("SHELL", "/bin/sh");
+    if let Err(e) = crate::interrupt::install() {
+        eprintln!("warning: cannot listen for Ctrl-C and SIGTERM ({e}): a stop signal will kill certrotate without closing its SSH connections");
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -104,6 +104,8 @@ pub struct SshFleet {
     settings: SshSettings,
     dir: tempfile::TempDir,
     tunnel: tokio::sync::OnceCell<Result<(), String>>,
+    /// Should a signal end the process, Drop does not run: this closes the connections then.
+    _on_exit: crate::interrupt::ExitCleanup,
 }
 
 impl std::fmt::Debug for SshFleet {
@@ -138,7 +140,11 @@ impl SshFleet {
                 f.flush().map_err(local)?;
             }
         }
-        let fleet = Self { settings, dir, tunnel: tokio::sync::OnceCell::new() };
+        let on_exit = {
+            let dir = dir.path().to_path_buf();
+            crate::interrupt::on_exit(move || close_control_sockets(&dir))
+        };
+        let fleet = Self { settings, dir, tunnel: tokio::sync::OnceCell::new(), _on_exit: on_exit };
         std::fs::write(fleet.config_path(), fleet.ssh_config()).map_err(local)?;
         Ok(fleet)
     }
@@ -264,6 +270,35 @@ impl SshFleet {
             RemoteError::Unreachable { node: node.to_string(), message }
         }
     }
+}
+
+/// Tells every ControlMaster with a socket under `dir` to exit, then removes `dir`: the
+/// masters are daemons (ControlPersist) that would otherwise stay connected to the nodes.
+pub fn close_control_sockets(dir: &Path) {
+    use std::os::unix::fs::FileTypeExt;
+    let mut sockets = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for entry in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => pending.push(entry.path()),
+                Ok(t) if t.is_socket() => sockets.push(entry.path()),
+                _ => {}
+            }
+        }
+    }
+    for socket in sockets {
+        // The host name is not used: the socket says which connection.
+        let _ = std::process::Command::new("ssh")
+            .args(["-F", "/dev/null", "-o"])
+            .arg(format!("ControlPath={}", socket.display()))
+            .args(["-O", "exit", "certrotate-closing"])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// One node's multiplexed connection.

@@ -15,8 +15,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{
-    admin_kubeconfig, assert_plan_has_no_changes, certrotate_bin, cluster_flags, flat_stderr, model_dir, nodes, renew_expiring_with_fast_gates, run, ssh, text,
-    up_expiring,
+    admin_kubeconfig, assert_plan_has_no_changes, certrotate_bin, cluster_flags, flat_stderr, model_dir, nodes, processes_left_mentioning, renew_expiring_with_fast_gates, run,
+    send_signal, ssh, ssh_dirs_left, text, up_expiring,
 };
 
 fn certrotate(args: &[&str], lab: &Lab) -> Output {
@@ -308,6 +308,114 @@ fn a_killed_apply_resumes_and_a_second_apply_meanwhile_is_refused() {
     assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
     kubectl_nodes_ready(&lab);
     lab.down().unwrap();
+}
+
+/// Starts `apply saved` with its temporary directory in `tmp`, returning the child and its
+/// progress lines (stderr).
+fn spawn_apply(lab: &Lab, saved: &Path, tmp: &Path) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStderr>>) {
+    let mut child = Command::new(certrotate_bin())
+        .args(["apply", saved.to_str().unwrap()])
+        .args(cluster_flags(lab))
+        .env("NO_COLOR", "1")
+        .env("TMPDIR", tmp)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
+/// Reads progress lines until one contains `marker`; returns every line read.
+fn read_until(lines: &mut std::io::Lines<BufReader<std::process::ChildStderr>>, marker: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains(marker) {
+            return seen;
+        }
+    }
+    panic!("no line with {marker:?}:\n{}", seen.join("\n"));
+}
+
+#[test]
+fn a_stop_signal_finishes_the_steps_in_flight_a_second_exits_at_once_and_the_rerun_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let lab = up_expiring(dir.path(), Expiry::In(20 * 86_400));
+    let saved = dir.path().join("renew.plan.yaml");
+    let out = plan(&lab, "renew-expiring", &saved);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    let tmp = dir.path().join("tmp");
+    std::fs::create_dir(&tmp).unwrap();
+
+    // One Ctrl-C while certificates are being installed: the steps in flight finish.
+    let (mut child, mut lines) = spawn_apply(&lab, &saved, &tmp);
+    let mut seen = read_until(&mut lines, "start  installCerts@");
+    send_signal(child.id(), libc::SIGINT);
+    seen.extend(lines.by_ref().map(|l| l.unwrap()));
+    let status = child.wait().unwrap();
+    let all = seen.join("\n");
+    eprintln!("one SIGINT:\n{all}");
+    assert_eq!(status.code(), Some(1), "{all}");
+    assert!(all.contains("apply stopped by SIGINT (Ctrl-C)") && all.contains("resume with `"), "{all}");
+    let warned = seen.iter().position(|l| l.contains("SIGINT (Ctrl-C) received: no new step starts")).unwrap_or_else(|| panic!("{all}"));
+    let step_of = |line: &str, verb: &str| line.split_once(verb).map(|(_, rest)| rest.split_whitespace().next().unwrap_or("").trim_end_matches(':').to_string());
+    assert!(seen[warned..].iter().all(|l| step_of(l, "start  ").is_none()), "a step started after the signal:\n{all}");
+    let started: Vec<String> = seen.iter().filter_map(|l| step_of(l, "start  ")).collect();
+    let journal_path = model_dir(&lab).join("_rotate_certs_output");
+    let journal: String = walkdir(&journal_path).into_iter().filter(|p| p.ends_with("journal.jsonl")).map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    for step in &started {
+        let finished = seen.iter().any(|l| step_of(l, "done   ").as_deref() == Some(step.as_str()));
+        let cancelled = seen.iter().any(|l| step_of(l, "skip   ").as_deref() == Some(step.as_str()) && l.contains("gate cancelled"));
+        assert!(finished || cancelled, "{step} was started and neither finished nor (as a gate) cancelled:\n{all}");
+        assert_eq!(finished, journal.contains(&format!("\"{step}\"")), "{step}: journaled exactly when finished\n{journal}");
+    }
+    assert!(started.iter().any(|s| s.starts_with("installCerts@")), "{all}");
+    let left = processes_left_mentioning(&tmp);
+    assert!(left.is_empty(), "ssh left running: {left:?}");
+    assert!(ssh_dirs_left(&tmp).is_empty(), "{:?}", ssh_dirs_left(&tmp));
+
+    // Two: the second exits at once, closing the SSH connections all the same.
+    let (mut child, mut lines) = spawn_apply(&lab, &saved, &tmp);
+    let mut seen = read_until(&mut lines, "start  ");
+    send_signal(child.id(), libc::SIGINT);
+    seen.extend(read_until(&mut lines, "no new step starts"));
+    let second = std::time::Instant::now();
+    send_signal(child.id(), libc::SIGINT);
+    seen.extend(lines.by_ref().map(|l| l.unwrap()));
+    let status = child.wait().unwrap();
+    let all = seen.join("\n");
+    eprintln!("two SIGINTs:\n{all}");
+    assert_eq!(status.code(), Some(128 + libc::SIGINT), "{all}");
+    assert!(second.elapsed() < Duration::from_secs(10), "the second signal exits at once, took {:?}", second.elapsed());
+    assert!(all.contains("a second stop signal") && all.contains("exiting now"), "{all}");
+    let left = processes_left_mentioning(&tmp);
+    assert!(left.is_empty(), "ssh left running: {left:?}");
+    assert!(ssh_dirs_left(&tmp).is_empty(), "{:?}", ssh_dirs_left(&tmp));
+
+    // The rerun takes over the lock the stopped runs left and finishes the rotation.
+    let resumed = certrotate(&["apply", saved.to_str().unwrap()], &lab);
+    assert_eq!(resumed.status.code(), Some(0), "{}", text(&resumed));
+    assert!(String::from_utf8_lossy(&resumed.stderr).contains("already done (journal)"), "{}", text(&resumed));
+    assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
+    kubectl_nodes_ready(&lab);
+    lab.down().unwrap();
+}
+
+fn walkdir(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            if e.path().is_dir() {
+                pending.push(e.path());
+            } else {
+                found.push(e.path());
+            }
+        }
+    }
+    found
 }
 
 #[test]

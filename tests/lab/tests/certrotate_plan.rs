@@ -7,7 +7,8 @@ mod support;
 
 use lab::spec::Expiry;
 use lab::Lab;
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 use support::{certrotate_bin, flat_stderr, ssh, ssh_flags, text, up_expiring};
 
 fn plan(lab: &Lab, profile: &str, extra: &[&str]) -> Output {
@@ -69,7 +70,61 @@ fn healthy_cluster_needs_nothing_from_renew_expiring_and_everything_from_rotate_
     assert_eq!(show.status.code(), Some(1), "a tampered plan must be refused: {}", text(&show));
     let flat = flat_stderr(&show);
     assert!(flat.contains("modified after it was written"), "{}", text(&show));
+
+    a_stop_signal_ends_plan_at_once_closing_its_connections(&lab, &dir.path().join("tmp"));
     lab.down().unwrap();
+}
+
+/// Ctrl-C while plan reads the nodes: plan changes nothing, so it exits at once, but first
+/// closes its ssh ControlMasters (daemons that would stay connected) and removes their directory.
+fn a_stop_signal_ends_plan_at_once_closing_its_connections(lab: &Lab, tmp: &std::path::Path) {
+    std::fs::create_dir(tmp).unwrap();
+    // plan takes well under a second here: send the signal as soon as its first connection
+    // exists, and try again should the plan have finished first.
+    for attempt in 0..5 {
+        let child = Command::new(certrotate_bin())
+            .args(["plan", "--profile", "rotate-all"])
+            .args(ssh_flags(lab))
+            .env("NO_COLOR", "1")
+            .env("TMPDIR", tmp)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !has_socket(tmp) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        support::send_signal(child.id(), libc::SIGINT);
+        let out = child.wait_with_output().unwrap();
+        eprintln!("attempt {attempt}: {:?}\n{}", out.status, text(&out));
+        let left = support::processes_left_mentioning(tmp);
+        assert!(left.is_empty(), "ssh left running: {left:?}");
+        assert!(support::ssh_dirs_left(tmp).is_empty(), "{:?}", support::ssh_dirs_left(tmp));
+        if out.status.code() == Some(2) {
+            eprintln!("attempt {attempt}: plan finished before the signal");
+            continue;
+        }
+        assert_eq!(out.status.code(), Some(128 + libc::SIGINT), "{}", text(&out));
+        assert!(String::from_utf8_lossy(&out.stderr).contains("SIGINT (Ctrl-C) received (a stop signal): exiting now"), "{}", text(&out));
+        return;
+    }
+    panic!("plan always finished before the signal arrived");
+}
+
+fn has_socket(dir: &std::path::Path) -> bool {
+    use std::os::unix::fs::FileTypeExt;
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => pending.push(e.path()),
+                Ok(t) if t.is_socket() => return true,
+                _ => {}
+            }
+        }
+    }
+    false
 }
 
 #[test]

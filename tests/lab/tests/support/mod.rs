@@ -147,3 +147,47 @@ pub fn renew_expiring_with_fast_gates(dir: &Path) -> PathBuf {
     std::fs::write(&profile, format!("{head}\ngates:\n  timeout: 15s\n  interval: 1s\n")).unwrap();
     profile
 }
+
+/// Processes whose command line mentions `path` (ssh ControlMasters name their control
+/// socket and ssh_config, both under certrotate's temporary directory).
+pub fn processes_mentioning(path: &Path) -> Vec<String> {
+    let needle = path.to_string_lossy().to_string();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+        let line = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if line.contains(&needle) {
+            found.push(format!("{}: {}", entry.file_name().to_string_lossy(), line.trim()));
+        }
+    }
+    found
+}
+
+/// certrotate's temporary SSH directories left in `tmp`.
+pub fn ssh_dirs_left(tmp: &Path) -> Vec<String> {
+    std::fs::read_dir(tmp)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.starts_with("certrotate-ssh-"))
+        .collect()
+}
+
+/// Sends `signal` to the process `pid`.
+pub fn send_signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) only delivers a signal to our own child.
+    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill({pid}, {signal})");
+}
+
+/// [`processes_mentioning`] once they had up to 5 s to exit: a ControlMaster told to exit
+/// answers first and exits just after.
+pub fn processes_left_mentioning(path: &Path) -> Vec<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let left = processes_mentioning(path);
+        if left.is_empty() || std::time::Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
