@@ -426,6 +426,11 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
         next.sort_by_key(|n| position.get(n.as_str()).copied().unwrap_or(usize::MAX));
         successors.insert(id, next);
     }
+    // Preflight gates prove the cluster healthy before anything changes. Once an earlier run
+    // of this plan installed certificates, the cluster is mid-rotation by design (etcd members
+    // trust different CAs until each restarts), so a preflight run again would wait for a
+    // health that only the rest of the plan brings back. It passed before the changes began.
+    let changes_began = ctx.graph.steps().any(|s| s.operation == Operation::InstallCerts && ctx.journal.is_done(&s.id));
     let mut ready: Vec<String> = order.iter().filter(|id| pending[*id] == 0).cloned().collect();
     let mut running = tokio::task::JoinSet::new();
     let mut result = WalkResult::default();
@@ -446,8 +451,10 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
             // Gates look again on every run: what held before a failure may not hold now.
             // Steps skipped under --force were not done and run when they can.
             let gate = ctx.graph.step(&id).map(|s| s.operation.is_gate()).unwrap_or(false);
-            if !gate && ctx.journal.is_done(&id) && !ctx.journal.was_forced(&id) {
-                ctx.emit(Event::StepSkipped { id: id.clone(), reason: "already done (journal)".into() });
+            let passed_preflight = gate && changes_began && ctx.graph.step(&id).is_some_and(|s| Phase::of_step(&s.id, s.operation.as_str(), false) == Phase::Preflight);
+            if (!gate || passed_preflight) && ctx.journal.is_done(&id) && !ctx.journal.was_forced(&id) {
+                let reason = if gate { "passed before the changes began (journal); the cluster is mid-rotation now" } else { "already done (journal)" };
+                ctx.emit(Event::StepSkipped { id: id.clone(), reason: reason.into() });
                 result.skipped += 1;
                 for n in &successors[&id] {
                     let p = pending.get_mut(n).expect("known step");

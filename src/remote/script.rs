@@ -60,8 +60,13 @@ pub fn refresh_script(spec: &NodeReadSpec) -> String {
         format!(
             r#"
 c={cert_dir_rel}
+# Between apply's install and etcd's restart, etcd already serves its new certificate (it
+# reads it again for every handshake) but still trusts only client certificates of the CA it
+# started with: the one in certs.bak, where apply backs the directory up (apply::node::BACKUP).
+# Serializable reads answer from the member itself, which then has no quorum.
+etcd_get() {{ ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert="$1/ca.crt" --cert="$2/etcdclient.crt" --key="$2/etcdclient.key" --command-timeout=5s get {prefix} --prefix --consistency=s 2>/dev/null; }}
 if [ -r "$c/etcdclient.key" ] && command -v etcdctl >/dev/null 2>&1; then
-  out=$(ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert="$c/ca.crt" --cert="$c/etcdclient.crt" --key="$c/etcdclient.key" --command-timeout=5s get {prefix} --prefix 2>/dev/null)
+  out=$(etcd_get "$c" "$c") || {{ [ -r "$c.bak/etcdclient.key" ] && {{ out=$(etcd_get "$c" "$c.bak") || out=$(etcd_get "$c.bak" "$c.bak"); }}; }} || out=
   ca=; cert=; key=; cur=; o=$IFS; IFS='
 '; set -f
   for l in $out; do
@@ -586,6 +591,34 @@ mod tests {
         assert_eq!(etcd.ca_sha256, Some(facts(&proxy_ca).sha256_fingerprint));
         assert_eq!(etcd.client_cert_sha256, Some(facts(&proxy).sha256_fingerprint));
         assert_eq!(etcd.client_key_public_sha256, Some(facts(&proxy).public_key_sha256));
+
+        // Between apply's install and etcd's restart, real etcd serves the new certificate but
+        // trusts only the client certificates of the CA in certs.bak: no single directory works.
+        std::fs::create_dir_all(root.path().join("etc/kubernetes/certs.bak")).unwrap();
+        std::fs::write(root.path().join("etc/kubernetes/certs.bak/etcdclient.key"), "old client key").unwrap();
+        std::fs::remove_file(root.path().join("etcd-output.calls")).unwrap();
+        let refusing = format!("#!/bin/sh\necho \"$*\" >> {0}.calls\ncase \"$*\" in *--cacert=etc/kubernetes/certs/ca.crt?--cert=etc/kubernetes/certs.bak/*) cat {0} ;; *) exit 1 ;; esac\n", stored.display());
+        std::fs::write(&etcdctl, refusing).unwrap();
+        let run = || {
+            let out = std::process::Command::new("timeout")
+                .args(["20", "sh", "-c"])
+                .arg(refresh_script(&spec))
+                .env("ROOT", root.path())
+                .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            parse_output("m0", &spec, &String::from_utf8(out.stdout).unwrap()).unwrap().etcd_proxy.expect("etcd was asked")
+        };
+        let etcd = run();
+        assert_eq!(etcd.client_cert_sha256, Some(facts(&proxy).sha256_fingerprint), "read with the new CA and the backup's client certificate");
+        let calls = std::fs::read_to_string(root.path().join("etcd-output.calls")).unwrap();
+        assert_eq!(calls.lines().count(), 2, "{calls}");
+        assert!(calls.lines().all(|l| l.contains("--consistency=s")), "a member without quorum still answers: {calls}");
+        // Neither set of credentials works: nothing is made up.
+        std::fs::write(&etcdctl, "#!/bin/sh\nexit 1\n").unwrap();
+        let etcd = run();
+        assert_eq!((etcd.ca_sha256, etcd.client_cert_sha256, etcd.client_key_public_sha256), (None, None, None));
     }
 
     #[test]
