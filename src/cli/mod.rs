@@ -10,6 +10,7 @@ mod validate;
 
 use args::{Cli, Command};
 use clap::Parser;
+use std::io::Write as _;
 use std::process::ExitCode;
 
 /// Outcome of a subcommand that ran without error.
@@ -40,7 +41,9 @@ pub fn main() -> ExitCode {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Attention) => ExitCode::from(2),
         Err(report) => {
-            eprintln!("{report:?}");
+            // Not eprintln!: after SIGHUP the terminal is gone, and a failed write must not
+            // turn exit code 1 into a panic.
+            let _ = writeln!(std::io::stderr(), "{report:?}");
             ExitCode::from(1)
         }
     }

@@ -229,6 +229,9 @@ impl SshFleet {
                     .arg("-F")
                     .arg(self.config_path())
                     .args(["-M", "-N", "-f", "-o", "ControlPersist=yes", JUMPBOX_ALIAS])
+                    // Out of the terminal's process group: a Ctrl-C is certrotate's to handle
+                    // (a graceful stop keeps using this connection), not this ssh's.
+                    .process_group(0)
                     .stdin(std::process::Stdio::null())
                     .stdout(std::process::Stdio::null())
                     .stderr(std::process::Stdio::piped())
