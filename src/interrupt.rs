@@ -83,20 +83,38 @@ pub fn install() -> std::io::Result<()> {
     Ok(())
 }
 
+/// What a signal does.
+#[derive(Debug, PartialEq, Eq)]
+enum Response {
+    /// Ask the running work to stop at its next safe point.
+    RequestStop,
+    /// Clean up and exit with this code; `why` is for the message.
+    ExitNow { code: i32, why: &'static str },
+}
+
+fn respond(received: StopSignal, graceful_holders: usize, already_requested: bool) -> Response {
+    match (graceful_holders > 0, already_requested) {
+        (true, false) => Response::RequestStop,
+        (true, true) => Response::ExitNow { code: 128 + received.number(), why: "a second stop signal" },
+        (false, _) => Response::ExitNow { code: 128 + received.number(), why: "a stop signal" },
+    }
+}
+
 fn on_signal(received: StopSignal) {
     let shared = shared();
-    let graceful = shared.graceful_holders.load(Ordering::SeqCst) > 0;
-    let first = shared.requested.borrow().is_none();
-    if graceful && first {
-        shared.requested.send_replace(Some(received));
-        return;
+    let already_requested = shared.requested.borrow().is_some();
+    match respond(received, shared.graceful_holders.load(Ordering::SeqCst), already_requested) {
+        Response::RequestStop => {
+            shared.requested.send_replace(Some(received));
+        }
+        Response::ExitNow { code, why } => {
+            // Written straight to the file descriptor: a hung-up terminal makes eprintln! panic.
+            let text = format!("\ncertrotate: {} received ({why}): exiting now.\n", received.name());
+            let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
+            run_cleanups();
+            std::process::exit(code);
+        }
     }
-    // Written straight to the file descriptor: a hung-up terminal makes eprintln! panic.
-    let why = if graceful { "a second stop signal" } else { "a stop signal" };
-    let text = format!("\ncertrotate: {} received ({why}): exiting now.\n", received.name());
-    let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
-    run_cleanups();
-    std::process::exit(128 + received.number());
 }
 
 fn run_cleanups() {
@@ -194,6 +212,15 @@ pub fn reset_for_test() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_first_signal_under_a_graceful_guard_is_a_request() {
+        assert_eq!(respond(StopSignal::Interrupt, 1, false), Response::RequestStop);
+        assert_eq!(respond(StopSignal::Interrupt, 1, true), Response::ExitNow { code: 130, why: "a second stop signal" });
+        assert_eq!(respond(StopSignal::Terminate, 0, false), Response::ExitNow { code: 143, why: "a stop signal" });
+        assert_eq!(respond(StopSignal::HangUp, 0, true), Response::ExitNow { code: 129, why: "a stop signal" });
+        assert_eq!(respond(StopSignal::HangUp, 2, false), Response::RequestStop);
+    }
 
     #[tokio::test]
     async fn a_request_reaches_waiters_and_later_views() {

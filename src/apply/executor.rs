@@ -501,6 +501,8 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
         let (step, outcome, secs, waiting) = match joined {
             Ok((task, v)) => {
                 in_flight.remove(&task);
+                // A gate can finish in the moment its abort comes: then it is done, not cancelled.
+                result.cancelled_gates.retain(|id| *id != v.0.id);
                 v
             }
             Err(e) if e.is_cancelled() => {

@@ -45,7 +45,7 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
                 return Ok(Outcome::Ok);
             }
             if !a.auto_approve && !ask_yes("\nDo you want to perform these actions?") {
-                println!("\nApply cancelled; nothing was changed.");
+                say!("\nApply cancelled; nothing was changed.");
                 return Err(miette!("apply cancelled"));
             }
             made.plan
@@ -65,7 +65,7 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
     let graph = ActionGraph::from_saved(&plan.graph).map_err(|e| miette!("the plan's graph cannot be used: {e}"))?;
     graph.validate().map_err(|e| miette!(help = "make a new plan", "the plan's graph is not valid: {e}"))?;
     if graph.is_empty() {
-        println!("No changes. Nothing to apply.");
+        say!("No changes. Nothing to apply.");
         return Ok(Outcome::Ok);
     }
     let digest = plan.digest.clone().ok_or_else(|| miette!("the plan is not sealed"))?;
@@ -73,7 +73,7 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
     write_atomic(&run.root.join("plan.yaml"), plan.to_yaml().into_diagnostic()?.as_bytes(), Some(0o600)).into_diagnostic()?;
     let journal = Journal::open(&run.journal_path()).into_diagnostic()?;
     if graph.steps().all(|s| journal.is_done(&s.id) && !journal.was_forced(&s.id)) {
-        println!("This plan has already been applied completely (journal {}). Nothing to do.", journal.path().display());
+        say!("This plan has already been applied completely (journal {}). Nothing to do.", journal.path().display());
         return Ok(Outcome::Ok);
     }
     let azure = if graph.steps().any(|s| s.operation == Operation::RebootVm) {
@@ -141,11 +141,11 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         let saved = plan_path.clone().unwrap_or_else(|| ctx.run.root.join("plan.yaml"));
         let args: Vec<String> = std::env::args().collect();
         if ok {
-            println!("\nApply complete: {} steps done, {} already done.", walked.done, walked.skipped);
+            say!("\nApply complete: {} steps done, {} already done.", walked.done, walked.skipped);
             let forced: Vec<String> = ctx.graph.steps().filter(|s| ctx.journal.was_forced(&s.id)).map(|s| s.id.clone()).collect();
             if !forced.is_empty() {
                 let unforced: Vec<String> = args.into_iter().filter(|a| a != "--force").collect();
-                println!(
+                say!(
                     "Not done yet: {} step(s) were skipped under --force because the API did not answer ({}). Once it answers, run `{}` to do them.",
                     forced.len(),
                     forced.join(", "),
@@ -526,12 +526,12 @@ pub fn run_rollback(a: &RollbackArgs) -> miette::Result<Outcome> {
     let graph = ActionGraph::from_saved(&plan.graph).map_err(|e| miette!("the plan's graph cannot be used: {e}"))?;
     let touched: Vec<String> = graph.steps().filter(|s| s.operation == Operation::DistributeCerts).filter_map(|s| s.target.clone()).collect();
     let tokens_changed = graph.steps().any(|s| s.operation == Operation::DeleteServiceAccountTokens);
-    println!("Rollback of plan {stamp} (applied from {}):", run.root.display());
-    println!("  restore /etc/kubernetes/certs from {} on {}", node::BACKUP, touched.join(", "));
-    println!("  restart etcd and the control plane on those masters, kubelet on those agents");
-    println!("  restore {} and the admin kubeconfig from {}", model.path().display(), local_backup.display());
+    say!("Rollback of plan {stamp} (applied from {}):", run.root.display());
+    say!("  restore /etc/kubernetes/certs from {} on {}", node::BACKUP, touched.join(", "));
+    say!("  restart etcd and the control plane on those masters, kubelet on those agents");
+    say!("  restore {} and the admin kubeconfig from {}", model.path().display(), local_backup.display());
     if !a.auto_approve && !ask_yes("\nDo you want to roll back?") {
-        println!("\nRollback cancelled; nothing was changed.");
+        say!("\nRollback cancelled; nothing was changed.");
         return Err(miette!("rollback cancelled"));
     }
     let settings = ssh_settings(c, &model, &topo)?;
@@ -549,19 +549,33 @@ pub fn run_rollback(a: &RollbackArgs) -> miette::Result<Outcome> {
     runtime.block_on(async move {
         let ctx = Arc::new(ctx);
         let started = Instant::now();
+        // Said at once: the masters' restore and etcd's recovery can take minutes, and an
+        // operator who sees nothing presses again, which exits in the middle of a node.
+        let acknowledge = {
+            let stop = ctx.stop.clone();
+            tokio::spawn(async move {
+                let signal = stop.wait().await;
+                let text = format!(
+                    "\n{} received: rollback stops before the next node it restores, or in its wait for Ready. Send it again to exit at once.\n",
+                    signal.name()
+                );
+                let _ = std::io::Write::write_all(&mut std::io::stderr(), text.as_bytes());
+            })
+        };
         let first = topo.masters.first().map(|m| m.name.clone()).ok_or_else(|| miette!("the cluster has no master"))?;
         let lock_id = format!("rollback-of-{stamp}");
         let holder = LockHolder::me(&lock_id);
         // Rollback never breaks a live lock: the apply holding it may still be changing nodes.
         let help = "wait for that apply to finish before rolling back; if it is gone for good, stop it and run rollback again";
         if let Some(who) = take_lock(&ctx, &first, &holder, false, "", help).await? {
-            eprintln!("warning: took over the cluster lock held by {who}");
+            let _ = writeln!(std::io::stderr(), "warning: took over the cluster lock held by {who}");
         }
         let result = rollback_nodes(&ctx, &topo, &touched, &stamp, &local_backup, &model, tokens_changed, &state).await;
+        acknowledge.abort();
         let _ = ctx.run_root(&first, "release the cluster lock", &node::lock_release_script(&lock_id)).await;
         ctx.close_sessions().await;
         result?;
-        println!("\nRollback complete in {:.1}s: the nodes hold the certificates they had before plan {stamp}, and the cluster is Ready.", started.elapsed().as_secs_f64());
+        say!("\nRollback complete in {:.1}s: the nodes hold the certificates they had before plan {stamp}, and the cluster is Ready.", started.elapsed().as_secs_f64());
         Ok(Outcome::Ok)
     })
 }
@@ -603,7 +617,7 @@ async fn rollback_nodes(
     // Checked before each node or group of masters is touched: what was restored stays so.
     let stop_point = |done: &str| match ctx.stop.requested() {
         Some(signal) => Err(miette!(
-            help = "run rollback again to restore the rest: nodes already restored are left as they are",
+            help = "run rollback again to finish: it restores every node from the same backup, so those already restored end up as they are now",
             "rollback stopped by {}: {done}",
             signal.name()
         )),
@@ -627,16 +641,16 @@ async fn rollback_nodes(
         }
     };
     if !masters.is_empty() {
-        println!("restoring certificates on {}", masters.join(", "));
+        say!("restoring certificates on {}", masters.join(", "));
         on_all(masters.clone(), node::restore_script(stamp, Some(&admin)), "restore certificates").await.map_err(|e| fail("restoring the masters", e))?;
-        println!("restarting etcd");
+        say!("restarting etcd");
         on_all(masters.clone(), node::restart_script(stamp, "rollback", &["etcd"], &[]), "restart etcd").await.map_err(|e| fail("restarting etcd", e))?;
         let all_masters: Vec<String> = topo.masters.iter().map(|m| m.name.clone()).collect();
         wait_etcd(ctx, &all_masters).await.map_err(|e| fail("etcd did not become healthy with the restored certificates", e))?;
         ctx.run_root(&masters[0], "restore front-proxy material in etcd", &node::etcd_restore_proxy_script(stamp))
             .await
             .map_err(|e| fail("restoring /proxycerts", e))?;
-        println!("restarting kubelet and the control plane");
+        say!("restarting kubelet and the control plane");
         on_all(masters.clone(), node::restart_script(stamp, "rollback", &["kubelet"], &["kube-apiserver", "kube-controller-manager", "kube-scheduler"]), "restart control plane")
             .await
             .map_err(|e| fail("restarting the control plane", e))?;
@@ -644,7 +658,7 @@ async fn rollback_nodes(
     let mut restored: Vec<&str> = masters.iter().map(String::as_str).collect();
     for (n, windows) in &agents {
         stop_point(&format!("restored: {}", if restored.is_empty() { "none".to_string() } else { restored.join(", ") }))?;
-        println!("restoring {n}");
+        say!("restoring {n}");
         if *windows {
             crate::apply::winexec::restore_windows(ctx, n).await.map_err(|e| fail(n, e))?;
         } else {
@@ -655,9 +669,9 @@ async fn rollback_nodes(
     }
     stop_point(&format!("every node is restored; {} is not yet", model.path().display()))?;
 
-    println!("restoring {} from {}", model.path().display(), local_backup.display());
+    say!("restoring {} from {}", model.path().display(), local_backup.display());
     let kept = store::backup_api_model_as(&model.dir(), "before-rollback-").map_err(|e| miette!("{e}"))?;
-    println!("(the rotated API model is kept in {})", kept.display());
+    say!("(the rotated API model is kept in {})", kept.display());
     let restored = std::fs::read(local_backup.join("apimodel.json")).into_diagnostic()?;
     write_atomic(model.path(), &restored, None).into_diagnostic()?;
     let kc_dir = local_backup.join("kubeconfig");
@@ -671,7 +685,7 @@ async fn rollback_nodes(
     let archived = ctx.run.root.join(format!("journal.rolled-back-{}.jsonl", time::OffsetDateTime::now_utc().unix_timestamp()));
     std::fs::rename(ctx.run.journal_path(), &archived).into_diagnostic()?;
 
-    println!("waiting for every node to be Ready and kube-system to settle");
+    say!("waiting for every node to be Ready and kube-system to settle");
     let deadline = Instant::now() + ctx.profile.gates.timing(crate::model::profile::GateKind::NodesReady).timeout.as_std();
     let all: Vec<String> = topo.nodes().map(|n| n.name.clone()).collect();
     let mut tokens_renewed = !tokens_changed;
@@ -682,7 +696,7 @@ async fn rollback_nodes(
                 if !autoscaler_back {
                     if let Some(n) = state.autoscaler_replicas {
                         if crate::cloud::kube::scale_autoscaler(&client, n).await.is_ok() {
-                            println!("scaled cluster-autoscaler back to {n}");
+                            say!("scaled cluster-autoscaler back to {n}");
                             autoscaler_back = true;
                         }
                     }
@@ -692,7 +706,7 @@ async fn rollback_nodes(
                     if let Ok(n) = crate::cloud::kube::delete_service_account_tokens(&client).await {
                         let at = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default();
                         let rolled = crate::cloud::kube::rollout_restart_all(&client, &at).await.unwrap_or(0);
-                        println!("deleted {n} service-account token secrets and restarted {rolled} deployments and daemonsets");
+                        say!("deleted {n} service-account token secrets and restarted {rolled} deployments and daemonsets");
                         tokens_renewed = true;
                     }
                 }
@@ -706,6 +720,24 @@ async fn rollback_nodes(
         };
         if problems.is_empty() && tokens_renewed && autoscaler_back {
             return Ok(());
+        }
+        if let Some(signal) = ctx.stop.requested() {
+            let mut left = vec![format!("not Ready yet: {}", problems.join("; "))];
+            if !autoscaler_back {
+                left.push(format!(
+                    "cluster-autoscaler is still scaled to 0 (kubectl -n kube-system scale deployment cluster-autoscaler --replicas={})",
+                    state.autoscaler_replicas.unwrap_or(1)
+                ));
+            }
+            if !tokens_renewed {
+                left.push("service-account token secrets signed with the rotated key are not yet deleted, nor deployments and daemonsets restarted".into());
+            }
+            return Err(miette!(
+                help = "the certificates and the API model are restored; what is left is above, for kubectl",
+                "rollback stopped by {} while waiting for the cluster:\n  {}",
+                signal.name(),
+                left.join("\n  ")
+            ));
         }
         if Instant::now() > deadline {
             return Err(miette!(

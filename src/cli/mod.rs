@@ -1,6 +1,15 @@
 //! The command line: parses arguments, runs the subcommand, and turns every error into a
 //! miette report and an exit code (0 ok, 1 error, 2 changes or findings where asked).
 
+/// println! that never panics: after SIGHUP the terminal is gone, and a graceful stop must
+/// go on to its end rather than die on a failed write.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 pub mod args;
 mod apply;
 mod plan;

@@ -258,8 +258,8 @@ async fn try_candidate(candidate: &Candidate, timeout: Duration) -> Result<kube:
     let client = kube::Client::try_from(config.clone()).map_err(|e| error_chain(&e))?;
     if let Err(error) = client.apiserver_version().await {
         let mut reason = error_chain(&error);
-        if !matches!(error, kube::Error::Api(_)) {
-            if let Some(refusal) = handshake_refusal(&config, timeout).await.filter(|_| !reason.contains("received fatal alert")) {
+        if !matches!(error, kube::Error::Api(_)) && !reason.contains("received fatal alert") {
+            if let Some(refusal) = handshake_refusal(&config, timeout).await {
                 reason = refusal;
             }
         }
@@ -287,17 +287,18 @@ async fn handshake_refusal(config: &kube::Config, timeout: Duration) -> Option<S
     let server_name = rustls::pki_types::ServerName::try_from(name.clone()).ok()?;
     let probe = async {
         let tcp = tokio::net::TcpStream::connect((host.trim_start_matches('[').trim_end_matches(']'), port)).await.ok()?;
+        let alert = |error: &std::io::Error| Some(error_chain(error)).filter(|text| text.contains("alert"));
         let mut session = match tokio_rustls::TlsConnector::from(tls).connect(server_name, tcp).await {
             Ok(session) => session,
-            Err(error) => return Some(error_chain(&error)),
+            Err(error) => return alert(&error),
         };
         let request = format!("GET /version HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n");
         if let Err(error) = session.write_all(request.as_bytes()).await {
-            return Some(error_chain(&error)).filter(|text| text.contains("alert"));
+            return alert(&error);
         }
         let mut first = [0u8; 1];
         match session.read(&mut first).await {
-            Err(error) => Some(error_chain(&error)).filter(|text| text.contains("alert")),
+            Err(error) => alert(&error),
             Ok(_) => None,
         }
     };

@@ -7,6 +7,7 @@
 //! while `-F` does. The first master is reached at `--ssh-host` itself; every other node by
 //! name through it, as `aks-engine rotate-certs` does.
 
+use crate::remote::script::sh_quote;
 use openssh::{KnownHosts, Session, SessionBuilder, Stdio};
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -169,12 +170,17 @@ impl SshFleet {
             HostKeyPolicy::TrustOnFirstUse(_) => "accept-new",
         };
         // `^` puts the algorithms at the head of OpenSSH's list, so servers without them
-        // still negotiate the default.
+        // still negotiate the default. Each node's hop is what ProxyJump would run, but in a
+        // session of its own (setsid): started before the node's ControlMaster moves to the
+        // background, it would otherwise stay in certrotate's process group, where a Ctrl-C
+        // typed at the terminal kills it while a graceful stop still needs the connection.
+        // (The lab's steps survived such a kill, the jumpbox master holding the hop's pipes,
+        // but that rests on OpenSSH's multiplexing internals.)
         let kex = if s.no_private_keys { "  KexAlgorithms ^curve25519-sha256,curve25519-sha256@libssh.org\n" } else { "" };
         format!(
             "Host {JUMPBOX_ALIAS}\n  HostName {host}\n  Port {port}\n  HostKeyAlias {host}\n  \
              ControlMaster auto\n  ControlPath {ctl}\n\n\
-             Host * !{JUMPBOX_ALIAS}\n  ProxyJump {JUMPBOX_ALIAS}\n\n\
+             Host * !{JUMPBOX_ALIAS}\n  ProxyCommand setsid ssh -F {cfg} -W '[%h]:%p' {JUMPBOX_ALIAS}\n\n\
              Host *\n  User {user}\n  IdentityFile {key}\n  IdentitiesOnly yes\n  IdentityAgent none\n  \
              UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n  StrictHostKeyChecking {strict}\n  \
              CheckHostIP no\n  HashKnownHosts no\n  BatchMode yes\n  ConnectTimeout {timeout}\n  \
@@ -186,6 +192,7 @@ impl SshFleet {
             kh = s.host_keys.file().display(),
             timeout = s.connect_timeout.as_secs().max(1),
             ctl = self.jumpbox_control_path().display(),
+            cfg = sh_quote(&self.config_path().display().to_string()),
         )
     }
 
@@ -401,7 +408,8 @@ mod tests {
         let cfg = std::fs::read_to_string(reader.config_path()).unwrap();
         assert!(cfg.contains("KexAlgorithms ^curve25519-sha256,"), "{cfg}");
         assert!(cfg.contains("StrictHostKeyChecking yes"));
-        assert!(cfg.contains("Host * !certrotate-jumpbox\n  ProxyJump certrotate-jumpbox"));
+        let hop = format!("Host * !certrotate-jumpbox\n  ProxyCommand setsid ssh -F '{}' -W '[%h]:%p' certrotate-jumpbox\n", reader.config_path().display());
+        assert!(cfg.contains(&hop), "{cfg}");
         assert!(cfg.contains("StrictHostKeyChecking yes"));
         assert!(cfg.contains("HostKeyAlias 10.1.2.5"));
         use std::os::unix::fs::PermissionsExt;

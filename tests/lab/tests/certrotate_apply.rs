@@ -10,13 +10,14 @@ use lab::spec::Expiry;
 use lab::Lab;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{
     admin_kubeconfig, assert_plan_has_no_changes, certrotate_bin, cluster_flags, flat_stderr, model_dir, nodes, processes_left_mentioning, renew_expiring_with_fast_gates, run,
-    send_signal, ssh, ssh_dirs_left, text, up_expiring,
+    send_signal_to_group, ssh, ssh_dirs_left, text, up_expiring,
 };
 
 fn certrotate(args: &[&str], lab: &Lab) -> Output {
@@ -238,6 +239,35 @@ fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
     assert_no_secret(&lab, &[&out, &applied]);
 
+    // A Ctrl-C while the first agent is restored: that agent is finished, the next is not started.
+    let mut stopped = Command::new(certrotate_bin())
+        .args(["rollback", "--auto-approve"])
+        .args(cluster_flags(&lab))
+        .env("NO_COLOR", "1")
+        .process_group(0)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(stopped.stdout.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.starts_with("restoring k8s-agentpool1-") {
+            send_signal_to_group(stopped.id(), libc::SIGINT);
+            break;
+        }
+    }
+    seen.extend(lines.map(|l| l.unwrap()));
+    let stopped_out = stopped.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&stopped_out.stderr).to_string();
+    let all = format!("{}\n{stderr}", seen.join("\n"));
+    assert_eq!(stopped_out.status.code(), Some(1), "{all}");
+    assert!(stderr.contains("SIGINT (Ctrl-C) received: rollback stops before the next node"), "acknowledged at once: {all}");
+    assert!(stderr.replace(['\n', '│', ' '], "").contains("rollbackstoppedbySIGINT(Ctrl-C):restored:"), "{all}");
+    assert_eq!(seen.iter().filter(|l| l.starts_with("restoring k8s-agentpool1-")).count(), 1, "no agent after the signal: {all}");
+    // Run again, it finishes.
     let rolled = certrotate(&["rollback", "--auto-approve"], &lab);
     assert_eq!(rolled.status.code(), Some(0), "{}", text(&rolled));
     assert_eq!(apimodel_ca(&lab), old_ca, "the API model is back");
@@ -318,6 +348,7 @@ fn spawn_apply(lab: &Lab, saved: &Path, tmp: &Path) -> (std::process::Child, std
         .args(cluster_flags(lab))
         .env("NO_COLOR", "1")
         .env("TMPDIR", tmp)
+        .process_group(0)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -357,7 +388,7 @@ fn a_stop_signal_finishes_the_steps_in_flight_a_second_exits_at_once_and_the_rer
     // One Ctrl-C while certificates are being installed: the steps in flight finish.
     let (mut child, mut lines) = spawn_apply(&lab, &saved, &tmp);
     let mut seen = read_until(&mut lines, "start  installCerts@");
-    send_signal(child.id(), libc::SIGINT);
+    send_signal_to_group(child.id(), libc::SIGINT);
     seen.extend(lines.by_ref().map(|l| l.unwrap()));
     let status = child.wait().unwrap();
     let all = seen.join("\n");
@@ -384,10 +415,10 @@ fn a_stop_signal_finishes_the_steps_in_flight_a_second_exits_at_once_and_the_rer
     // Two: the second exits at once, closing the SSH connections all the same.
     let (mut child, mut lines) = spawn_apply(&lab, &saved, &tmp);
     let mut seen = read_until(&mut lines, "start  ");
-    send_signal(child.id(), libc::SIGINT);
+    send_signal_to_group(child.id(), libc::SIGINT);
     seen.extend(read_until(&mut lines, "no new step starts"));
     let second = std::time::Instant::now();
-    send_signal(child.id(), libc::SIGINT);
+    send_signal_to_group(child.id(), libc::SIGINT);
     seen.extend(lines.by_ref().map(|l| l.unwrap()));
     let status = child.wait().unwrap();
     let all = seen.join("\n");

@@ -7,6 +7,7 @@ mod support;
 
 use lab::spec::Expiry;
 use lab::Lab;
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 use support::{certrotate_bin, flat_stderr, ssh, ssh_flags, text, up_expiring};
@@ -87,6 +88,7 @@ fn a_stop_signal_ends_plan_at_once_closing_its_connections(lab: &Lab, tmp: &std:
             .args(ssh_flags(lab))
             .env("NO_COLOR", "1")
             .env("TMPDIR", tmp)
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -95,7 +97,7 @@ fn a_stop_signal_ends_plan_at_once_closing_its_connections(lab: &Lab, tmp: &std:
         while !has_socket(tmp) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
         }
-        support::send_signal(child.id(), libc::SIGINT);
+        support::send_signal_to_group(child.id(), libc::SIGINT);
         let out = child.wait_with_output().unwrap();
         eprintln!("attempt {attempt}: {:?}\n{}", out.status, text(&out));
         let left = support::processes_left_mentioning(tmp);

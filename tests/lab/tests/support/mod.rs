@@ -173,10 +173,11 @@ pub fn ssh_dirs_left(tmp: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Sends `signal` to the process `pid`.
-pub fn send_signal(pid: u32, signal: i32) {
-    // SAFETY: kill(2) only delivers a signal to our own child.
-    assert_eq!(unsafe { libc::kill(pid as i32, signal) }, 0, "kill({pid}, {signal})");
+/// Sends `signal` to the process group `pid` leads, as a terminal sends Ctrl-C to its
+/// foreground group: the child must be spawned with `process_group(0)`.
+pub fn send_signal_to_group(pid: u32, signal: i32) {
+    // SAFETY: kill(2) only delivers a signal to our own child's group.
+    assert_eq!(unsafe { libc::kill(-(pid as i32), signal) }, 0, "kill(-{pid}, {signal})");
 }
 
 /// [`processes_mentioning`] once they had up to 5 s to exit: a ControlMaster told to exit
