@@ -246,13 +246,20 @@ fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
-async fn try_candidate(candidate: &Candidate, timeout: Duration) -> Result<kube::Client, String> {
+/// The client configuration of one candidate: its kubeconfig's context, at the server address
+/// and TLS server name the candidate carries.
+async fn candidate_config(candidate: &Candidate) -> Result<kube::Config, String> {
     let options = KubeConfigOptions { context: Some(candidate.context.clone()), ..KubeConfigOptions::default() };
     let mut config = kube::Config::from_custom_kubeconfig(candidate.kubeconfig.clone(), &options)
         .await
         .map_err(|e| scrub(&error_chain(&e)))?;
     config.cluster_url = candidate.server.parse().map_err(|e| format!("server {:?}: {e}", candidate.server))?;
     config.tls_server_name = candidate.tls_server_name.clone();
+    Ok(config)
+}
+
+async fn try_candidate(candidate: &Candidate, timeout: Duration) -> Result<kube::Client, String> {
+    let mut config = candidate_config(candidate).await?;
     // A dead address should fail this candidate, not eat the whole budget of the next one.
     config.connect_timeout = Some(config.connect_timeout.map_or(timeout, |t| t.min(timeout)));
     let client = kube::Client::try_from(config.clone()).map_err(|e| error_chain(&e))?;
@@ -1061,11 +1068,7 @@ mod tests {
         let address = tls_apiserver(&(cluster_ca.clone(), serving_cert, serving_key), &cluster_ca).await;
         let kubeconfig = admin_kubeconfig("lab", &format!("https://{name}:443"), &cluster_ca, &foreign_cert, &foreign_key);
         let access = KubeAccess::from_kubeconfigs(&[("foreign".into(), kubeconfig)], Some(&address.to_string())).unwrap();
-        let candidate = &access.candidates[0];
-        let options = KubeConfigOptions { context: Some(candidate.context.clone()), ..KubeConfigOptions::default() };
-        let mut config = kube::Config::from_custom_kubeconfig(candidate.kubeconfig.clone(), &options).await.unwrap();
-        config.cluster_url = candidate.server.parse().unwrap();
-        config.tls_server_name = candidate.tls_server_name.clone();
+        let config = candidate_config(&access.candidates[0]).await.unwrap();
 
         // The probe sees the server's alert, whatever hyper happened to see first.
         let refusal = handshake_refusal(&config, Duration::from_secs(5)).await.expect("the server refused the certificate");
@@ -1088,11 +1091,7 @@ mod tests {
         let address = tls_apiserver(&(cluster_ca.clone(), serving_cert, serving_key), &client_ca_and_cert.0).await;
         let kubeconfig = admin_kubeconfig("lab", &format!("https://{name}:443"), &cluster_ca, &client_ca_and_cert.1, &client_ca_and_cert.2);
         let access = KubeAccess::from_kubeconfigs(&[("admin".into(), kubeconfig)], Some(&address.to_string())).unwrap();
-        let candidate = &access.candidates[0];
-        let options = KubeConfigOptions { context: Some(candidate.context.clone()), ..KubeConfigOptions::default() };
-        let mut config = kube::Config::from_custom_kubeconfig(candidate.kubeconfig.clone(), &options).await.unwrap();
-        config.cluster_url = candidate.server.parse().unwrap();
-        config.tls_server_name = candidate.tls_server_name.clone();
+        let config = candidate_config(&access.candidates[0]).await.unwrap();
         assert_eq!(handshake_refusal(&config, Duration::from_secs(5)).await, None);
         // The stand-in answers /version only, so the namespace read is what fails, not TLS.
         let error = access.client(Duration::from_secs(5)).await.err().expect("the stand-in has no namespaces").to_string();

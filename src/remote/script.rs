@@ -573,15 +573,18 @@ mod tests {
         std::fs::write(&etcdctl, format!("#!/bin/sh\necho \"$*\" >> {0}.calls\ncat {0}\n", stored.display())).unwrap();
         std::fs::set_permissions(&etcdctl, std::fs::Permissions::from_mode(0o755)).unwrap();
         let spec = NodeReadSpec { cert_paths: vec![], key_paths: vec![], kubeconfig_paths: vec![], read_etcd_proxy: true };
-        let out = std::process::Command::new("timeout")
-            .args(["20", "sh", "-c"])
-            .arg(refresh_script(&spec))
-            .env("ROOT", root.path())
-            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8(out.stdout).unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let run = || {
+            let out = std::process::Command::new("timeout")
+                .args(["20", "sh", "-c"])
+                .arg(refresh_script(&spec))
+                .env("ROOT", root.path())
+                .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let stdout = run();
         let calls = std::fs::read_to_string(root.path().join("etcd-output.calls")).unwrap();
         assert_eq!(calls.lines().count(), 1, "one etcdctl per node: {calls}");
         assert!(calls.contains(&format!("get {ETCD_PROXY_PREFIX} --prefix")), "{calls}");
@@ -600,18 +603,8 @@ mod tests {
         std::fs::remove_file(root.path().join("etcd-output.calls")).unwrap();
         let refusing = format!("#!/bin/sh\necho \"$*\" >> {0}.calls\ncase \"$*\" in *--cacert=etc/kubernetes/certs/ca.crt?--cert=etc/kubernetes/certs.bak/*) cat {0} ;; *) exit 1 ;; esac\n", stored.display());
         std::fs::write(&etcdctl, refusing).unwrap();
-        let run = || {
-            let out = std::process::Command::new("timeout")
-                .args(["20", "sh", "-c"])
-                .arg(refresh_script(&spec))
-                .env("ROOT", root.path())
-                .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-            parse_output("m0", &spec, &String::from_utf8(out.stdout).unwrap()).unwrap().etcd_proxy.expect("etcd was asked")
-        };
-        let etcd = run();
+        let read_etcd = || parse_output("m0", &spec, &run()).unwrap().etcd_proxy.expect("etcd was asked");
+        let etcd = read_etcd();
         assert_eq!(etcd.client_cert_sha256, Some(facts(&proxy).sha256_fingerprint), "read with the new CA and the backup's client certificate");
         let calls = std::fs::read_to_string(root.path().join("etcd-output.calls")).unwrap();
         assert_eq!(calls.lines().count(), 2, "{calls}");
@@ -619,7 +612,7 @@ mod tests {
         assert_eq!(consistency, [false, true], "a linearizable read first; the fallback is answered by a member without quorum: {calls}");
         // Neither set of credentials works: nothing is made up.
         std::fs::write(&etcdctl, "#!/bin/sh\nexit 1\n").unwrap();
-        let etcd = run();
+        let etcd = read_etcd();
         assert_eq!((etcd.ca_sha256, etcd.client_cert_sha256, etcd.client_key_public_sha256), (None, None, None));
     }
 

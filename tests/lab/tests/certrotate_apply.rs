@@ -301,25 +301,8 @@ fn a_killed_apply_resumes_and_a_second_apply_meanwhile_is_refused() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
 
     // A killed process cannot remove its temporary ssh directory: keep it in the test's own.
-    let mut first = Command::new(certrotate_bin())
-        .args(["apply", saved.to_str().unwrap()])
-        .args(cluster_flags(&lab))
-        .env("NO_COLOR", "1")
-        .env("TMPDIR", dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(first.stderr.take().unwrap()).lines();
-    let mut seen = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        seen.push(line.clone());
-        if line.contains("start  installCerts@") {
-            break;
-        }
-    }
-    assert!(seen.last().is_some_and(|l| l.contains("installCerts@")), "apply never reached an install:\n{}", seen.join("\n"));
+    let (mut first, mut lines) = spawn_apply(&lab, &saved, dir.path());
+    read_until(&mut lines, "start  installCerts@");
 
     let second = certrotate(&["apply", saved.to_str().unwrap()], &lab);
     assert_eq!(second.status.code(), Some(1), "{}", text(&second));
