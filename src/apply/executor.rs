@@ -450,8 +450,9 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
             let id = ready.pop().expect("not empty");
             // Gates look again on every run: what held before a failure may not hold now.
             // Steps skipped under --force were not done and run when they can.
-            let gate = ctx.graph.step(&id).map(|s| s.operation.is_gate()).unwrap_or(false);
-            let passed_preflight = gate && changes_began && ctx.graph.step(&id).is_some_and(|s| Phase::of_step(&s.id, s.operation.as_str(), false) == Phase::Preflight);
+            let step = ctx.graph.step(&id);
+            let gate = step.is_some_and(|s| s.operation.is_gate());
+            let passed_preflight = gate && changes_began && step.is_some_and(|s| Phase::of_step(&s.id, s.operation.as_str(), false) == Phase::Preflight);
             if (!gate || passed_preflight) && ctx.journal.is_done(&id) && !ctx.journal.was_forced(&id) {
                 let reason = if gate { "passed before the changes began (journal); the cluster is mid-rotation now" } else { "already done (journal)" };
                 ctx.emit(Event::StepSkipped { id: id.clone(), reason: reason.into() });

@@ -153,37 +153,32 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
                 );
             }
             Ok(Outcome::Ok)
-        } else if walked.failed.is_empty() {
-            let autoscaler = autoscaler_note(&ctx);
-            let signal = walked.interrupted.map(|s| s.name()).unwrap_or("a stop signal");
-            let left = ctx.graph.len() - walked.done - walked.skipped;
-            let gates = if walked.cancelled_gates.is_empty() {
-                String::new()
-            } else {
-                format!("; gates cancelled (they run again on resume): {}", walked.cancelled_gates.join(", "))
-            };
-            Err(miette!(
-                help = format!(
-                    "resume with `{}` (finished steps are skipped; journal {}), or return to the previous certificates with `{}`",
-                    command_line("apply", &saved, &args),
-                    ctx.journal.path().display(),
-                    command_line("rollback", &saved, &args)
-                ),
-                "apply stopped by {signal}: {} step(s) done, {} already done, {left} not done; every step that changed a node finished and is in the journal{gates}{autoscaler}",
-                walked.done,
-                walked.skipped
-            ))
         } else {
             let autoscaler = autoscaler_note(&ctx);
-            let (id, e) = &walked.failed[0];
-            let again = command_line("apply", &saved, &args);
-            let back = command_line("rollback", &saved, &args);
+            let go_on = format!(
+                "resume with `{}` (finished steps are skipped; journal {}), or return to the previous certificates with `{}`",
+                command_line("apply", &saved, &args),
+                ctx.journal.path().display(),
+                command_line("rollback", &saved, &args)
+            );
+            let Some((id, e)) = walked.failed.first() else {
+                let signal = walked.interrupted.map(|s| s.name()).unwrap_or("a stop signal");
+                let left = ctx.graph.len() - walked.done - walked.skipped;
+                let gates = if walked.cancelled_gates.is_empty() {
+                    String::new()
+                } else {
+                    format!("; gates cancelled (they run again on resume): {}", walked.cancelled_gates.join(", "))
+                };
+                return Err(miette!(
+                    help = go_on,
+                    "apply stopped by {signal}: {} step(s) done, {} already done, {left} not done; every step that changed a node finished and is in the journal{gates}{autoscaler}",
+                    walked.done,
+                    walked.skipped
+                ));
+            };
             let observed = if e.observed.is_empty() { String::new() } else { format!("\nobserved:\n  {}", e.observed.join("\n  ")) };
             Err(miette!(
-                help = format!(
-                    "fix the cause, then resume with `{again}` (finished steps are skipped; journal {}), or return to the previous certificates with `{back}`",
-                    ctx.journal.path().display()
-                ),
+                help = format!("fix the cause, then {go_on}"),
                 "step {id} failed: {}{observed}{autoscaler}",
                 e.message
             ))
@@ -655,9 +650,9 @@ async fn rollback_nodes(
             .await
             .map_err(|e| fail("restarting the control plane", e))?;
     }
-    let mut restored: Vec<&str> = masters.iter().map(String::as_str).collect();
+    let mut restored_nodes: Vec<&str> = masters.iter().map(String::as_str).collect();
     for (n, windows) in &agents {
-        stop_point(&format!("restored: {}", if restored.is_empty() { "none".to_string() } else { restored.join(", ") }))?;
+        stop_point(&format!("restored: {}", if restored_nodes.is_empty() { "none".to_string() } else { restored_nodes.join(", ") }))?;
         say!("restoring {n}");
         if *windows {
             crate::apply::winexec::restore_windows(ctx, n).await.map_err(|e| fail(n, e))?;
@@ -665,7 +660,7 @@ async fn rollback_nodes(
             ctx.run_root(n, "restore certificates", &node::restore_script(stamp, None)).await.map_err(|e| fail(n, e))?;
             ctx.run_root(n, "restart kubelet", &node::restart_script(stamp, "rollback", &["kubelet"], &[])).await.map_err(|e| fail(n, e))?;
         }
-        restored.push(n);
+        restored_nodes.push(n);
     }
     stop_point(&format!("every node is restored; {} is not yet", model.path().display()))?;
 

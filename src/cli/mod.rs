@@ -31,7 +31,7 @@ pub enum Outcome {
 
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> ExitCode {
-    // ssh starts each node's ProxyJump hop with `$SHELL -c "exec ssh -W ..."`, once per node:
+    // ssh starts each node's jump hop (ProxyCommand) with `$SHELL -c "exec ..."`, once per node:
     // an interactive user's bash costs several times what /bin/sh does there and adds nothing.
     // Set before any thread exists, so no other thread can be reading the environment.
     std::env::set_var("SHELL", "/bin/sh");

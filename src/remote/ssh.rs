@@ -3,7 +3,7 @@
 //! host keys always verified.
 //!
 //! All settings go into an ssh_config written for the run (in a 0700 directory), because
-//! options given with `-o` do not reach the ssh that ProxyJump starts for the jumpbox hop,
+//! options given with `-o` do not reach the ssh that each node's jump hop runs,
 //! while `-F` does. The first master is reached at `--ssh-host` itself; every other node by
 //! name through it, as `aks-engine rotate-certs` does.
 
@@ -216,7 +216,7 @@ impl SshFleet {
         if !via_jumpbox {
             // The jumpbox's own commands ride the tunnel's connection rather than a second
             // login; when that connection has gone (the jumpbox rebooted during apply), the
-            // jumpbox gets a connection of its own as the hops' ProxyJump does.
+            // jumpbox gets a connection of its own as the hops' ProxyCommand does.
             let shared = Session::resume_mux(self.jumpbox_control_path().into_boxed_path(), None);
             if shared.check().await.is_ok() {
                 return Ok(NodeSession { node: node.to_string(), session: shared, shared: true });
@@ -228,7 +228,7 @@ impl SshFleet {
     }
 
     /// Opens the shared connection to the jumpbox that every hop multiplexes over (ssh's
-    /// ProxyJump cannot be a ControlMaster itself, only a client of one), once per run.
+    /// jump hop cannot be a ControlMaster itself, only a client of one), once per run.
     async fn tunnel(&self) -> Result<(), String> {
         self.tunnel
             .get_or_init(|| async {

@@ -16,8 +16,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{
-    admin_kubeconfig, assert_plan_has_no_changes, certrotate_bin, cluster_flags, flat_stderr, model_dir, nodes, processes_left_mentioning, renew_expiring_with_fast_gates, run,
-    send_signal_to_group, ssh, ssh_dirs_left, text, up_expiring,
+    admin_kubeconfig, assert_plan_has_no_changes, certrotate_bin, cluster_flags, files_under, flat_stderr, model_dir, nodes, processes_left_mentioning, renew_expiring_with_fast_gates, run,
+    send_signal_to_group, spawn_in_own_group, ssh, ssh_dirs_left, text, up_expiring,
 };
 
 fn certrotate(args: &[&str], lab: &Lab) -> Output {
@@ -326,16 +326,7 @@ fn a_killed_apply_resumes_and_a_second_apply_meanwhile_is_refused() {
 /// Starts `apply saved` with its temporary directory in `tmp`, returning the child and its
 /// progress lines (stderr).
 fn spawn_apply(lab: &Lab, saved: &Path, tmp: &Path) -> (std::process::Child, std::io::Lines<BufReader<std::process::ChildStderr>>) {
-    let mut child = Command::new(certrotate_bin())
-        .args(["apply", saved.to_str().unwrap()])
-        .args(cluster_flags(lab))
-        .env("NO_COLOR", "1")
-        .env("TMPDIR", tmp)
-        .process_group(0)
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_in_own_group(&["apply", saved.to_str().unwrap()], &cluster_flags(lab), tmp);
     let lines = BufReader::new(child.stderr.take().unwrap()).lines();
     (child, lines)
 }
@@ -383,7 +374,7 @@ fn a_stop_signal_finishes_the_steps_in_flight_a_second_exits_at_once_and_the_rer
     assert!(seen[warned..].iter().all(|l| step_of(l, "start  ").is_none()), "a step started after the signal:\n{all}");
     let started: Vec<String> = seen.iter().filter_map(|l| step_of(l, "start  ")).collect();
     let journal_path = model_dir(&lab).join("_rotate_certs_output");
-    let journal: String = walkdir(&journal_path).into_iter().filter(|p| p.ends_with("journal.jsonl")).map(|p| std::fs::read_to_string(p).unwrap()).collect();
+    let journal: String = files_under(&journal_path).into_iter().map(|(p, _)| p).filter(|p| p.ends_with("journal.jsonl")).map(|p| std::fs::read_to_string(p).unwrap()).collect();
     for step in &started {
         let finished = seen.iter().any(|l| step_of(l, "done   ").as_deref() == Some(step.as_str()));
         let cancelled = seen.iter().any(|l| step_of(l, "skip   ").as_deref() == Some(step.as_str()) && l.contains("gate cancelled"));
@@ -427,21 +418,6 @@ fn a_stop_signal_finishes_the_steps_in_flight_a_second_exits_at_once_and_the_rer
     assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
     kubectl_nodes_ready(&lab);
     lab.down().unwrap();
-}
-
-fn walkdir(root: &Path) -> Vec<std::path::PathBuf> {
-    let mut found = Vec::new();
-    let mut pending = vec![root.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            if e.path().is_dir() {
-                pending.push(e.path());
-            } else {
-                found.push(e.path());
-            }
-        }
-    }
-    found
 }
 
 #[test]

@@ -7,8 +7,7 @@ mod support;
 
 use lab::spec::Expiry;
 use lab::Lab;
-use std::os::unix::process::CommandExt;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use support::{certrotate_bin, flat_stderr, ssh, ssh_flags, text, up_expiring};
 
@@ -83,16 +82,7 @@ fn a_stop_signal_ends_plan_at_once_closing_its_connections(lab: &Lab, tmp: &std:
     // plan takes well under a second here: send the signal as soon as its first connection
     // exists, and try again should the plan have finished first.
     for attempt in 0..5 {
-        let child = Command::new(certrotate_bin())
-            .args(["plan", "--profile", "rotate-all"])
-            .args(ssh_flags(lab))
-            .env("NO_COLOR", "1")
-            .env("TMPDIR", tmp)
-            .process_group(0)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let child = support::spawn_in_own_group(&["plan", "--profile", "rotate-all"], &ssh_flags(lab), tmp);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !has_socket(tmp) && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(2));
@@ -116,17 +106,7 @@ fn a_stop_signal_ends_plan_at_once_closing_its_connections(lab: &Lab, tmp: &std:
 
 fn has_socket(dir: &std::path::Path) -> bool {
     use std::os::unix::fs::FileTypeExt;
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => pending.push(e.path()),
-                Ok(t) if t.is_socket() => return true,
-                _ => {}
-            }
-        }
-    }
-    false
+    support::files_under(dir).iter().any(|(_, t)| t.is_socket())
 }
 
 #[test]

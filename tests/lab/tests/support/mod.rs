@@ -192,3 +192,35 @@ pub fn processes_left_mentioning(path: &Path) -> Vec<String> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// Every file under `root` (not the directories), with its type, at any depth.
+pub fn files_under(root: &Path) -> Vec<(PathBuf, std::fs::FileType)> {
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => pending.push(e.path()),
+                Ok(t) => found.push((e.path(), t)),
+                Err(_) => {}
+            }
+        }
+    }
+    found
+}
+
+/// Starts certrotate with `args` then `flags` in a process group of its own (so a signal can
+/// reach the group as a terminal's Ctrl-C does), its temporary directory in `tmp`, stderr piped.
+pub fn spawn_in_own_group(args: &[&str], flags: &[String], tmp: &Path) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    Command::new(certrotate_bin())
+        .args(args)
+        .args(flags)
+        .env("NO_COLOR", "1")
+        .env("TMPDIR", tmp)
+        .process_group(0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap()
+}
