@@ -466,25 +466,26 @@ pub async fn walk(ctx: Arc<Context>) -> WalkResult {
                 }
                 continue;
             }
+            let step = step.expect("step of the graph").clone();
+            // Reported here, as the step is scheduled, not when its task first runs: a stop
+            // signal's warning, which names the steps in flight, must come after their starts.
+            let is_master = step.target.as_deref().and_then(|t| ctx.topo.node(t)).map(|n| n.role == Role::Master).unwrap_or(false);
+            ctx.emit(Event::StepStarted {
+                id: step.id.clone(),
+                operation: step.operation.as_str().to_string(),
+                target: step.target.clone(),
+                phase: Phase::of_step(&step.id, step.operation.as_str(), is_master),
+            });
             let ctx2 = ctx.clone();
-            let step_id = id.clone();
             let handle = running.spawn(async move {
-                let step = ctx2.graph.step(&id).expect("step of the graph").clone();
                 let started = Instant::now();
-                let is_master = step.target.as_deref().and_then(|t| ctx2.topo.node(t)).map(|n| n.role == Role::Master).unwrap_or(false);
-                ctx2.emit(Event::StepStarted {
-                    id: step.id.clone(),
-                    operation: step.operation.as_str().to_string(),
-                    target: step.target.clone(),
-                    phase: Phase::of_step(&step.id, step.operation.as_str(), is_master),
-                });
                 let outcome = run_step(&ctx2, &step).await;
                 let secs = started.elapsed().as_secs_f64();
                 // Restarts and reboots wait on the node's services, not on certrotate.
                 let waiting = step.operation.is_gate() || step.operation.is_restart();
                 (step, outcome, secs, waiting)
             });
-            in_flight.insert(handle.id(), (step_id, gate, handle));
+            in_flight.insert(handle.id(), (id, gate, handle));
         }
         let joined = if result.interrupted.is_some() || running.is_empty() {
             running.join_next_with_id().await
