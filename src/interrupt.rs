@@ -177,6 +177,13 @@ impl Default for StopRequest {
 }
 
 impl StopRequest {
+    /// A stop request of its own, not tied to the process's signals: the sender asks for the
+    /// stop. For tests of work that stops at safe points, which must not share a stop.
+    pub fn detached() -> (watch::Sender<Option<StopSignal>>, StopRequest) {
+        let (sender, receiver) = watch::channel(None);
+        (sender, StopRequest { receiver })
+    }
+
     /// The signal that asked for the stop, if one did.
     pub fn requested(&self) -> Option<StopSignal> {
         *self.receiver.borrow()

@@ -7,7 +7,9 @@
 mod plan_fixture;
 
 use certrotate::model::profile::GateKind;
+use certrotate::model::topology::Role;
 use certrotate::plan::file::{DowntimeKind, StepKind};
+use certrotate::plan::step::Phase;
 use certrotate::plan::graph::{self, ActionGraph, GraphError, MasterPlan, Operation, Probe};
 use plan_fixture::{cluster, shipped, Age};
 use std::collections::HashMap;
@@ -15,6 +17,35 @@ use std::collections::HashMap;
 const PROFILES: [&str; 3] = ["rotate-all", "renew-expiring", "rotate-ca"];
 const SHAPES: [(usize, usize); 3] = [(1, 0), (3, 2), (5, 50)];
 const AGES: [Age; 3] = [Age::Healthy, Age::ExpiringInDays(20), Age::ExpiredDaysAgo(3)];
+
+/// The phase rules apply used before steps carried their phase: guessed from the operation
+/// name, the id's scope and whether the target is a master. The graph builder now writes the
+/// phase into each step; this oracle checks it kept every step where apply showed it.
+fn phase_by_old_rules(id: &str, op: &str, is_master_target: bool) -> Phase {
+    fn of_operation(op: &str, is_master_target: bool) -> Phase {
+        match op {
+            "backupApiModel" | "issuePki" | "pauseAutoscaler" | "distributeCerts" | "backupNodeCerts" => Phase::Prepare,
+            "putFrontProxyInEtcd" | "installFrontProxy" | "restartApiserver" => Phase::FrontProxy,
+            "deleteServiceAccountTokens" | "rolloutWorkloads" | "kubeSystemReady" => Phase::Workloads,
+            "updateApiModel" | "resumeAutoscaler" | "cleanup" => Phase::Finish,
+            "etcdHealthy" | "apiserverServesNewCert" | "controlPlanePodsReady" => Phase::Masters,
+            _ if is_master_target => Phase::Masters,
+            _ => Phase::Agents,
+        }
+    }
+    let scope = id.split_once('@').map(|(_, s)| s).unwrap_or("");
+    if scope == "preflight" {
+        Phase::Preflight
+    } else if id.contains("front-proxy@") {
+        Phase::FrontProxy
+    } else if scope == "masters" {
+        of_operation(op, true)
+    } else if scope == "agents" {
+        of_operation(op, false)
+    } else {
+        of_operation(op, is_master_target)
+    }
+}
 
 fn ids_of(g: &ActionGraph, op: Operation) -> Vec<&str> {
     g.steps().filter(|s| s.operation == op).map(|s| s.id.as_str()).collect()
@@ -39,6 +70,10 @@ fn every_profile_and_shape_gives_a_valid_graph_with_the_expected_strategy() {
                         assert!(position[pred] < position[step.id.as_str()], "{label}: {pred} after {}", step.id);
                     }
                 }
+                for s in g.steps() {
+                    let is_master = s.target.as_deref().and_then(|t| c.topo.node(t)).is_some_and(|n| n.role == Role::Master);
+                    assert_eq!(s.phase, phase_by_old_rules(&s.id, s.operation.as_str(), is_master), "{label}: phase of {}", s.id);
+                }
                 let no_changes = name == "renew-expiring" && age == Age::Healthy;
                 assert_eq!(g.is_empty(), no_changes, "{label}");
                 if no_changes {
@@ -47,7 +82,7 @@ fn every_profile_and_shape_gives_a_valid_graph_with_the_expected_strategy() {
                 // Every gate carries the profile's timing.
                 for s in g.steps().filter(|s| s.operation.is_gate()) {
                     let gate = s.gate.as_ref().unwrap();
-                    let timing = p.gates.timing(gate.kind);
+                    let timing = p.gates.timing(s.gate_kind().unwrap());
                     assert_eq!((gate.timeout, gate.interval), (timing.timeout, timing.interval), "{label}: {}", s.id);
                     assert!(!gate.on_failure.is_empty() && !gate.checks.is_empty());
                 }
@@ -230,9 +265,9 @@ fn saved_graph_round_trips_and_passes_the_plan_file_check() {
         let g = graph::build(&c.diff(&p), &c.topo, &p);
         let saved = g.to_saved();
         saved.check().unwrap();
-        assert_eq!(saved.nodes.len(), g.len());
-        assert_eq!(saved.nodes.iter().filter(|n| n.kind == StepKind::Gate).count(), g.steps().filter(|s| s.gate.is_some()).count());
-        assert!(saved.nodes.iter().filter(|n| n.kind == StepKind::Gate).all(|n| n.timeout.is_some() && n.interval.is_some()));
+        assert_eq!(saved.steps.len(), g.len());
+        assert_eq!(saved.steps.iter().filter(|n| n.kind == StepKind::Gate).count(), g.steps().filter(|s| s.gate.is_some()).count());
+        assert!(saved.steps.iter().filter(|n| n.kind == StepKind::Gate).all(|n| n.gate.is_some()));
         let back = ActionGraph::from_saved(&saved).unwrap();
         back.validate().unwrap();
         assert_eq!(back.to_saved(), saved, "{name}");
@@ -260,7 +295,14 @@ fn a_saved_graph_missing_a_gate_edge_or_with_a_cycle_is_refused() {
     cyclic.edges.push(certrotate::plan::file::GraphEdge { from: "cleanup".into(), to: "backupApiModel".into() });
     assert!(matches!(ActionGraph::from_saved(&cyclic).unwrap().validate(), Err(GraphError::Cycle(_))));
 
-    let mut unknown = g.to_saved();
-    unknown.nodes[0].operation = "formatDisk".into();
-    assert!(matches!(ActionGraph::from_saved(&unknown), Err(GraphError::UnknownOperation { .. })));
+    // A gate stripped of its settings, and an operation that does not exist.
+    let mut inconsistent = g.to_saved();
+    let gate_step = inconsistent.steps.iter_mut().find(|s| s.kind == StepKind::Gate).unwrap();
+    gate_step.gate = None;
+    assert!(matches!(ActionGraph::from_saved(&inconsistent), Err(GraphError::InconsistentStep(_))));
+    let text = serde_yaml::to_string(&g.to_saved()).unwrap();
+    assert!(text.contains("operation: issuePki"), "{text}");
+    let unknown = text.replace("operation: issuePki", "operation: formatDisk");
+    let err = serde_yaml::from_str::<certrotate::plan::file::ActionGraph>(&unknown).unwrap_err().to_string();
+    assert!(err.contains("formatDisk"), "{err}");
 }

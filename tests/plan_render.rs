@@ -96,7 +96,7 @@ fn json_reads_back_as_plan_data() {
     let changes: Vec<TargetChanges> = serde_json::from_value(value["changes"].clone()).unwrap();
     assert_eq!(changes, parts.changes);
     let graph: file::ActionGraph = serde_json::from_value(value["graph"].clone()).unwrap();
-    assert_eq!(graph.nodes.len(), g.len());
+    assert_eq!(graph.steps.len(), g.len());
 }
 
 #[test]
@@ -105,7 +105,7 @@ fn dot_draws_gates_as_diamonds() {
     let (_, g, parts) = plan(&c, &p);
     let dot = render::dot(&parts.graph);
     assert!(dot.starts_with("digraph certrotate {\n") && dot.ends_with("}\n"));
-    let gates = parts.graph.nodes.iter().filter(|n| n.kind == StepKind::Gate).count();
+    let gates = parts.graph.steps.iter().filter(|n| n.kind == StepKind::Gate).count();
     assert!(gates > 0);
     assert_eq!(dot.matches("shape=diamond").count(), gates);
     assert_eq!(dot.matches("shape=box").count(), g.len() - gates);

@@ -100,7 +100,7 @@ fn a_field_added_anywhere_is_refused() {
     for (anchor, added) in [
         ("kind: missing\n", "        note: added\n"),
         ("kind: apiModel\n", "    note: added\n"),
-        ("formatVersion: 1\n", "extra: added\n"),
+        ("formatVersion: 2\n", "extra: added\n"),
     ] {
         let at = text.find(anchor).unwrap_or_else(|| panic!("`{anchor}` not in the plan")) + anchor.len();
         let tampered = format!("{}{added}{}", &text[..at], &text[at..]);
@@ -148,7 +148,8 @@ fn an_unsealed_plan_is_not_written_and_an_unsealed_file_not_read() {
 
 #[test]
 fn another_format_version_is_refused_with_a_pointed_message() {
-    let text = sample_plan().to_yaml().unwrap().replace("formatVersion: 1", "formatVersion: 2");
+    // Format 1 is what certrotate wrote before steps carried typed phases and parameters.
+    let text = sample_plan().to_yaml().unwrap().replace("formatVersion: 2", "formatVersion: 1");
     let err = PlanFile::from_source(&SourceFile::from_text("old.plan.yaml", text)).unwrap_err();
     let out = render(&err);
     assert!(out.contains("[old.plan.yaml:3:"), "{out}");
@@ -210,7 +211,8 @@ fn a_planted_private_key_is_found_and_never_written() {
 #[test]
 fn a_planted_client_secret_is_found() {
     let mut plan = sample_plan();
-    plan.graph.nodes[0].parameters.insert("clientSecret".into(), AttrValue::from("Zx8~q-w3rT9yU.iO1pA"));
+    // Step parameters are typed and hold no free-form keys; text fields still reach the file.
+    plan.graph.steps[0].description = "clientSecret=Zx8~q-w3rT9yU.iO1pA".into();
     plan.seal();
     assert!(contains_secret(&plan.to_yaml().unwrap()));
 }

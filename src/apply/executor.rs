@@ -5,6 +5,7 @@
 //! work in flight finishes; the error says what failed, what was observed, and how to go on.
 
 use crate::apply::journal::{Journal, FORCED_NOTE};
+use crate::apply::walker::{self, EventSink, StepRunner, WalkSettings};
 use crate::apply::node::{self, NodeFile};
 use crate::apply::progress::{Event, Phase, Reporter, Timings};
 use crate::apply::store::{self, NewPki, RunDir, RunState};
@@ -14,26 +15,15 @@ use crate::model::apimodel::{write_atomic, ApiModel};
 use crate::model::profile::{GateKind, Profile};
 use crate::model::topology::{Availability, Node, OsType, Role, Topology};
 use crate::pki::catalogue::{self, CertEntry, ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY};
-use crate::plan::file::AttrValue;
-use crate::plan::graph::{ActionGraph, Operation, Probe, Step};
+use crate::plan::graph::ActionGraph;
+use crate::plan::step::{Operation, Probe, Step};
 use crate::remote::ssh::{NodeSession, RemoteError, SshFleet};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Why a step failed: the error and what was observed, for the operator.
-#[derive(Debug, Clone)]
-pub struct StepError {
-    pub message: String,
-    pub observed: Vec<String>,
-}
-
-impl StepError {
-    pub fn new(message: impl Into<String>) -> Self {
-        StepError { message: message.into(), observed: Vec::new() }
-    }
-}
+pub use crate::apply::walker::{StepError, WalkResult};
 
 impl From<RemoteError> for StepError {
     fn from(e: RemoteError) -> Self {
@@ -45,21 +35,6 @@ impl From<store::StoreError> for StepError {
     fn from(e: store::StoreError) -> Self {
         StepError::new(e.to_string())
     }
-}
-
-/// How a walk ended.
-#[derive(Debug, Default)]
-pub struct WalkResult {
-    pub failed: Vec<(String, StepError)>,
-    pub done: usize,
-    pub skipped: usize,
-    /// Seconds spent in gates and waits for reboots, versus everything else.
-    pub waiting_secs: f64,
-    pub own_secs: f64,
-    /// A stop signal ended the walk early: every step it had started finished, except gates.
-    pub interrupted: Option<crate::interrupt::StopSignal>,
-    /// Gates in flight when the stop came, cancelled because they only wait.
-    pub cancelled_gates: Vec<String>,
 }
 
 /// A node's connection, behind a lock of its own so nodes connect independently.
@@ -372,10 +347,10 @@ impl Context {
     /// Everything a node receives, staged in one transfer.
     fn staged_files(&self, step: &Step, node: &Node) -> Result<Vec<NodeFile>, StepError> {
         let mut out = Vec::new();
-        for id in list_param(step, "certificates") {
+        for id in &step.params.certificates {
             out.extend(self.files_of(&id, node)?);
         }
-        if node.role == Role::Master && list_param(step, "certificates").iter().any(|i| i == "kubeconfig") {
+        if node.role == Role::Master && step.params.certificates.iter().any(|i| i == "kubeconfig") {
             if let Some(f) = self.admin_kubeconfig_file(node)? {
                 out.push(f);
             }
@@ -399,177 +374,24 @@ impl Context {
     }
 }
 
-fn list_param(step: &Step, key: &str) -> Vec<String> {
-    match step.parameters.get(key) {
-        Some(AttrValue::List(l)) => l.clone(),
-        _ => Vec::new(),
+#[async_trait::async_trait]
+impl StepRunner for Context {
+    async fn run(&self, step: &Step) -> Result<Option<String>, StepError> {
+        run_step(self, step).await
     }
 }
 
-/// Walks the graph. Returns when every step finished or, after a failure, when the work in
-/// flight has finished.
+impl EventSink for Context {
+    fn emit(&self, event: Event) {
+        Context::emit(self, event)
+    }
+}
+
+/// Walks the context's graph with the context as the step runner.
 pub async fn walk(ctx: Arc<Context>) -> WalkResult {
-    let g = ctx.graph.petgraph();
-    let order = match ctx.graph.topological_order() {
-        Ok(o) => o.into_iter().map(|s| s.id.clone()).collect::<Vec<_>>(),
-        Err(e) => {
-            return WalkResult { failed: vec![("graph".into(), StepError::new(e.to_string()))], ..WalkResult::default() }
-        }
-    };
-    let position: HashMap<&str, usize> = order.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
-    let mut pending: HashMap<String, usize> = HashMap::new();
-    let mut successors: HashMap<String, Vec<String>> = HashMap::new();
-    for ix in g.node_indices() {
-        let id = g[ix].id.clone();
-        pending.insert(id.clone(), g.neighbors_directed(ix, petgraph::Direction::Incoming).count());
-        let mut next: Vec<String> = g.neighbors_directed(ix, petgraph::Direction::Outgoing).map(|n| g[n].id.clone()).collect();
-        next.sort_by_key(|n| position.get(n.as_str()).copied().unwrap_or(usize::MAX));
-        successors.insert(id, next);
-    }
-    // Preflight gates prove the cluster healthy before anything changes. Once an earlier run
-    // of this plan installed certificates, the cluster is mid-rotation by design (etcd members
-    // trust different CAs until each restarts), so a preflight run again would wait for a
-    // health that only the rest of the plan brings back. It passed before the changes began.
-    let changes_began = ctx.graph.steps().any(|s| s.operation == Operation::InstallCerts && ctx.journal.is_done(&s.id));
-    let mut ready: Vec<String> = order.iter().filter(|id| pending[*id] == 0).cloned().collect();
-    let mut running = tokio::task::JoinSet::new();
-    let mut result = WalkResult::default();
-    let mut stop = false;
-    // Which task runs which step, and whether it is a gate: gates are cancelled on a stop signal.
-    let mut in_flight: HashMap<tokio::task::Id, (String, bool, tokio::task::AbortHandle)> = HashMap::new();
-    loop {
-        if result.interrupted.is_none() {
-            if let Some(signal) = ctx.stop.requested() {
-                result.interrupted = Some(signal);
-                stop_for_signal(&ctx, signal, &in_flight, &mut result);
-            }
-        }
-        while !stop && result.interrupted.is_none() && running.len() < ctx.parallelism.max(1) && !ready.is_empty() {
-            // Keep the plan's order among ready steps, so the run reads like the plan.
-            ready.sort_by_key(|id| std::cmp::Reverse(position.get(id.as_str()).copied().unwrap_or(usize::MAX)));
-            let id = ready.pop().expect("not empty");
-            // Gates look again on every run: what held before a failure may not hold now.
-            // Steps skipped under --force were not done and run when they can.
-            let step = ctx.graph.step(&id);
-            let gate = step.is_some_and(|s| s.operation.is_gate());
-            let passed_preflight = gate && changes_began && step.is_some_and(|s| Phase::of_step(&s.id, s.operation.as_str(), false) == Phase::Preflight);
-            if (!gate || passed_preflight) && ctx.journal.is_done(&id) && !ctx.journal.was_forced(&id) {
-                let reason = if gate { "passed before the changes began (journal); the cluster is mid-rotation now" } else { "already done (journal)" };
-                ctx.emit(Event::StepSkipped { id: id.clone(), reason: reason.into() });
-                result.skipped += 1;
-                for n in &successors[&id] {
-                    let p = pending.get_mut(n).expect("known step");
-                    *p -= 1;
-                    if *p == 0 {
-                        ready.push(n.clone());
-                    }
-                }
-                continue;
-            }
-            let step = step.expect("step of the graph").clone();
-            // Reported here, as the step is scheduled, not when its task first runs: a stop
-            // signal's warning, which names the steps in flight, must come after their starts.
-            let is_master = step.target.as_deref().and_then(|t| ctx.topo.node(t)).map(|n| n.role == Role::Master).unwrap_or(false);
-            ctx.emit(Event::StepStarted {
-                id: step.id.clone(),
-                operation: step.operation.as_str().to_string(),
-                target: step.target.clone(),
-                phase: Phase::of_step(&step.id, step.operation.as_str(), is_master),
-            });
-            let ctx2 = ctx.clone();
-            let handle = running.spawn(async move {
-                let started = Instant::now();
-                let outcome = run_step(&ctx2, &step).await;
-                let secs = started.elapsed().as_secs_f64();
-                // Restarts and reboots wait on the node's services, not on certrotate.
-                let waiting = step.operation.is_gate() || step.operation.is_restart();
-                (step, outcome, secs, waiting)
-            });
-            in_flight.insert(handle.id(), (id, gate, handle));
-        }
-        let joined = if result.interrupted.is_some() || running.is_empty() {
-            running.join_next_with_id().await
-        } else {
-            tokio::select! {
-                joined = running.join_next_with_id() => joined,
-                signal = ctx.stop.wait() => {
-                    result.interrupted = Some(signal);
-                    stop_for_signal(&ctx, signal, &in_flight, &mut result);
-                    continue;
-                }
-            }
-        };
-        let Some(joined) = joined else { break };
-        let (step, outcome, secs, waiting) = match joined {
-            Ok((task, v)) => {
-                in_flight.remove(&task);
-                // A gate can finish in the moment its abort comes: then it is done, not cancelled.
-                result.cancelled_gates.retain(|id| *id != v.0.id);
-                v
-            }
-            Err(e) if e.is_cancelled() => {
-                if let Some((id, _, _)) = in_flight.remove(&e.id()) {
-                    ctx.emit(Event::StepSkipped { id, reason: "gate cancelled by the stop signal; it runs again on resume".into() });
-                }
-                continue;
-            }
-            Err(e) => {
-                in_flight.remove(&e.id());
-                result.failed.push(("(task)".into(), StepError::new(format!("a step panicked: {e}"))));
-                stop = true;
-                continue;
-            }
-        };
-        if waiting {
-            result.waiting_secs += secs;
-        } else {
-            result.own_secs += secs;
-        }
-        match outcome {
-            Ok(note) => {
-                if let Err(e) = ctx.journal.record(&step.id, secs, note).await {
-                    result.failed.push((step.id.clone(), StepError::new(format!("cannot record the step in the journal {}: {e}", ctx.journal.path().display()))));
-                    stop = true;
-                    continue;
-                }
-                ctx.emit(Event::StepFinished { id: step.id.clone(), elapsed_secs: secs, waiting });
-                result.done += 1;
-                for n in &successors[&step.id] {
-                    let p = pending.get_mut(n).expect("known step");
-                    *p -= 1;
-                    if *p == 0 {
-                        ready.push(n.clone());
-                    }
-                }
-            }
-            Err(e) => {
-                ctx.emit(Event::StepFailed { id: step.id.clone(), error: e.message.clone(), observed: e.observed.clone() });
-                result.failed.push((step.id.clone(), e));
-                stop = true;
-            }
-        }
-    }
-    result
-}
-
-/// The first stop signal: says what happens next, and cancels the gates in flight (they
-/// only wait, and run again on resume); steps that change nodes finish and are journaled.
-fn stop_for_signal(ctx: &Context, signal: crate::interrupt::StopSignal, in_flight: &HashMap<tokio::task::Id, (String, bool, tokio::task::AbortHandle)>, result: &mut WalkResult) {
-    let mut finishing: Vec<&str> = Vec::new();
-    for (id, gate, handle) in in_flight.values() {
-        if *gate {
-            handle.abort();
-            result.cancelled_gates.push(id.clone());
-        } else {
-            finishing.push(id);
-        }
-    }
-    finishing.sort_unstable();
-    result.cancelled_gates.sort_unstable();
-    let waiting_for = if finishing.is_empty() { "nothing is in flight".to_string() } else { format!("waiting for {} step(s) in flight to finish: {}", finishing.len(), finishing.join(", ")) };
-    ctx.emit(Event::Warning {
-        message: format!("{} received: no new step starts; {waiting_for}. Send it again to exit at once (steps cut short are done again on resume).", signal.name()),
-    });
+    ctx.timings.lock().expect("timings lock").set_steps(&step_phases(&ctx.graph));
+    let settings = WalkSettings { parallelism: ctx.parallelism, stop: ctx.stop.clone() };
+    walker::walk(&ctx.graph, ctx.clone(), &ctx.journal, &*ctx, &settings).await
 }
 
 /// Runs one step; `Ok` carries an optional note for the journal.
@@ -600,7 +422,7 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
                 *ctx.pki.lock().expect("pki lock") = Some(Arc::new(persisted));
                 return Ok(Some("reused the certificates issued by an earlier run of this plan".into()));
             }
-            let ids = list_param(step, "certificates");
+            let ids = step.params.certificates.clone();
             let model = ApiModel::load(&ctx.model_path).map_err(|e| StepError::new(format!("{e}")))?;
             let (topo, catalogue, profile, supplied) = (ctx.topo.clone(), ctx.catalogue.clone(), ctx.profile.clone(), ctx.supplied.clone());
             let pki = tokio::task::spawn_blocking(move || store::issue_pki(&ids, &topo, &catalogue, &model, &profile, supplied.as_deref()))
@@ -682,11 +504,11 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
         Operation::InstallCerts => {
             let node = ctx.node(&target)?;
             let mut files = Vec::new();
-            for id in list_param(step, "certificates") {
+            for id in &step.params.certificates {
                 if id == "proxy" || id == "proxy-ca" {
                     continue;
                 }
-                files.extend(ctx.files_of(&id, node)?);
+                files.extend(ctx.files_of(id, node)?);
             }
             ctx.run_root(&target, "install the new certificates", &node::install_script(&stamp, "installCerts", &files)).await?;
             Ok(Some(format!("{} files installed", files.len())))
@@ -783,6 +605,9 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
             Ok(Some(format!("cleaned up on {} nodes", nodes.len())))
         }
         Operation::Gate(kind) => crate::apply::gates::run_gate(ctx, step, kind).await,
+        Operation::VerifyBackup | Operation::RestoreCerts | Operation::RestoreFrontProxyInEtcd | Operation::RestoreApiModel => {
+            Err(StepError::new(format!("`{}` is a rollback step; an apply's plan does not hold it", step.operation)))
+        }
     }
 }
 
@@ -893,15 +718,9 @@ pub fn gate_probe(step: &Step) -> Probe {
     step.gate.as_ref().map(|g| g.probe).unwrap_or(Probe::Api)
 }
 
-/// Step ids per phase, for progress bars.
-pub fn phase_totals(ctx: &Context) -> Vec<(Phase, usize)> {
-    let mut counts: BTreeMap<String, (Phase, usize)> = BTreeMap::new();
-    for s in ctx.graph.steps() {
-        let is_master = s.target.as_deref().and_then(|t| ctx.topo.node(t)).map(|n| n.role == Role::Master).unwrap_or(false);
-        let p = Phase::of_step(&s.id, s.operation.as_str(), is_master);
-        counts.entry(format!("{p:?}")).or_insert((p, 0)).1 += 1;
-    }
-    counts.into_values().collect()
+/// Every step with its phase, for the progress bars.
+pub fn step_phases(graph: &ActionGraph) -> Vec<(String, Phase)> {
+    graph.steps().map(|s| (s.id.clone(), s.phase)).collect()
 }
 
 /// Sets `key` to `value` in the `item` object of every entry of the kubeconfig list `list`

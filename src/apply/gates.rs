@@ -10,7 +10,7 @@ use crate::apply::node;
 use crate::apply::progress::Event;
 use crate::cloud::kube as kops;
 use crate::model::profile::GateKind;
-use crate::plan::graph::{GateSpec, Probe, Step};
+use crate::plan::step::{GateSpec, Phase, Probe, Step};
 use std::time::{Duration, Instant};
 
 const EXIT_MARK: &str = "CERTROTATE_PROBE_EXIT=";
@@ -43,10 +43,6 @@ async fn probe_each(ctx: &Context, nodes: &[String], script: impl Fn(&str) -> St
     Ok(problems)
 }
 
-fn scope_of(step: &Step) -> &str {
-    step.id.rsplit_once('@').map(|(_, s)| s).unwrap_or("")
-}
-
 /// One look at the gate: the problems seen (empty = passes).
 async fn look(
     ctx: &Context,
@@ -62,8 +58,7 @@ async fn look(
         (GateKind::EtcdHealthy, _) if expired => problems = probe_each(ctx, &nodes, |_| node::etcd_alive_script()).await?,
         (GateKind::EtcdHealthy, _) => {
             let endpoints = ctx.topo.etcd_client_endpoints();
-            let scope = scope_of(step);
-            let on = if ctx.topo.masters.iter().any(|m| m.name == scope) { scope.to_string() } else { nodes[0].clone() };
+            let on = step.target.clone().unwrap_or_else(|| nodes[0].clone());
             let (ok, lines) = probe(ctx, &on, &node::etcd_health_script(&endpoints)).await?;
             if !ok || lines.iter().any(|l| l.contains("unhealthy")) {
                 problems.extend(lines.into_iter().map(|l| format!("from {on}: {l}")));
@@ -107,7 +102,7 @@ async fn look(
             let client = ctx.kube_client().await?;
             let r = match kind {
                 // After a restart, Ready must come from the restarted kubelet, not from before.
-                GateKind::NodesReady if scope_of(step) != "preflight" => kops::nodes_not_ready_since(&client, &nodes, since).await,
+                GateKind::NodesReady if step.phase != Phase::Preflight => kops::nodes_not_ready_since(&client, &nodes, since).await,
                 GateKind::NodesReady => kops::nodes_not_ready(&client, &nodes).await,
                 GateKind::ControlPlanePodsReady => kops::control_plane_not_ready(&client, &nodes).await,
                 _ => kops::kube_system_not_ready(&client).await,

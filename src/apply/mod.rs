@@ -10,5 +10,6 @@ pub mod node;
 pub mod progress;
 pub mod stale;
 pub mod store;
+pub mod walker;
 pub mod windows;
 pub mod winexec;

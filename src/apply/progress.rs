@@ -20,78 +20,7 @@ use std::io::Write;
 use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-/// The stages of a rotation, in the order apply goes through them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Phase {
-    Prepare,
-    Preflight,
-    Masters,
-    FrontProxy,
-    Agents,
-    Workloads,
-    Finish,
-}
-
-impl Phase {
-    pub const ALL: [Phase; 7] =
-        [Phase::Prepare, Phase::Preflight, Phase::Masters, Phase::FrontProxy, Phase::Agents, Phase::Workloads, Phase::Finish];
-
-    /// The phase of an operation (the camelCase `operation` of a saved plan's step), when
-    /// only the operation and whether its target is a master are known. Gates that run in
-    /// more than one phase (preflight, front proxy) need the step id: see [`Phase::of_step`].
-    pub fn of_operation(op: &str, is_master_target: bool) -> Phase {
-        match op {
-            "backupApiModel" | "issuePki" | "pauseAutoscaler" | "distributeCerts" | "backupNodeCerts" => Phase::Prepare,
-            "putFrontProxyInEtcd" | "installFrontProxy" | "restartApiserver" => Phase::FrontProxy,
-            "deleteServiceAccountTokens" | "rolloutWorkloads" | "kubeSystemReady" => Phase::Workloads,
-            "updateApiModel" | "resumeAutoscaler" | "cleanup" => Phase::Finish,
-            // Gates about the control plane only ever look at masters.
-            "etcdHealthy" | "apiserverServesNewCert" | "controlPlanePodsReady" => Phase::Masters,
-            // Node work (installCerts, restartKubelet, rebootVm, deleteKubeProxyPod, ...) and
-            // nodesReady go with the node they touch; unknown operations too.
-            _ if is_master_target => Phase::Masters,
-            _ => Phase::Agents,
-        }
-    }
-
-    /// The phase of a step, seeing its id (`operation@scope`) as well: gates scoped
-    /// `@preflight` are Preflight, anything scoped `front-proxy@...` is FrontProxy, and
-    /// gates scoped `@masters` / `@agents` go to that phase whatever their target.
-    pub fn of_step(id: &str, op: &str, is_master_target: bool) -> Phase {
-        let scope = id.split_once('@').map(|(_, s)| s).unwrap_or("");
-        if scope == "preflight" {
-            Phase::Preflight
-        } else if id.contains("front-proxy@") {
-            Phase::FrontProxy
-        } else if scope == "masters" {
-            Phase::of_operation(op, true)
-        } else if scope == "agents" {
-            Phase::of_operation(op, false)
-        } else {
-            Phase::of_operation(op, is_master_target)
-        }
-    }
-
-    /// A best guess from the id alone (`operation@target`), for steps the reporter has not
-    /// seen start (skipped ones): AKS Engine names masters `k8s-master-...`.
-    pub fn guess_from_id(id: &str) -> Phase {
-        let (op, scope) = id.split_once('@').unwrap_or((id, ""));
-        Phase::of_step(id, op, scope.contains("master"))
-    }
-
-    pub fn title(self) -> &'static str {
-        match self {
-            Phase::Prepare => "prepare",
-            Phase::Preflight => "preflight",
-            Phase::Masters => "masters",
-            Phase::FrontProxy => "front proxy",
-            Phase::Agents => "agents",
-            Phase::Workloads => "workloads",
-            Phase::Finish => "finish",
-        }
-    }
-}
+pub use crate::plan::step::Phase;
 
 /// What the executor tells the reporter. `rename_all_fields` keeps the JSON form camelCase
 /// throughout, like [`Summary`] and saved plans.
@@ -430,7 +359,7 @@ fn push_indented(s: &mut String, text: &str) {
 /// The Plain rendering of one event: whole lines, each ending in a newline.
 fn plain_lines(e: &Event, at: f64, phase_of: &HashMap<String, Phase>) -> String {
     let t = time_prefix(at);
-    let phase = |id: &str| phase_of.get(id).copied().unwrap_or_else(|| Phase::guess_from_id(id));
+    let phase = |id: &str| phase_of.get(id).copied().unwrap_or(Phase::Prepare);
     let mut s = String::new();
     match e {
         Event::ApplyStarted { plan_digest, steps, already_done } => {
@@ -547,7 +476,7 @@ impl Bars {
         phase_of: &HashMap<String, Phase>,
         operation_of: &HashMap<String, String>,
     ) {
-        let phase = |id: &str| phase_of.get(id).copied().unwrap_or_else(|| Phase::guess_from_id(id));
+        let phase = |id: &str| phase_of.get(id).copied().unwrap_or(Phase::Prepare);
         match e {
             Event::StepStarted { id, operation, target, phase } => {
                 let key = target.clone().unwrap_or_else(|| id.clone());
@@ -652,6 +581,14 @@ impl Timings {
         }
     }
 
+    /// The phase of every step, so a finish or failure whose start was not seen still counts
+    /// towards its phase.
+    pub fn set_steps(&mut self, steps: &[(String, Phase)]) {
+        for (id, phase) in steps {
+            self.phase_of.entry(id.clone()).or_insert(*phase);
+        }
+    }
+
     pub fn observe(&mut self, e: &Event) {
         let at = self.started.elapsed().as_secs_f64();
         self.observe_at(e, at);
@@ -685,7 +622,7 @@ impl Timings {
             (None, Some(el)) => (at - el).max(0.0),
             (None, None) => at,
         };
-        let phase = self.phase_of.get(id).copied().unwrap_or_else(|| Phase::guess_from_id(id));
+        let phase = self.phase_of.get(id).copied().unwrap_or(Phase::Prepare);
         self.waited.remove(id);
         self.spans.push((phase, start.min(at), at, waiting));
     }
@@ -989,6 +926,7 @@ mod tests {
         t.observe_at(&Event::StepFailed { id: n1.into(), error: "timed out".into(), observed: vec![] }, 45.0);
         t.observe_at(&finished(a0, 30.0, true), 50.0);
         // Finish: a finished step whose start was never seen counts back from its elapsed time.
+        t.set_steps(&[("cleanup".into(), Phase::Finish)]);
         t.observe_at(&finished("cleanup", 5.0, false), 60.0);
 
         let s = t.summary(60.0, 3.0, 30, 2);
@@ -1047,64 +985,6 @@ steps         12 done, 2 skipped
         let unprobed = Reporter::summary_text(&Summary::default());
         assert!(unprobed.contains("API downtime  not probed"), "{unprobed}");
         assert!(unprobed.contains("own work            0.0s    -%"), "{unprobed}");
-    }
-
-    #[test]
-    fn phase_of_every_operation() {
-        let m = "k8s-master-12345678-0";
-        let a = "k8s-agentpool-12345678-0";
-        let cases: &[(&str, &str, bool, Phase)] = &[
-            ("backupApiModel", "backupApiModel", false, Phase::Prepare),
-            ("issuePki", "issuePki", false, Phase::Prepare),
-            ("pauseAutoscaler", "pauseAutoscaler", false, Phase::Prepare),
-            ("distributeCerts", &format!("distributeCerts@{m}"), true, Phase::Prepare),
-            ("distributeCerts", &format!("distributeCerts@{a}"), false, Phase::Prepare),
-            ("backupNodeCerts", &format!("backupNodeCerts@{a}"), false, Phase::Prepare),
-            ("installCerts", &format!("installCerts@{m}"), true, Phase::Masters),
-            ("installCerts", &format!("installCerts@{a}"), false, Phase::Agents),
-            ("installAdminKubeconfig", &format!("installAdminKubeconfig@{m}"), true, Phase::Masters),
-            ("removeKubeletClientCurrent", &format!("removeKubeletClientCurrent@{m}"), true, Phase::Masters),
-            ("removeKubeletClientCurrent", &format!("removeKubeletClientCurrent@{a}"), false, Phase::Agents),
-            ("restartEtcd", &format!("restartEtcd@{m}"), true, Phase::Masters),
-            ("restartControlPlane", &format!("restartControlPlane@{m}"), true, Phase::Masters),
-            ("restartKubelet", &format!("restartKubelet@{m}"), true, Phase::Masters),
-            ("restartKubelet", &format!("restartKubelet@{a}"), false, Phase::Agents),
-            ("rebootVm", &format!("rebootVm@{m}"), true, Phase::Masters),
-            ("rebootVm", &format!("rebootVm@{a}"), false, Phase::Agents),
-            ("putFrontProxyInEtcd", "putFrontProxyInEtcd", false, Phase::FrontProxy),
-            ("installFrontProxy", &format!("installFrontProxy@{m}"), true, Phase::FrontProxy),
-            ("restartApiserver", &format!("restartApiserver@{m}"), true, Phase::FrontProxy),
-            ("deleteKubeProxyPod", &format!("deleteKubeProxyPod@{a}"), false, Phase::Agents),
-            ("deleteServiceAccountTokens", "deleteServiceAccountTokens", false, Phase::Workloads),
-            ("rolloutWorkloads", "rolloutWorkloads", false, Phase::Workloads),
-            ("updateApiModel", "updateApiModel", false, Phase::Finish),
-            ("resumeAutoscaler", "resumeAutoscaler", false, Phase::Finish),
-            ("cleanup", "cleanup", false, Phase::Finish),
-            // Gates.
-            ("etcdHealthy", "etcdHealthy@preflight", false, Phase::Preflight),
-            ("nodesReady", "nodesReady@preflight", false, Phase::Preflight),
-            ("controlPlanePodsReady", "controlPlanePodsReady@preflight", false, Phase::Preflight),
-            ("etcdHealthy", &format!("etcdHealthy@{m}"), true, Phase::Masters),
-            ("etcdHealthy", "etcdHealthy@masters", false, Phase::Masters),
-            ("apiserverServesNewCert", &format!("apiserverServesNewCert@{m}"), true, Phase::Masters),
-            ("apiserverServesNewCert", "apiserverServesNewCert@masters", false, Phase::Masters),
-            ("nodesReady", "nodesReady@masters", false, Phase::Masters),
-            ("nodesReady", &format!("nodesReady@{a}"), false, Phase::Agents),
-            ("controlPlanePodsReady", &format!("controlPlanePodsReady@{m}"), true, Phase::Masters),
-            ("controlPlanePodsReady", &format!("controlPlanePodsReady@front-proxy@{m}"), true, Phase::FrontProxy),
-            ("kubeSystemReady", "kubeSystemReady@final", false, Phase::Workloads),
-        ];
-        for (op, id, master, want) in cases {
-            assert_eq!(Phase::of_step(id, op, *master), *want, "of_step({id}, {op}, {master})");
-            assert_eq!(Phase::guess_from_id(id), *want, "guess_from_id({id})");
-            if !id.contains("preflight") && !id.contains("front-proxy@") && !id.ends_with("@masters") {
-                assert_eq!(Phase::of_operation(op, *master), *want, "of_operation({op}, {master})");
-            }
-        }
-        // Without the id, control-plane gates are Masters; nodesReady follows its target.
-        assert_eq!(Phase::of_operation("etcdHealthy", false), Phase::Masters);
-        assert_eq!(Phase::of_operation("nodesReady", true), Phase::Masters);
-        assert_eq!(Phase::of_operation("nodesReady", false), Phase::Agents);
     }
 
     #[test]

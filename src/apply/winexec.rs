@@ -5,7 +5,7 @@
 use crate::apply::executor::{Context, StepError};
 use crate::apply::store::NewPki;
 use crate::apply::windows;
-use crate::plan::graph::{Operation, Step};
+use crate::plan::step::{Operation, Step};
 use std::sync::Arc;
 
 async fn run_ps(ctx: &Context, node: &str, what: &str, script: &str) -> Result<String, StepError> {
@@ -84,7 +84,6 @@ mod tests {
     use super::*;
     use crate::model::profile::GateKind;
     use crate::pki::KeyCertPair;
-    use std::collections::BTreeMap;
 
     const NODE: &str = "2480k8s000";
     const STAMP: &str = "0123abcd4567ef89";
@@ -92,10 +91,13 @@ mod tests {
     fn step(operation: Operation) -> Step {
         Step {
             id: format!("{}@{NODE}", operation.as_str()),
+            kind: operation.kind(),
             operation,
+            phase: crate::plan::step::Phase::Agents,
+            scope: crate::plan::step::Scope::Node,
             target: Some(NODE.into()),
             description: String::new(),
-            parameters: BTreeMap::new(),
+            params: Default::default(),
             gate: None,
             requires: Vec::new(),
         }

@@ -125,7 +125,7 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
             ctx.close_sessions().await;
             return Err(e);
         }
-        reporter.set_phase_totals(&executor::phase_totals(&ctx));
+        reporter.set_steps(&executor::step_phases(&ctx.graph));
         ctx.emit(Event::ApplyStarted { plan_digest: digest.to_string(), steps: ctx.graph.len(), already_done: already });
         let prober = ApiProber::start(ctx.clone());
         let walked = executor::walk(ctx.clone()).await;
@@ -534,7 +534,7 @@ pub fn run_rollback(a: &RollbackArgs) -> miette::Result<Outcome> {
     let journal = Journal::open(&run.journal_path()).into_diagnostic()?;
     let reporter = Arc::new(Reporter::new(Mode::detect(false), 0));
     let old_admin = std::fs::read_to_string(local_backup.join("kubeconfig").join(format!("kubeconfig.{}.json", topo.location))).ok();
-    let empty = crate::plan::file::ActionGraph { nodes: vec![], edges: vec![] };
+    let empty = crate::plan::file::ActionGraph { steps: vec![], edges: vec![] };
     let mut ctx = Context::new(ActionGraph::from_saved(&empty).expect("empty graph"), topo.clone(), plan.profile.clone(), model.path().to_path_buf(), run, journal, reporter, fleet, stamp.clone());
     ctx.apiserver = c.apiserver.clone();
     ctx.old_admin_kubeconfig = old_admin;

@@ -9,6 +9,7 @@
 
 use crate::diag::{InputError, SourceFile};
 use crate::model::profile::{locate_yaml_path, yaml_diagnostic, CertId, Duration, Profile};
+pub use crate::plan::step::{Step, StepKind};
 use miette::Diagnostic;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
@@ -21,14 +22,15 @@ use std::sync::LazyLock;
 use thiserror::Error;
 
 /// The plan format this build writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// A saved plan. Field order is the order a reviewer reads the YAML in.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schemars(title = "certrotate saved plan")]
 pub struct PlanFile {
-    /// Version of this file format; this build reads and writes 1.
+    /// Version of this file format; this build reads and writes 2 (typed steps: phase,
+    /// scope and parameters).
     pub format_version: u32,
     /// certrotate version that wrote the plan.
     pub tool_version: String,
@@ -376,39 +378,9 @@ pub enum Severity {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ActionGraph {
-    pub nodes: Vec<GraphNode>,
+    /// In an order apply may run them one by one.
+    pub steps: Vec<Step>,
     pub edges: Vec<GraphEdge>,
-}
-
-/// One step.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct GraphNode {
-    /// Unique within the plan, stable across runs of the same plan (used by the journal).
-    pub id: String,
-    pub kind: StepKind,
-    /// The operation, e.g. `backupCerts`, `installCerts`, `rebootVm`, or a gate name such as
-    /// `etcdHealthy`.
-    pub operation: String,
-    /// The node the step acts on, if any.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub target: Option<String>,
-    /// Non-secret parameters (paths, modes, names). Secrets never appear here.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub parameters: BTreeMap<String, AttrValue>,
-    /// Gates only: how long to wait before failing.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub timeout: Option<Duration>,
-    /// Gates only: how often to check.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub interval: Option<Duration>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum StepKind {
-    Action,
-    Gate,
 }
 
 /// `from` must finish before `to` starts.
@@ -448,8 +420,8 @@ impl Summary {
             };
             *counter += 1;
         }
-        for node in &graph.nodes {
-            match node.kind {
+        for step in &graph.steps {
+            match step.kind {
                 StepKind::Action => summary.actions += 1,
                 StepKind::Gate => summary.gates += 1,
             }
@@ -787,18 +759,17 @@ fn error_at_top_level_key(
 }
 
 impl ActionGraph {
-    /// Checks that ids are unique, edges name existing steps, gates have a timeout and the
-    /// graph has no cycle; returns what is wrong.
+    /// Checks that ids are unique, every step is consistent in itself (a gate has its
+    /// settings, a node step its target), edges name existing steps and the graph has no
+    /// cycle; returns what is wrong.
     pub fn check(&self) -> Result<(), String> {
         let mut index = std::collections::HashMap::new();
         let mut graph = petgraph::graph::DiGraph::<&str, ()>::new();
-        for node in &self.nodes {
-            if index.insert(node.id.as_str(), graph.add_node(node.id.as_str())).is_some() {
-                return Err(format!("step id `{}` is used twice", node.id));
+        for step in &self.steps {
+            if index.insert(step.id.as_str(), graph.add_node(step.id.as_str())).is_some() {
+                return Err(format!("step id `{}` is used twice", step.id));
             }
-            if node.kind == StepKind::Gate && node.timeout.is_none() {
-                return Err(format!("gate `{}` has no timeout", node.id));
-            }
+            step.check()?;
         }
         let mut seen = HashSet::new();
         for edge in &self.edges {
@@ -878,17 +849,20 @@ mod tests {
 
     #[test]
     fn graph_check_finds_cycles_and_dangling_edges() {
-        let step = |id: &str| GraphNode {
+        let step = |id: &str| Step {
             id: id.into(),
             kind: StepKind::Action,
-            operation: "noop".into(),
+            operation: crate::plan::step::Operation::Cleanup,
+            phase: crate::plan::step::Phase::Finish,
+            scope: crate::plan::step::Scope::Cluster,
             target: None,
-            parameters: BTreeMap::new(),
-            timeout: None,
-            interval: None,
+            description: String::new(),
+            params: Default::default(),
+            requires: Vec::new(),
+            gate: None,
         };
         let edge = |a: &str, b: &str| GraphEdge { from: a.into(), to: b.into() };
-        let mut graph = ActionGraph { nodes: vec![step("a"), step("b")], edges: vec![edge("a", "b")] };
+        let mut graph = ActionGraph { steps: vec![step("a"), step("b")], edges: vec![edge("a", "b")] };
         assert!(graph.check().is_ok());
         graph.edges.push(edge("b", "a"));
         assert!(graph.check().unwrap_err().contains("cycle"));

@@ -8,7 +8,7 @@ use crate::plan::file::{
     self, ApiDowntime, AttrValue, CertificateChange, ChangeAction, ChangeTarget, DowntimeKind, Finding, NodeRole,
     PlanFile, Severity, StepKind, Summary, TargetChanges,
 };
-use crate::plan::graph::{ActionGraph, Operation};
+use crate::plan::graph::ActionGraph;
 use owo_colors::OwoColorize;
 use serde::Serialize;
 use std::collections::{BTreeMap, HashSet};
@@ -42,9 +42,9 @@ impl<'a> PlanView<'a> {
     /// Nodes on which a service restarts or the VM reboots.
     pub fn restarts(&self) -> usize {
         self.graph
-            .nodes
+            .steps
             .iter()
-            .filter(|n| Operation::parse(&n.operation).is_some_and(Operation::is_restart))
+            .filter(|n| n.operation.is_restart())
             .filter_map(|n| n.target.as_deref())
             .collect::<HashSet<_>>()
             .len()
@@ -330,8 +330,8 @@ pub fn human(view: &PlanView<'_>, colour: bool) -> String {
         let _ = writeln!(out);
     }
     if summary.has_changes() {
-        let gates = view.graph.nodes.iter().filter(|n| n.kind == StepKind::Gate).count();
-        let _ = writeln!(out, "Apply walks {} steps, {gates} of them gates.", view.graph.nodes.len());
+        let gates = view.graph.steps.iter().filter(|n| n.kind == StepKind::Gate).count();
+        let _ = writeln!(out, "Apply walks {} steps, {gates} of them gates.", view.graph.steps.len());
         let _ = writeln!(out, "API downtime: {}. {}.\n", downtime_label(view.downtime), sentence(&view.downtime.explanation));
     }
     let _ = writeln!(out, "{}", paint.bold(&summary_line(view)));
@@ -382,8 +382,8 @@ fn dot_quote(text: &str) -> String {
 /// DOT of the graph: actions as boxes, gates as diamonds, steps grouped by the node they act on.
 pub fn dot(graph: &file::ActionGraph) -> String {
     let mut out = String::from("digraph certrotate {\n  rankdir=TB;\n  node [fontname=\"Helvetica\", fontsize=10];\n");
-    let mut by_target: BTreeMap<Option<&str>, Vec<&file::GraphNode>> = BTreeMap::new();
-    for n in &graph.nodes {
+    let mut by_target: BTreeMap<Option<&str>, Vec<&file::Step>> = BTreeMap::new();
+    for n in &graph.steps {
         // Gates on several nodes belong to the cluster, not to one node's box.
         let group = if n.kind == StepKind::Gate { None } else { n.target.as_deref() };
         by_target.entry(group).or_default().push(n);
@@ -398,13 +398,13 @@ pub fn dot(graph: &file::ActionGraph) -> String {
                 StepKind::Gate => ("diamond", ", style=filled, fillcolor=\"#fff3c4\""),
                 StepKind::Action => ("box", ""),
             };
-            let mut label = n.operation.clone();
+            let mut label = n.operation.to_string();
             if let Some(t) = &n.target {
                 label.push('\n');
                 label.push_str(t);
             }
-            if let Some(timeout) = n.timeout {
-                let _ = write!(label, "\n(timeout {timeout})");
+            if let Some(gate) = &n.gate {
+                let _ = write!(label, "\n(timeout {})", gate.timeout);
             }
             let _ = writeln!(out, "{indent}{} [label={}, shape={shape}{extra}];", dot_quote(&n.id), dot_quote(&label));
         }

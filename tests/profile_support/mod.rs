@@ -4,6 +4,7 @@
 
 use certrotate::model::profile::{CertId, Duration, GateKind, Profile};
 use certrotate::plan::file::*;
+use certrotate::plan::step::{GateSpec, Operation, Phase, Probe, Scope, StepParams};
 use std::collections::BTreeMap;
 
 fn digest(label: &str) -> Sha256Digest {
@@ -87,33 +88,37 @@ pub fn sample_plan() -> PlanFile {
         message: "apiserver.key differs from the other masters".into(),
     });
 
-    let step = |id: &str, operation: &str, target: Option<&str>| GraphNode {
+    let step = |id: &str, operation: Operation, phase: Phase, target: Option<&str>| Step {
         id: id.into(),
-        kind: StepKind::Action,
-        operation: operation.into(),
+        kind: operation.kind(),
+        operation,
+        phase,
+        scope: if target.is_some() { Scope::Node } else { Scope::Local },
         target: target.map(String::from),
-        parameters: BTreeMap::new(),
-        timeout: None,
-        interval: None,
+        description: format!("{operation} {}", target.unwrap_or("here")),
+        params: StepParams::default(),
+        requires: Vec::new(),
+        gate: None,
     };
-    let mut backup = step("backup/k8s-master-31415926-0", "backupCerts", Some("k8s-master-31415926-0"));
-    backup.parameters.insert("directory".into(), AttrValue::from("/etc/kubernetes/certs.bak"));
+    let mut backup = step("backup/k8s-master-31415926-0", Operation::BackupNodeCerts, Phase::Prepare, Some("k8s-master-31415926-0"));
+    backup.params.backup_to = Some("/etc/kubernetes/certs.bak".into());
     let timing = plan.profile.gates.timing(GateKind::EtcdHealthy);
-    let gate = GraphNode {
-        id: "gate/etcdHealthy".into(),
-        kind: StepKind::Gate,
-        operation: GateKind::EtcdHealthy.as_str().into(),
-        target: None,
-        parameters: BTreeMap::new(),
-        timeout: Some(timing.timeout),
-        interval: Some(timing.interval),
-    };
-    plan.graph.nodes = vec![
-        step("issue/pki", "issuePki", None),
-        backup,
-        step("install/k8s-master-31415926-0", "installCerts", Some("k8s-master-31415926-0")),
-        gate,
-    ];
+    let mut gate = step("gate/etcdHealthy", Operation::Gate(GateKind::EtcdHealthy), Phase::Masters, None);
+    gate.scope = Scope::Cluster;
+    gate.gate = Some(GateSpec {
+        probe: Probe::Api,
+        nodes: Vec::new(),
+        timeout: timing.timeout,
+        interval: timing.interval,
+        checks: "every etcd member answers healthy".into(),
+        on_failure: "look at etcd's journal on the masters".into(),
+        why_ssh: None,
+    });
+    let mut issue = step("issue/pki", Operation::IssuePki, Phase::Prepare, None);
+    issue.params.certificates = vec!["apiserver".into()];
+    let mut install = step("install/k8s-master-31415926-0", Operation::InstallCerts, Phase::Masters, Some("k8s-master-31415926-0"));
+    install.params.certificates = vec!["apiserver".into()];
+    plan.graph.steps = vec![issue, backup, install, gate];
     let edge = |a: &str, b: &str| GraphEdge { from: a.into(), to: b.into() };
     plan.graph.edges = vec![
         edge("issue/pki", "install/k8s-master-31415926-0"),
