@@ -10,7 +10,7 @@
 
 use crate::diag::{locate_keys, InputError, SourceFile};
 use crate::pki::KeySpec;
-use crate::plan::file::Sha256Digest;
+use crate::digest::Sha256Digest;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::borrow::Cow;
