@@ -7,9 +7,10 @@
 //!
 //! The types are plain data with public fields: the diff and graph code fills them in.
 
+use crate::diag::yaml::{locate_yaml_path, yaml_diagnostic};
 use crate::diag::{InputError, SourceFile};
 use crate::digest::sealing_digest;
-use crate::model::profile::{locate_yaml_path, yaml_diagnostic, CertId, Duration, Profile};
+use crate::model::profile::{CertId, Duration, Profile};
 use miette::Diagnostic;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
 use serde::{Deserialize, Serialize};
