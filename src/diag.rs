@@ -1,7 +1,10 @@
 //! User-facing errors: every problem with an input file becomes a miette diagnostic that
 //! names the file, points at the offending line, says what is wrong and what to do.
 //! Modules that read files build `InputError`s through the helpers here, so that every
-//! diagnostic looks the same whichever file it came from.
+//! diagnostic looks the same whichever file it came from. What is particular to YAML inputs
+//! (advice raised by value types, locating a key path) is in `yaml`.
+
+pub mod yaml;
 
 use miette::{Diagnostic, NamedSource, SourceSpan};
 use std::path::{Path, PathBuf};

@@ -2,7 +2,8 @@
 //! no input, however mangled, makes profile loading, plan reading or the YAML locator panic.
 
 use certrotate::diag::SourceFile;
-use certrotate::model::profile::{locate_yaml_path, Duration, Profile};
+use certrotate::diag::yaml::locate_yaml_path;
+use certrotate::model::profile::{Duration, Profile};
 use certrotate::plan::file::PlanFile;
 use proptest::prelude::*;
 

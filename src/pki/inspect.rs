@@ -4,18 +4,11 @@
 //! chain to a CA, and does a key belong to a certificate.
 //!
 //! Keys are read only long enough to compute their public half; nothing secret is kept,
-//! returned or put into an error message.
+//! returned or put into an error message. Reading PEM and keys is `encoding`'s; its key
+//! facts and errors are re-exported here, where callers look for them.
 
-use super::issue::{
-    EcPrivateKey, LABEL_EC_PRIVATE_KEY, LABEL_PKCS8_PRIVATE_KEY, LABEL_RSA_PRIVATE_KEY, OID_CURVE_P256,
-    OID_CURVE_P384, OID_EC_PUBLIC_KEY, OID_RSA_ENCRYPTION,
-};
+use super::encoding::{certificate_ders, rfc4514_name, single_certificate_der, unsigned_bit_length};
 use super::ExtendedUsage;
-use pkcs8::der::asn1::{AnyRef, BitStringRef};
-use pkcs8::der::zeroize::Zeroizing;
-use pkcs8::der::{Decode, Encode};
-use pkcs8::PrivateKeyInfo;
-use rustls::pki_types::pem::{PemObject, SectionKind};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
@@ -24,33 +17,7 @@ use x509_parser::extensions::GeneralName;
 use x509_parser::public_key::PublicKey;
 use x509_parser::x509::X509Name;
 
-/// Why a PEM could not be inspected. Messages say what was found and what was expected.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum InspectError {
-    #[error("not a PEM certificate: no PEM block found")]
-    NoCertificate,
-
-    #[error("not a PEM private key: no PEM block found")]
-    NoKey,
-
-    #[error("PEM block is {found}, expected {expected}")]
-    WrongPemBlock { found: &'static str, expected: &'static str },
-
-    #[error("malformed PEM: {0}")]
-    Pem(String),
-
-    #[error("expected one certificate, found {0}; read bundles with parse_certs_pem")]
-    MultipleCertificates(usize),
-
-    #[error("certificate DER is invalid: {0}")]
-    CertificateDer(String),
-
-    #[error("private key DER is invalid: {0}")]
-    KeyDer(String),
-
-    #[error("unsupported key algorithm {0}; certrotate reads RSA and ECDSA P-256/P-384 keys")]
-    UnsupportedKey(String),
-}
+pub use super::encoding::{parse_key_pem, InspectError, KeyEncoding, KeyFacts};
 
 /// What a certificate says, in the terms the diff uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -113,40 +80,6 @@ impl CertFacts {
     }
 }
 
-/// How a private key PEM was encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-#[serde(rename_all = "kebab-case")]
-pub enum KeyEncoding {
-    /// `RSA PRIVATE KEY`: the only form AKS Engine reads back.
-    Pkcs1,
-    /// `PRIVATE KEY`.
-    Pkcs8,
-    /// `EC PRIVATE KEY`.
-    Sec1,
-}
-
-impl KeyEncoding {
-    /// The PEM label of this encoding.
-    pub fn pem_label(self) -> &'static str {
-        match self {
-            KeyEncoding::Pkcs1 => LABEL_RSA_PRIVATE_KEY,
-            KeyEncoding::Pkcs8 => LABEL_PKCS8_PRIVATE_KEY,
-            KeyEncoding::Sec1 => LABEL_EC_PRIVATE_KEY,
-        }
-    }
-}
-
-/// What a private key is, without the key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
-pub struct KeyFacts {
-    /// `RSA`, `ECDSA P-256` or `ECDSA P-384`.
-    pub algorithm: String,
-    pub bits: u32,
-    pub encoding: KeyEncoding,
-    /// SHA-256 of the SubjectPublicKeyInfo DER of the public half, lowercase hex.
-    pub public_key_sha256: String,
-}
-
 /// Facts of the single certificate in `pem`. Other PEM blocks (say, a key in a combined
 /// file) are skipped; more than one certificate is an error.
 pub fn parse_cert_pem(pem: &str) -> Result<CertFacts, InspectError> {
@@ -160,35 +93,6 @@ pub fn parse_cert_pem(pem: &str) -> Result<CertFacts, InspectError> {
 /// Facts of every certificate of a bundle, in file order.
 pub fn parse_certs_pem(pem: &str) -> Result<Vec<CertFacts>, InspectError> {
     certificate_ders(pem)?.iter().map(|der| cert_facts_from_der(der)).collect()
-}
-
-/// Facts of a private key in PKCS#1, PKCS#8 or SEC1 PEM.
-pub fn parse_key_pem(pem: &str) -> Result<KeyFacts, InspectError> {
-    let (encoding, der) = private_key_der(pem)?;
-    let public = match encoding {
-        KeyEncoding::Pkcs1 => rsa_public_from_pkcs1(&der)?,
-        KeyEncoding::Sec1 => ec_public_from_sec1(&der, None)?,
-        KeyEncoding::Pkcs8 => {
-            let info = PrivateKeyInfo::try_from(der.as_slice()).map_err(|e| InspectError::KeyDer(e.to_string()))?;
-            if info.algorithm.oid == OID_RSA_ENCRYPTION {
-                rsa_public_from_pkcs1(info.private_key)?
-            } else if info.algorithm.oid == OID_EC_PUBLIC_KEY {
-                let curve = info
-                    .algorithm
-                    .parameters_oid()
-                    .map_err(|_| InspectError::UnsupportedKey("EC key without a named curve".into()))?;
-                ec_public_from_sec1(info.private_key, Some(curve))?
-            } else {
-                return Err(InspectError::UnsupportedKey(info.algorithm.oid.to_string()));
-            }
-        }
-    };
-    Ok(KeyFacts {
-        algorithm: public.algorithm,
-        bits: public.bits,
-        encoding,
-        public_key_sha256: hex::encode(Sha256::digest(&public.spki_der)),
-    })
 }
 
 /// True when `cert_pem` was issued by `ca_pem`: the issuer name equals the CA's subject
@@ -292,156 +196,6 @@ fn parse_x509(der: &[u8]) -> Result<X509Certificate<'_>, InspectError> {
     Ok(cert)
 }
 
-/// DER of every CERTIFICATE block; errors when there is none, naming what was there instead.
-fn certificate_ders(pem: &str) -> Result<Vec<Vec<u8>>, InspectError> {
-    let mut certificates = Vec::new();
-    let mut found_other = None;
-    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()) {
-        let (kind, der) = section.map_err(|e| InspectError::Pem(pem_error_reason(&e)))?;
-        if kind == SectionKind::Certificate {
-            certificates.push(der);
-        } else {
-            found_other.get_or_insert(kind);
-            // Whatever else sits in the file may be a key: wipe it.
-            drop(Zeroizing::new(der));
-        }
-    }
-    if certificates.is_empty() {
-        return Err(match found_other {
-            Some(kind) => InspectError::WrongPemBlock { found: section_label(kind), expected: "CERTIFICATE" },
-            None => InspectError::NoCertificate,
-        });
-    }
-    Ok(certificates)
-}
-
-/// The DER of the only certificate in `pem`.
-pub(crate) fn single_certificate_der(pem: &str) -> Result<Vec<u8>, InspectError> {
-    let mut certificates = certificate_ders(pem)?;
-    if certificates.len() > 1 {
-        return Err(InspectError::MultipleCertificates(certificates.len()));
-    }
-    Ok(certificates.remove(0))
-}
-
-/// The DER of the first private key block in `pem` (wiped when dropped), and its encoding.
-pub(crate) fn private_key_der(pem: &str) -> Result<(KeyEncoding, Zeroizing<Vec<u8>>), InspectError> {
-    let mut found_other = None;
-    for section in <(SectionKind, Vec<u8>)>::pem_slice_iter(pem.as_bytes()) {
-        let (kind, der) = section.map_err(|e| InspectError::Pem(pem_error_reason(&e)))?;
-        let der = Zeroizing::new(der);
-        let encoding = match kind {
-            SectionKind::RsaPrivateKey => KeyEncoding::Pkcs1,
-            SectionKind::PrivateKey => KeyEncoding::Pkcs8,
-            SectionKind::EcPrivateKey => KeyEncoding::Sec1,
-            other => {
-                found_other.get_or_insert(other);
-                continue;
-            }
-        };
-        return Ok((encoding, der));
-    }
-    Err(match found_other {
-        Some(kind) => InspectError::WrongPemBlock {
-            found: section_label(kind),
-            expected: "RSA PRIVATE KEY, PRIVATE KEY or EC PRIVATE KEY",
-        },
-        None => InspectError::NoKey,
-    })
-}
-
-fn section_label(kind: SectionKind) -> &'static str {
-    match kind {
-        SectionKind::Certificate => "CERTIFICATE",
-        SectionKind::PublicKey => "PUBLIC KEY",
-        SectionKind::RsaPrivateKey => LABEL_RSA_PRIVATE_KEY,
-        SectionKind::PrivateKey => LABEL_PKCS8_PRIVATE_KEY,
-        SectionKind::EcPrivateKey => LABEL_EC_PRIVATE_KEY,
-        SectionKind::Crl => "X509 CRL",
-        SectionKind::Csr => "CERTIFICATE REQUEST",
-        _ => "of an unsupported kind",
-    }
-}
-
-/// Describes a PEM syntax error without echoing input lines (they could be key material).
-fn pem_error_reason(error: &rustls::pki_types::pem::Error) -> String {
-    use rustls::pki_types::pem::Error as PemError;
-    match error {
-        PemError::MissingSectionEnd { .. } => "PEM block is truncated: its END line is missing".into(),
-        PemError::IllegalSectionStart { .. } => "malformed PEM BEGIN line".into(),
-        PemError::Base64Decode(_) => "PEM body is not valid base64".into(),
-        PemError::SectionTooLarge => "PEM block is too large".into(),
-        _ => "unreadable PEM".into(),
-    }
-}
-
-/// The public half of a private key, as a certificate would carry it.
-struct PublicHalf {
-    algorithm: String,
-    bits: u32,
-    spki_der: Vec<u8>,
-}
-
-fn rsa_public_from_pkcs1(pkcs1_der: &[u8]) -> Result<PublicHalf, InspectError> {
-    let key = pkcs1::RsaPrivateKey::from_der(pkcs1_der).map_err(|e| InspectError::KeyDer(e.to_string()))?;
-    let public_der = key.public_key().to_der().map_err(|e| InspectError::KeyDer(e.to_string()))?;
-    let spki = pkcs8::spki::SubjectPublicKeyInfo {
-        algorithm: pkcs8::AlgorithmIdentifierRef { oid: OID_RSA_ENCRYPTION, parameters: Some(AnyRef::NULL) },
-        subject_public_key: BitStringRef::from_bytes(&public_der).map_err(|e| InspectError::KeyDer(e.to_string()))?,
-    };
-    Ok(PublicHalf {
-        algorithm: "RSA".into(),
-        bits: unsigned_bit_length(key.modulus.as_bytes()),
-        spki_der: spki.to_der().map_err(|e| InspectError::KeyDer(e.to_string()))?,
-    })
-}
-
-/// `curve_from_container` is the curve named by an enclosing PKCS#8 algorithm identifier.
-fn ec_public_from_sec1(
-    sec1_der: &[u8],
-    curve_from_container: Option<pkcs8::ObjectIdentifier>,
-) -> Result<PublicHalf, InspectError> {
-    let key = EcPrivateKey::from_der(sec1_der).map_err(|e| InspectError::KeyDer(e.to_string()))?;
-    let curve = curve_from_container
-        .or(key.parameters)
-        .ok_or_else(|| InspectError::UnsupportedKey("EC key without a named curve".into()))?;
-    let (algorithm, bits) = match curve {
-        c if c == OID_CURVE_P256 => ("ECDSA P-256", 256),
-        c if c == OID_CURVE_P384 => ("ECDSA P-384", 384),
-        other => return Err(InspectError::UnsupportedKey(format!("EC curve {other}"))),
-    };
-    let point = match key.public_key {
-        Some(point) => point.raw_bytes().to_vec(),
-        None => derive_ec_public_point(sec1_der, curve)?,
-    };
-    let spki = pkcs8::spki::SubjectPublicKeyInfo {
-        algorithm: pkcs8::AlgorithmIdentifierRef { oid: OID_EC_PUBLIC_KEY, parameters: Some(AnyRef::from(&curve)) },
-        subject_public_key: BitStringRef::from_bytes(&point).map_err(|e| InspectError::KeyDer(e.to_string()))?,
-    };
-    Ok(PublicHalf {
-        algorithm: algorithm.into(),
-        bits,
-        spki_der: spki.to_der().map_err(|e| InspectError::KeyDer(e.to_string()))?,
-    })
-}
-
-/// SEC1 lets the public key be left out; then the curve arithmetic in aws-lc recomputes it.
-fn derive_ec_public_point(sec1_der: &[u8], curve: pkcs8::ObjectIdentifier) -> Result<Vec<u8>, InspectError> {
-    let key = EcPrivateKey::from_der(sec1_der).map_err(|e| InspectError::KeyDer(e.to_string()))?;
-    let inner = Zeroizing::new(
-        EcPrivateKey { parameters: None, ..key }.to_der().map_err(|e| InspectError::KeyDer(e.to_string()))?,
-    );
-    let algorithm = pkcs8::AlgorithmIdentifierRef { oid: OID_EC_PUBLIC_KEY, parameters: Some(AnyRef::from(&curve)) };
-    let pkcs8_der = Zeroizing::new(
-        PrivateKeyInfo::new(algorithm, &inner).to_der().map_err(|e| InspectError::KeyDer(e.to_string()))?,
-    );
-    let signature_algorithm =
-        if curve == OID_CURVE_P256 { &rcgen::PKCS_ECDSA_P256_SHA256 } else { &rcgen::PKCS_ECDSA_P384_SHA384 };
-    let key_pair = rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&pkcs8_der.as_slice().into(), signature_algorithm)
-        .map_err(|e| InspectError::KeyDer(e.to_string()))?;
-    Ok(key_pair.public_key_raw().to_vec())
-}
-
 fn algorithm_and_bits(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> (String, u32) {
     match spki.parsed() {
         Ok(PublicKey::RSA(rsa)) => ("RSA".to_owned(), unsigned_bit_length(rsa.modulus)),
@@ -467,16 +221,6 @@ fn ec_algorithm_of_spki(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> (
         Some(other) => (format!("ECDSA {other}"), 0),
         None => ("ECDSA".into(), 0),
     }
-}
-
-/// Bit length of a big-endian unsigned integer (x509-parser's own `key_size` miscounts
-/// moduli encoded without a leading zero byte).
-fn unsigned_bit_length(bytes: &[u8]) -> u32 {
-    let significant = match bytes.iter().position(|b| *b != 0) {
-        Some(first) => &bytes[first..],
-        None => return 0,
-    };
-    (significant.len() as u32) * 8 - significant[0].leading_zeros()
 }
 
 /// Lowercase hex of the serial's bytes without leading zero bytes: `openssl x509 -serial`
@@ -531,24 +275,6 @@ fn signature_algorithm_name(oid: &str) -> String {
 const OID_COMMON_NAME: &str = "2.5.4.3";
 const OID_ORGANIZATION: &str = "2.5.4.10";
 
-/// RFC 4514 short names; other attributes print as dotted OIDs, as the RFC says.
-fn attribute_short_name(oid: &str) -> Option<&'static str> {
-    Some(match oid {
-        "2.5.4.3" => "CN",
-        "2.5.4.7" => "L",
-        "2.5.4.8" => "ST",
-        "2.5.4.10" => "O",
-        "2.5.4.11" => "OU",
-        "2.5.4.6" => "C",
-        "2.5.4.9" => "STREET",
-        "0.9.2342.19200300.100.1.25" => "DC",
-        "0.9.2342.19200300.100.1.1" => "UID",
-        "1.2.840.113549.1.9.1" => "emailAddress",
-        "2.5.4.5" => "serialNumber",
-        _ => return None,
-    })
-}
-
 fn first_attribute(name: &X509Name<'_>, oid: &str) -> Option<String> {
     all_attributes(name, oid).into_iter().next()
 }
@@ -567,72 +293,15 @@ fn attribute_value_text(attr: &x509_parser::x509::AttributeTypeAndValue<'_>) -> 
     }
 }
 
-/// A distinguished name as RFC 4514 writes it: last RDN first, `,` between RDNs, `+`
-/// inside a multi-valued RDN, special characters escaped. Strings are shown decoded;
-/// non-string values as `#` and the hex of their content.
-pub fn rfc4514_name(name: &X509Name<'_>) -> String {
-    let rdns: Vec<String> = name
-        .iter_rdn()
-        .map(|rdn| {
-            rdn.iter()
-                .map(|attr| {
-                    let oid = attr.attr_type().to_id_string();
-                    let key = attribute_short_name(&oid).map(str::to_owned).unwrap_or(oid);
-                    let value = match attr.as_str() {
-                        Ok(text) => escape_rfc4514(text),
-                        Err(_) => format!("#{}", hex::encode(attr.as_slice())),
-                    };
-                    format!("{key}={value}")
-                })
-                .collect::<Vec<_>>()
-                .join("+")
-        })
-        .collect();
-    rdns.into_iter().rev().collect::<Vec<_>>().join(",")
-}
-
-fn escape_rfc4514(value: &str) -> String {
-    let mut escaped = String::with_capacity(value.len());
-    let last = value.chars().count().saturating_sub(1);
-    for (index, ch) in value.chars().enumerate() {
-        let needs_escape = matches!(ch, '"' | '+' | ',' | ';' | '<' | '>' | '\\')
-            || (index == 0 && (ch == '#' || ch == ' '))
-            || (index == last && ch == ' ');
-        if ch == '\0' {
-            escaped.push_str("\\00");
-            continue;
-        }
-        if needs_escape {
-            escaped.push('\\');
-        }
-        escaped.push(ch);
-    }
-    escaped
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn bit_length_ignores_leading_zero_bytes_and_bits() {
-        assert_eq!(unsigned_bit_length(&[0x00, 0x80, 0x00]), 16);
-        assert_eq!(unsigned_bit_length(&[0x01, 0x00]), 9);
-        assert_eq!(unsigned_bit_length(&[0x00]), 0);
-    }
 
     #[test]
     fn serial_hex_has_no_leading_zeros() {
         assert_eq!(serial_hex(&[0x00, 0x8f, 0x01]), "8f01");
         assert_eq!(serial_hex(&[0x01, 0x02]), "0102");
         assert_eq!(serial_hex(&[0x00]), "00");
-    }
-
-    #[test]
-    fn rfc4514_escaping() {
-        assert_eq!(escape_rfc4514("a,b+c"), "a\\,b\\+c");
-        assert_eq!(escape_rfc4514("#lead "), "\\#lead\\ ");
-        assert_eq!(escape_rfc4514("system:masters"), "system:masters");
     }
 
     #[test]

@@ -12,36 +12,22 @@
 //! Key generation (RSA above all) dominates the cost of a rotation's PKI, so [`issue_all`]
 //! and [`generate_keys`] spread it over the machine's cores.
 
-use super::inspect::{self, KeyEncoding};
-use super::{CertTemplate, ExtendedUsage, KeyCertPair, KeySpec};
-use pkcs8::der::asn1::{AnyRef, BitStringRef, ContextSpecific, ContextSpecificRef, OctetStringRef};
-use pkcs8::der::zeroize::Zeroizing;
-use pkcs8::der::{
-    Decode, DecodeValue, Encode, EncodeValue, Header, Length, Reader, Sequence, TagMode, TagNumber,
-    Writer,
+use super::encoding::{
+    parse_key_pem, private_key_der, rfc4514_name, single_certificate_der, EcPrivateKey, KeyEncoding,
+    LABEL_EC_PRIVATE_KEY, LABEL_PKCS8_PRIVATE_KEY, LABEL_RSA_PRIVATE_KEY, OID_CURVE_P256, OID_CURVE_P384,
+    OID_EC_PUBLIC_KEY, OID_RSA_ENCRYPTION,
 };
-use pkcs8::{ObjectIdentifier, PrivateKeyInfo};
+use super::{CertTemplate, ExtendedUsage, KeyCertPair, KeySpec};
+use pkcs8::der::asn1::AnyRef;
+use pkcs8::der::zeroize::Zeroizing;
+use pkcs8::der::{Decode, Encode};
+use pkcs8::PrivateKeyInfo;
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose,
     IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
 };
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
-
-/// `rsaEncryption` (PKCS#1).
-pub(crate) const OID_RSA_ENCRYPTION: ObjectIdentifier =
-    ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
-/// `id-ecPublicKey` (RFC 5480).
-pub(crate) const OID_EC_PUBLIC_KEY: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
-/// `prime256v1` / `secp256r1`.
-pub(crate) const OID_CURVE_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
-/// `secp384r1`.
-pub(crate) const OID_CURVE_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
-
-/// PEM labels certrotate writes.
-pub(crate) const LABEL_RSA_PRIVATE_KEY: &str = "RSA PRIVATE KEY";
-pub(crate) const LABEL_EC_PRIVATE_KEY: &str = "EC PRIVATE KEY";
-pub(crate) const LABEL_PKCS8_PRIVATE_KEY: &str = "PRIVATE KEY";
 
 /// Why issuing failed. Messages name the certificate and the cause; they never carry key
 /// material (the underlying library errors we wrap are generic descriptions, not data).
@@ -123,7 +109,7 @@ impl GeneratedKey {
     /// An existing private key (PKCS#1, SEC1 or PKCS#8 PEM), to issue a renewed certificate
     /// over the same key pair. `Debug` never shows it either.
     pub fn from_pem(pem: &str, what: &'static str) -> Result<GeneratedKey, IssueError> {
-        let facts = crate::pki::inspect::parse_key_pem(pem).map_err(|e| IssueError::BadKey { what, reason: e.to_string() })?;
+        let facts = parse_key_pem(pem).map_err(|e| IssueError::BadKey { what, reason: e.to_string() })?;
         let spec = match (facts.algorithm.as_str(), facts.bits) {
             ("RSA", 2048) => KeySpec::Rsa2048,
             ("RSA", 3072) => KeySpec::Rsa3072,
@@ -259,7 +245,7 @@ impl CertificateAuthority {
     /// Loads a CA pair: certificate PEM plus a PKCS#1, PKCS#8 or SEC1 key PEM. Refuses a
     /// certificate without CA:TRUE and a key that is not the certificate's.
     pub fn load(ca: &KeyCertPair) -> Result<Self, IssueError> {
-        let cert_der = inspect::single_certificate_der(&ca.cert_pem)
+        let cert_der = single_certificate_der(&ca.cert_pem)
             .map_err(|e| IssueError::BadPem { what: "CA certificate", reason: e.to_string() })?;
         let (rest, cert) = x509_parser::parse_x509_certificate(&cert_der)
             .map_err(|e| IssueError::BadCaCertificate { reason: e.to_string() })?;
@@ -268,7 +254,7 @@ impl CertificateAuthority {
                 reason: format!("{} bytes of trailing data after the certificate", rest.len()),
             });
         }
-        let subject_display = inspect::rfc4514_name(cert.subject());
+        let subject_display = rfc4514_name(cert.subject());
         if !cert.is_ca() {
             return Err(IssueError::NotACa { subject: subject_display });
         }
@@ -503,7 +489,7 @@ pub fn pkcs8_pem_to_pkcs1_pem(pem: &str) -> Result<String, IssueError> {
 /// Any supported private key PEM (PKCS#1, PKCS#8, SEC1) as PKCS#8 DER.
 pub fn private_key_pem_to_pkcs8_der(pem: &str, what: &'static str) -> Result<Zeroizing<Vec<u8>>, IssueError> {
     let (encoding, der) =
-        inspect::private_key_der(pem).map_err(|e| IssueError::BadPem { what, reason: e.to_string() })?;
+        private_key_der(pem).map_err(|e| IssueError::BadPem { what, reason: e.to_string() })?;
     match encoding {
         KeyEncoding::Pkcs1 => rsa_pkcs1_to_pkcs8_der(&der, what),
         KeyEncoding::Sec1 => sec1_to_pkcs8_der(&der, what),
@@ -514,7 +500,7 @@ pub fn private_key_pem_to_pkcs8_der(pem: &str, what: &'static str) -> Result<Zer
 /// The DER of the first private key in `pem`, which must be encoded as `wanted`.
 fn private_key_der_of(pem: &str, what: &'static str, wanted: KeyEncoding) -> Result<Zeroizing<Vec<u8>>, IssueError> {
     let (encoding, der) =
-        inspect::private_key_der(pem).map_err(|e| IssueError::BadPem { what, reason: e.to_string() })?;
+        private_key_der(pem).map_err(|e| IssueError::BadPem { what, reason: e.to_string() })?;
     if encoding != wanted {
         return Err(IssueError::BadPem {
             what,
@@ -595,73 +581,6 @@ fn pkcs8_der_to_traditional_pem(pkcs8_der: &[u8], what: &'static str) -> Result<
     }
     Err(IssueError::UnsupportedKey { what, algorithm: info.algorithm.oid.to_string() })
 }
-
-/// SEC1 `ECPrivateKey` (RFC 5915):
-/// `SEQUENCE { version INTEGER (1), privateKey OCTET STRING,
-///             parameters [0] EXPLICIT OID OPTIONAL, publicKey [1] EXPLICIT BIT STRING OPTIONAL }`
-/// Written by hand because the `sec1` crate is not among our dependencies.
-#[derive(Clone, Copy)]
-pub(crate) struct EcPrivateKey<'a> {
-    pub private_key: &'a [u8],
-    pub parameters: Option<ObjectIdentifier>,
-    pub public_key: Option<BitStringRef<'a>>,
-}
-
-const EC_PRIVATE_KEY_VERSION: u8 = 1;
-
-impl<'a> DecodeValue<'a> for EcPrivateKey<'a> {
-    fn decode_value<R: Reader<'a>>(reader: &mut R, header: Header) -> pkcs8::der::Result<Self> {
-        reader.read_nested(header.length, |reader| {
-            let version = u8::decode(reader)?;
-            if version != EC_PRIVATE_KEY_VERSION {
-                return Err(pkcs8::der::Tag::Integer.value_error());
-            }
-            let private_key = OctetStringRef::decode(reader)?.as_bytes();
-            let parameters = ContextSpecific::<ObjectIdentifier>::decode_explicit(reader, TagNumber::N0)?
-                .map(|field| field.value);
-            let public_key =
-                ContextSpecific::<BitStringRef<'a>>::decode_explicit(reader, TagNumber::N1)?.map(|field| field.value);
-            Ok(Self { private_key, parameters, public_key })
-        })
-    }
-}
-
-impl EcPrivateKey<'_> {
-    fn parameters_field(&self) -> Option<ContextSpecificRef<'_, ObjectIdentifier>> {
-        self.parameters.as_ref().map(|value| ContextSpecificRef {
-            tag_number: TagNumber::N0,
-            tag_mode: TagMode::Explicit,
-            value,
-        })
-    }
-
-    fn public_key_field(&self) -> Option<ContextSpecificRef<'_, BitStringRef<'_>>> {
-        self.public_key.as_ref().map(|value| ContextSpecificRef {
-            tag_number: TagNumber::N1,
-            tag_mode: TagMode::Explicit,
-            value,
-        })
-    }
-}
-
-impl EncodeValue for EcPrivateKey<'_> {
-    fn value_len(&self) -> pkcs8::der::Result<Length> {
-        EC_PRIVATE_KEY_VERSION.encoded_len()?
-            + OctetStringRef::new(self.private_key)?.encoded_len()?
-            + self.parameters_field().encoded_len()?
-            + self.public_key_field().encoded_len()?
-    }
-
-    fn encode_value(&self, writer: &mut impl Writer) -> pkcs8::der::Result<()> {
-        EC_PRIVATE_KEY_VERSION.encode(writer)?;
-        OctetStringRef::new(self.private_key)?.encode(writer)?;
-        self.parameters_field().encode(writer)?;
-        self.public_key_field().encode(writer)?;
-        Ok(())
-    }
-}
-
-impl<'a> Sequence<'a> for EcPrivateKey<'a> {}
 
 #[cfg(test)]
 mod tests {

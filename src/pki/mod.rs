@@ -1,8 +1,10 @@
 //! The cluster's PKI: the catalogue of certificates an AKS Engine cluster carries,
-//! inspection of existing PEM material, and issuance of new material.
+//! inspection of existing PEM material, and issuance of new material, both over the PEM,
+//! key and name encodings in `encoding`.
 
 pub mod audit;
 pub mod catalogue;
+pub mod encoding;
 pub mod inspect;
 pub mod issue;
 

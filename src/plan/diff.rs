@@ -7,12 +7,17 @@
 //! lives: nodes, the API model, etcd), then each leaf, which is decided once for the whole
 //! cluster (one certificate is issued and every holder gets it) and shown per holder with
 //! that holder's own reasons.
+//!
+//! `diff_with` runs the parts in that order: `Cluster::observe` pairs nodes with what was
+//! read, `Authorities::decide` settles the CAs, one `CertificateDiff` per catalogue entry
+//! gives its copies' reasons, its verdict and its rows, and `node_findings` reports what the
+//! nodes hold outside the catalogue.
 
 use crate::model::inventory::{Inventory, NodeInventory, ObservedContent, ObservedFile};
 use crate::model::profile::{CaPolicy, CertId, KeyAlgorithm, LeafPolicy, Profile};
 use crate::model::topology::{Node, Role, Topology};
 use crate::pki::audit;
-use crate::pki::catalogue::{holds_key, ApiModelField, CertEntry, CertKind, IssuerRef, CERT_DIR};
+use crate::pki::catalogue::{holds_key, ApiModelField, CertEntry, CertKind, FileSpec, IssuerRef, CERT_DIR};
 use crate::pki::inspect::{self, CertFacts};
 use crate::plan::file::{
     AttrValue, CertificateChange, ChangeAction, ChangeTarget, Finding, NodeRole, Reason, ReasonCode, Severity,
@@ -404,376 +409,608 @@ fn api_critical(kind: CertKind) -> bool {
     )
 }
 
-/// Computes the diff.
+/// Computes the diff, in the order trust flows: which nodes were read, then the two CAs,
+/// then every catalogue certificate in turn, then what the nodes hold outside the catalogue.
 pub fn diff_with(input: DiffInput<'_>) -> Diff {
-    let DiffInput { topology: topo, catalogue, inventory, apimodel_certificates, profile, now, supplied } = input;
-    let supplied_facts = |id: &str| supplied.and_then(|s| s.iter().find(|(i, _)| i == id).map(|(_, f)| f));
     let mut findings: Vec<Finding> = Vec::new();
-
-    // Which topology nodes were observed; the others are named so the plan cannot look complete.
-    let mut observed: Vec<(&Node, &NodeInventory)> = Vec::new();
-    for node in topo.nodes() {
-        if let Some(inv) = inventory.node(&node.name) {
-            observed.push((node, inv));
-        } else if let Some(u) = inventory.unreachable.iter().find(|u| u.node == node.name) {
-            findings.push(finding(
-                Severity::Error,
-                "unreachable-node",
-                Some(&node.name),
-                None,
-                format!("{} could not be read over SSH: {}; its certificates are not planned", node.name, u.error),
-            ));
-        } else {
-            findings.push(finding(
-                Severity::Error,
-                "node-not-observed",
-                Some(&node.name),
-                None,
-                format!("{} is in the API model but refresh returned nothing for it; its certificates are not planned", node.name),
-            ));
-        }
+    let cluster = Cluster::observe(input, &mut findings);
+    let authorities = Authorities::decide(&cluster, &mut findings);
+    let mut rows = Rows::default();
+    for entry in input.catalogue {
+        CertificateDiff::new(&cluster, &authorities, entry).diff_into(&mut rows, &mut findings);
     }
-    for inv in &inventory.nodes {
-        if topo.node(&inv.node).is_none() {
-            findings.push(finding(
-                Severity::Warning,
-                "unknown-node",
-                Some(&inv.node),
-                None,
-                format!("{} was read but is not in the API model (added by scale without updating apimodel.json?)", inv.node),
-            ));
-        }
+    let removals = node_findings(&cluster, &rows.decisions, authorities.cluster_ca_reason.is_some(), &mut findings);
+    cluster_expired_finding(&rows.expired, &mut findings);
+    let apiserver_new_key = apiserver_gets_new_key(&cluster, &rows.decisions);
+    let Rows { decisions, node_changes, apimodel_changes, etcd_changes, expired } = rows;
+
+    Diff {
+        profile_name: input.profile.name.clone(),
+        now: input.now,
+        changes: target_changes(&cluster, node_changes, apimodel_changes, etcd_changes),
+        findings,
+        decisions,
+        expired,
+        kubelet_client_current_removals: removals,
+        apiserver_new_key,
     }
-    let inv_of = |name: &str| observed.iter().find(|(n, _)| n.name == name).map(|(_, i)| *i);
+}
 
-    let cluster_ca = observed_ca(&observed, &format!("{CERT_DIR}/ca.crt"));
-    let proxy_ca = observed_ca(&observed, &format!("{CERT_DIR}/proxy-ca.crt"));
-    let apimodel_facts = |id: &str| apimodel_certificates.and_then(|c| c.iter().find(|(i, _)| i == id).map(|(_, f)| f));
+/// What every part of the diff reads: the inputs, and the topology nodes refresh returned,
+/// paired with what they hold. Built once so that no part looks a node up its own way.
+struct Cluster<'a> {
+    input: DiffInput<'a>,
+    /// Observed topology nodes, in topology order (masters, then agents).
+    nodes: Vec<(&'a Node, &'a NodeInventory)>,
+}
 
-    // CA decisions come first: everything below depends on them.
-    let ca_decision = |id: CertId, policy: &CaPolicy, ca: Option<&ObservedCa>, what: &str| -> Option<Reason> {
-        if !profile.in_scope(id) {
-            return None;
-        }
-        ca_policy_reason(policy, ca.map(|c| &c.facts), now, what)
-    };
-    let cluster_ca_reason = match supplied_facts("ca") {
-        // The operator's CA is the desired one: it replaces the cluster CA unless the nodes
-        // already trust exactly it, whatever the profile's CA policy says.
-        Some(want) => match &cluster_ca {
-            Some(ca) if ca.facts.sha256_fingerprint == want.sha256_fingerprint => None,
-            _ => Some(reason(
-                ReasonCode::Supplied,
-                format!("the certificate profile you supplied holds another cluster CA ({})", short_fingerprint(&want.sha256_fingerprint)),
-            )),
-        },
-        None => ca_decision(CertId::Ca, &profile.ca, cluster_ca.as_ref(), "cluster CA"),
-    };
-    let mut proxy_ca_reason = ca_decision(CertId::ProxyCa, &profile.front_proxy.ca, proxy_ca.as_ref(), "front-proxy CA");
-    if let Some(ca) = &cluster_ca {
-        if ca.facts.not_after <= now && cluster_ca_reason.is_none() {
-            findings.push(finding(
-                Severity::Error,
-                "ca-expired-and-kept",
-                None,
-                Some(&format!("{CERT_DIR}/ca.crt")),
-                format!(
-                    "the cluster CA expired on {}; leaves reissued under it will not be trusted: use a profile that replaces it (rotate-ca or rotate-all)",
-                    ca.facts.not_after.date()
-                ),
-            ));
-        }
-    }
-
-    // Whether the front-proxy client is due on its own decides whether its CA must go too:
-    // the front-proxy CA's key is not kept anywhere, so a new client needs a new CA.
-    let proxy_entry = catalogue.iter().find(|e| e.kind == CertKind::Proxy);
-    if proxy_ca_reason.is_none() && profile.in_scope(CertId::Proxy) {
-        if let Some(entry) = proxy_entry {
-            let desired = desired_entry(entry, profile);
-            let mut scratch = Vec::new();
-            let mut fingerprints = std::collections::BTreeSet::new();
-            let mut due = false;
-            for inv in entry.holders.iter().filter_map(|h| inv_of(h)) {
-                let key_public = entry.key_file.as_ref().and_then(|k| match inv.file(&k.path).map(|f| &f.content) {
-                    Some(ObservedContent::PrivateKey { public_key_sha256, .. }) => Some(public_key_sha256.as_str()),
-                    _ => None,
-                });
-                due |= match inv.file(&entry.cert_file.path).map(|f| &f.content) {
-                    Some(ObservedContent::Certificate { facts, pem }) => {
-                        fingerprints.insert(facts.sha256_fingerprint.clone());
-                        profile.leaves == LeafPolicy::Always
-                            || !own_reasons(entry, &desired, facts, "", profile, now, &mut scratch).is_empty()
-                            || key_public != Some(facts.public_key_sha256.as_str())
-                            || proxy_ca.as_ref().is_none_or(|ca| !matches!(inspect::chains_to(pem, &ca.pem), Ok(true)))
-                    }
-                    _ => true,
-                };
-            }
-            // Masters holding different front-proxy clients need one new client too.
-            due |= fingerprints.len() > 1;
-            if due {
-                if profile.in_scope(CertId::ProxyCa) {
-                    proxy_ca_reason = Some(reason(
-                        ReasonCode::DependsOnChange,
-                        "the front-proxy client is due and the front-proxy CA's key is kept on no node (AKS Engine discards it), so a new client needs a new front-proxy CA",
-                    ));
-                } else {
-                    findings.push(finding(
-                        Severity::Error,
-                        "front-proxy-ca-key-unavailable",
-                        None,
-                        Some(&entry.cert_file.path),
-                        "the front-proxy client is due, but its CA's key is kept on no node and proxy-ca is out of scope: add proxy-ca to scope so both are replaced",
-                    ));
-                }
+impl<'a> Cluster<'a> {
+    /// Pairs the topology's nodes with what refresh read. A node not read, and a node read but
+    /// not in the API model, is a finding, so the plan cannot look more complete than it is.
+    fn observe(input: DiffInput<'a>, findings: &mut Vec<Finding>) -> Self {
+        let (topo, inventory) = (input.topology, input.inventory);
+        let mut nodes: Vec<(&Node, &NodeInventory)> = Vec::new();
+        for node in topo.nodes() {
+            if let Some(inv) = inventory.node(&node.name) {
+                nodes.push((node, inv));
+            } else if let Some(u) = inventory.unreachable.iter().find(|u| u.node == node.name) {
+                findings.push(finding(
+                    Severity::Error,
+                    "unreachable-node",
+                    Some(&node.name),
+                    None,
+                    format!("{} could not be read over SSH: {}; its certificates are not planned", node.name, u.error),
+                ));
+            } else {
+                findings.push(finding(
+                    Severity::Error,
+                    "node-not-observed",
+                    Some(&node.name),
+                    None,
+                    format!("{} is in the API model but refresh returned nothing for it; its certificates are not planned", node.name),
+                ));
             }
         }
+        for inv in &inventory.nodes {
+            if topo.node(&inv.node).is_none() {
+                findings.push(finding(
+                    Severity::Warning,
+                    "unknown-node",
+                    Some(&inv.node),
+                    None,
+                    format!("{} was read but is not in the API model (added by scale without updating apimodel.json?)", inv.node),
+                ));
+            }
+        }
+        Self { input, nodes }
     }
 
-    let mut decisions: Vec<CertDecision> = Vec::new();
-    let mut node_changes: BTreeMap<String, Vec<CertificateChange>> = BTreeMap::new();
-    let mut apimodel_changes: Vec<CertificateChange> = Vec::new();
-    let mut etcd_changes: Vec<CertificateChange> = Vec::new();
-    let mut expired: Vec<ExpiredCopy> = Vec::new();
+    fn inventory_of(&self, name: &str) -> Option<&'a NodeInventory> {
+        self.nodes.iter().find(|(n, _)| n.name == name).map(|(_, i)| *i)
+    }
 
-    for entry in catalogue {
+    /// The certificate the operator supplied for catalogue id `id`, if any.
+    fn supplied_facts(&self, id: &str) -> Option<&'a CertFacts> {
+        self.input.supplied.and_then(|s| s.iter().find(|(i, _)| i == id).map(|(_, f)| f))
+    }
+
+    /// The API model's copy of catalogue id `id`, if the API model was audited and holds one.
+    fn apimodel_facts(&self, id: &str) -> Option<&'a CertFacts> {
+        self.input.apimodel_certificates.and_then(|c| c.iter().find(|(i, _)| i == id).map(|(_, f)| f))
+    }
+}
+
+/// The two CAs as observed, and why each is replaced (`None`: kept). Decided before any
+/// leaf, because a CA that changes forces `replace` on everything it signs.
+struct Authorities {
+    cluster_ca: Option<ObservedCa>,
+    proxy_ca: Option<ObservedCa>,
+    cluster_ca_reason: Option<Reason>,
+    proxy_ca_reason: Option<Reason>,
+}
+
+impl Authorities {
+    fn decide(cluster: &Cluster<'_>, findings: &mut Vec<Finding>) -> Self {
+        let DiffInput { profile, now, .. } = cluster.input;
+        let cluster_ca = observed_ca(&cluster.nodes, &format!("{CERT_DIR}/ca.crt"));
+        let proxy_ca = observed_ca(&cluster.nodes, &format!("{CERT_DIR}/proxy-ca.crt"));
+        let cluster_ca_reason = match cluster.supplied_facts("ca") {
+            // The operator's CA is the desired one: it replaces the cluster CA unless the nodes
+            // already trust exactly it, whatever the profile's CA policy says.
+            Some(want) => match &cluster_ca {
+                Some(ca) if ca.facts.sha256_fingerprint == want.sha256_fingerprint => None,
+                _ => Some(reason(
+                    ReasonCode::Supplied,
+                    format!("the certificate profile you supplied holds another cluster CA ({})", short_fingerprint(&want.sha256_fingerprint)),
+                )),
+            },
+            None => scoped_ca_policy_reason(profile, CertId::Ca, &profile.ca, cluster_ca.as_ref(), now, "cluster CA"),
+        };
+        let mut proxy_ca_reason =
+            scoped_ca_policy_reason(profile, CertId::ProxyCa, &profile.front_proxy.ca, proxy_ca.as_ref(), now, "front-proxy CA");
+        if let Some(ca) = &cluster_ca {
+            if ca.facts.not_after <= now && cluster_ca_reason.is_none() {
+                findings.push(finding(
+                    Severity::Error,
+                    "ca-expired-and-kept",
+                    None,
+                    Some(&format!("{CERT_DIR}/ca.crt")),
+                    format!(
+                        "the cluster CA expired on {}; leaves reissued under it will not be trusted: use a profile that replaces it (rotate-ca or rotate-all)",
+                        ca.facts.not_after.date()
+                    ),
+                ));
+            }
+        }
+        if proxy_ca_reason.is_none() {
+            proxy_ca_reason = front_proxy_client_forces_new_ca(cluster, proxy_ca.as_ref(), findings);
+        }
+        Self { cluster_ca, proxy_ca, cluster_ca_reason, proxy_ca_reason }
+    }
+}
+
+/// The CA policy's reason to replace CA `id`, when `id` is in scope.
+fn scoped_ca_policy_reason(
+    profile: &Profile,
+    id: CertId,
+    policy: &CaPolicy,
+    ca: Option<&ObservedCa>,
+    now: OffsetDateTime,
+    what: &str,
+) -> Option<Reason> {
+    if !profile.in_scope(id) {
+        return None;
+    }
+    ca_policy_reason(policy, ca.map(|c| &c.facts), now, what)
+}
+
+/// Whether the front-proxy client is due on its own decides whether its CA must go too:
+/// the front-proxy CA's key is not kept anywhere, so a new client needs a new CA. Returns
+/// the reason to replace the CA; when proxy-ca is out of scope, a finding says why the
+/// client cannot be renewed instead.
+fn front_proxy_client_forces_new_ca(
+    cluster: &Cluster<'_>,
+    proxy_ca: Option<&ObservedCa>,
+    findings: &mut Vec<Finding>,
+) -> Option<Reason> {
+    let profile = cluster.input.profile;
+    if !profile.in_scope(CertId::Proxy) {
+        return None;
+    }
+    let entry = cluster.input.catalogue.iter().find(|e| e.kind == CertKind::Proxy)?;
+    if !front_proxy_client_due(cluster, entry, proxy_ca) {
+        return None;
+    }
+    if profile.in_scope(CertId::ProxyCa) {
+        return Some(reason(
+            ReasonCode::DependsOnChange,
+            "the front-proxy client is due and the front-proxy CA's key is kept on no node (AKS Engine discards it), so a new client needs a new front-proxy CA",
+        ));
+    }
+    findings.push(finding(
+        Severity::Error,
+        "front-proxy-ca-key-unavailable",
+        None,
+        Some(&entry.cert_file.path),
+        "the front-proxy client is due, but its CA's key is kept on no node and proxy-ca is out of scope: add proxy-ca to scope so both are replaced",
+    ));
+    None
+}
+
+/// Whether any master's front-proxy client is due (by the leaf rules, a key that is not its
+/// own, or a signature not by the front-proxy CA), or the masters hold different clients.
+fn front_proxy_client_due(cluster: &Cluster<'_>, entry: &CertEntry, proxy_ca: Option<&ObservedCa>) -> bool {
+    let DiffInput { profile, now, .. } = cluster.input;
+    let desired = desired_entry(entry, profile);
+    let mut scratch = Vec::new();
+    let mut fingerprints = std::collections::BTreeSet::new();
+    let mut due = false;
+    for inv in entry.holders.iter().filter_map(|h| cluster.inventory_of(h)) {
+        let key_public = entry.key_file.as_ref().and_then(|k| match inv.file(&k.path).map(|f| &f.content) {
+            Some(ObservedContent::PrivateKey { public_key_sha256, .. }) => Some(public_key_sha256.as_str()),
+            _ => None,
+        });
+        due |= match inv.file(&entry.cert_file.path).map(|f| &f.content) {
+            Some(ObservedContent::Certificate { facts, pem }) => {
+                fingerprints.insert(facts.sha256_fingerprint.clone());
+                profile.leaves == LeafPolicy::Always
+                    || !own_reasons(entry, &desired, facts, "", profile, now, &mut scratch).is_empty()
+                    || key_public != Some(facts.public_key_sha256.as_str())
+                    || proxy_ca.is_none_or(|ca| !matches!(inspect::chains_to(pem, &ca.pem), Ok(true)))
+            }
+            _ => true,
+        };
+    }
+    // Masters holding different front-proxy clients need one new client too.
+    due || fingerprints.len() > 1
+}
+
+/// What the per-certificate parts produce, gathered in catalogue order.
+#[derive(Default)]
+struct Rows {
+    decisions: Vec<CertDecision>,
+    /// Per node name; put in topology order by `target_changes`.
+    node_changes: BTreeMap<String, Vec<CertificateChange>>,
+    apimodel_changes: Vec<CertificateChange>,
+    etcd_changes: Vec<CertificateChange>,
+    expired: Vec<ExpiredCopy>,
+}
+
+/// The reasons one copy on one node gives for a change, and whether the copy is missing.
+struct CopyReasons {
+    reasons: Vec<Reason>,
+    missing: bool,
+}
+
+/// The API model's copy of a certificate it keeps: where it lives, what it is (if present)
+/// and the reasons it gives.
+struct ApiModelCopy<'a> {
+    location: String,
+    facts: Option<&'a CertFacts>,
+    reasons: Vec<Reason>,
+}
+
+/// The cluster-wide decision about one certificate: one action for every holder (one
+/// certificate is issued and every holder gets it), and every reason gathered over its
+/// copies; the first is the one that decided.
+struct Verdict {
+    action: ChangeAction,
+    reasons: Vec<Reason>,
+}
+
+/// One catalogue certificate being diffed: what the profile wants of it, who signs it, and
+/// the copies the nodes hold. `diff_into` runs its parts in order: each copy's reasons, the
+/// API model's copy, the verdict, then the rows per node, API model and etcd.
+struct CertificateDiff<'a> {
+    cluster: &'a Cluster<'a>,
+    authorities: &'a Authorities,
+    entry: &'a CertEntry,
+    id: CertId,
+    /// The entry as the profile wants it (the apiserver with the profile's extra SANs).
+    desired: CertEntry,
+    /// What the operator supplied for this entry, CA or leaf.
+    supplied_here: Option<&'a CertFacts>,
+    /// What the operator supplied for this entry when it is a leaf.
+    supplied_cert: Option<&'a CertFacts>,
+    /// In the profile's scope, or supplied (wanted whatever the scope says).
+    in_scope: bool,
+    signer: Option<&'a ObservedCa>,
+    /// Why the signing CA is replaced, if it is.
+    signer_reason: Option<&'a Reason>,
+    /// Why this certificate, being a CA, is replaced, if it is.
+    own_ca_reason: Option<&'a Reason>,
+    copies: Vec<Copy<'a>>,
+}
+
+impl<'a> CertificateDiff<'a> {
+    fn new(cluster: &'a Cluster<'a>, authorities: &'a Authorities, entry: &'a CertEntry) -> Self {
+        let profile = cluster.input.profile;
         let id = cert_id(entry.kind);
-        let desired = desired_entry(entry, profile);
-        let supplied_here = supplied_facts(&entry.id());
-        let supplied_cert = supplied_here.filter(|_| !is_authority(entry.kind));
-        // What the operator supplied is wanted whatever the profile's scope says.
-        let in_scope = profile.in_scope(id) || supplied_here.is_some();
-        let (signer, signer_reason): (Option<&ObservedCa>, Option<&Reason>) = match entry.issuer {
-            IssuerRef::ClusterCa => (cluster_ca.as_ref(), cluster_ca_reason.as_ref()),
-            IssuerRef::FrontProxyCa => (proxy_ca.as_ref(), proxy_ca_reason.as_ref()),
+        let supplied_here = cluster.supplied_facts(&entry.id());
+        let (signer, signer_reason) = match entry.issuer {
+            IssuerRef::ClusterCa => (authorities.cluster_ca.as_ref(), authorities.cluster_ca_reason.as_ref()),
+            IssuerRef::FrontProxyCa => (authorities.proxy_ca.as_ref(), authorities.proxy_ca_reason.as_ref()),
             IssuerRef::SelfSigned => (None, None),
         };
         let own_ca_reason = match entry.kind {
-            CertKind::Ca => cluster_ca_reason.as_ref(),
-            CertKind::ProxyCa => proxy_ca_reason.as_ref(),
+            CertKind::Ca => authorities.cluster_ca_reason.as_ref(),
+            CertKind::ProxyCa => authorities.proxy_ca_reason.as_ref(),
             _ => None,
         };
-
-        let copies: Vec<Copy<'_>> = entry
+        let copies = entry
             .holders
             .iter()
-            .filter_map(|h| observed.iter().find(|(n, _)| &n.name == h))
+            .filter_map(|h| cluster.nodes.iter().find(|(n, _)| &n.name == h))
             .map(|(node, inv)| Copy {
                 node,
                 cert: inv.file(&entry.cert_file.path),
                 key: entry.key_file.as_ref().filter(|_| holds_key(entry, node)).and_then(|k| inv.file(&k.path)),
             })
             .collect();
+        Self {
+            cluster,
+            authorities,
+            entry,
+            id,
+            desired: desired_entry(entry, profile),
+            supplied_here,
+            supplied_cert: supplied_here.filter(|_| !is_authority(entry.kind)),
+            in_scope: profile.in_scope(id) || supplied_here.is_some(),
+            signer,
+            signer_reason,
+            own_ca_reason,
+            copies,
+        }
+    }
 
-        // Reference copy for drift: the API model's, else the first holder's.
-        let reference_fp: Option<String> = apimodel_facts(&entry.id())
+    fn diff_into(&self, rows: &mut Rows, findings: &mut Vec<Finding>) {
+        let reference_fp = self.reference_fingerprint();
+        let mut per_copy: Vec<CopyReasons> = Vec::new();
+        for copy in &self.copies {
+            per_copy.push(self.copy_reasons(copy, reference_fp.as_deref(), findings, &mut rows.expired));
+        }
+        let apimodel_copy = self.apimodel_copy(findings);
+        let verdict = self.decide(&per_copy, apimodel_copy.as_ref());
+        self.out_of_scope_finding(&verdict, findings);
+        let known = self.known_after(verdict.action);
+        self.node_rows(&verdict, &per_copy, &known, rows);
+        if self.entry.kind == CertKind::Kubeconfig {
+            self.admin_kubeconfig_rows(&verdict, rows, findings);
+        }
+        if let Some(copy) = &apimodel_copy {
+            self.apimodel_row(&verdict, copy, &known, rows);
+        }
+        if !self.entry.etcd_keys.is_empty() {
+            self.etcd_row(&verdict, rows, findings);
+        }
+        rows.decisions.push(self.decision(verdict));
+    }
+
+    fn profile(&self) -> &'a Profile {
+        self.cluster.input.profile
+    }
+
+    fn now(&self) -> OffsetDateTime {
+        self.cluster.input.now
+    }
+
+    /// Whether the key file belongs on `node` (some certificates' keys stay on masters).
+    fn key_file_on(&self, node: &Node) -> Option<&'a FileSpec> {
+        self.entry.key_file.as_ref().filter(|_| holds_key(self.entry, node))
+    }
+
+    /// The copy others are compared with for drift: the API model's, else the first holder's.
+    fn reference_fingerprint(&self) -> Option<String> {
+        self.cluster
+            .apimodel_facts(&self.entry.id())
             .map(|f| f.sha256_fingerprint.clone())
-            .or_else(|| copies.iter().find_map(|c| c.cert_facts().map(|(f, _)| f.sha256_fingerprint.clone())));
+            .or_else(|| self.copies.iter().find_map(|c| c.cert_facts().map(|(f, _)| f.sha256_fingerprint.clone())))
+    }
 
-        let mut per_copy: Vec<(Vec<Reason>, bool)> = Vec::new(); // (own reasons, missing)
-        for copy in &copies {
-            let node = &copy.node.name;
-            let path = &entry.cert_file.path;
-            let mut reasons = Vec::new();
-            let mut missing = false;
-            match copy.cert.map(|f| &f.content) {
-                None | Some(ObservedContent::Missing) => {
-                    missing = true;
-                    reasons.push(reason(ReasonCode::Missing, format!("{path} missing")));
-                }
-                Some(ObservedContent::Unparseable { error }) => {
-                    reasons.push(reason(ReasonCode::Missing, format!("{path} unreadable: {error}")));
-                    findings.push(finding(Severity::Error, "unreadable-certificate", Some(node), Some(path), error.clone()));
-                }
-                Some(ObservedContent::PrivateKey { .. }) => {
-                    reasons.push(reason(ReasonCode::Missing, format!("{path} holds a private key, not a certificate")));
-                }
-                Some(ObservedContent::Certificate { facts, pem }) => {
-                    let mut warnings = Vec::new();
-                    if !is_authority(entry.kind) {
-                        reasons.extend(own_reasons(entry, &desired, facts, path, profile, now, &mut warnings));
-                    } else {
-                        for f in audit::compare(&desired, facts, path, now) {
-                            if !f.message.starts_with("expire") {
-                                warnings.push(f.message);
-                            }
-                        }
-                    }
-                    for w in warnings {
-                        findings.push(finding(Severity::Warning, "catalogue-mismatch", Some(node), Some(path), format!("{}: {w}", entry.id())));
-                    }
-                    if facts.not_after <= now && api_critical(entry.kind) {
-                        expired.push(ExpiredCopy { node: node.clone(), certificate: entry.id(), not_after: facts.not_after });
-                    }
-                    if let Some(ca) = signer {
-                        if matches!(inspect::chains_to(pem, &ca.pem), Ok(false) | Err(_)) {
-                            let ca_path = if entry.issuer == IssuerRef::FrontProxyCa { "proxy-ca.crt" } else { "ca.crt" };
-                            reasons.push(reason(
-                                ReasonCode::NotSignedByCa,
-                                format!("not signed by the CA in {ca_path} ({})", short_fingerprint(&ca.facts.sha256_fingerprint)),
-                            ));
-                            if matches!(entry.kind, CertKind::EtcdPeer(_)) {
-                                findings.push(finding(
-                                    Severity::Error,
-                                    "etcd-peer-ca-mismatch",
-                                    Some(node),
-                                    Some(path),
-                                    format!(
-                                        "{} is not signed by the cluster CA the other members trust: etcd peers from different CAs cannot form a quorum",
-                                        entry.id()
-                                    ),
-                                ));
-                            }
-                        }
-                    }
-                    if entry.kind == CertKind::KubeletServer && facts.issuer != facts.subject {
-                        findings.push(finding(
-                            Severity::Info,
-                            "kubelet-server-not-self-signed",
-                            Some(node),
-                            Some(path),
-                            format!("kubeletserver.crt is issued by {}, AKS Engine makes it self-signed", facts.issuer),
-                        ));
-                    }
-                    if let Some(fp) = &reference_fp {
-                        if *fp != facts.sha256_fingerprint && copies.len() + usize::from(apimodel_facts(&entry.id()).is_some()) > 1 {
-                            let against = if apimodel_facts(&entry.id()).is_some() { "the API model's copy" } else { "the copy on the first holder" };
-                            reasons.push(reason(ReasonCode::DriftBetweenNodes, format!("differs from {against}")));
-                            findings.push(finding(
-                                Severity::Warning,
-                                "drift-between-nodes",
-                                Some(node),
-                                Some(path),
-                                format!("{} on {node} differs from {against} (fingerprint {})", entry.id(), short_fingerprint(&facts.sha256_fingerprint)),
-                            ));
-                        }
-                    }
-                    // Key file: present, and the same key pair as the certificate.
-                    if let Some(key_spec) = entry.key_file.as_ref().filter(|_| holds_key(entry, copy.node)) {
-                        match copy.key.map(|k| &k.content) {
-                            Some(ObservedContent::PrivateKey { public_key_sha256, .. }) => {
-                                if *public_key_sha256 != facts.public_key_sha256 {
-                                    reasons.push(reason(ReasonCode::KeyMismatch, format!("{} does not belong to the certificate", key_spec.path)));
-                                    findings.push(finding(
-                                        Severity::Error,
-                                        "key-mismatch",
-                                        Some(node),
-                                        Some(&key_spec.path),
-                                        format!(
-                                            "{} holds a key whose public half ({}) is not the certificate's ({})",
-                                            key_spec.path,
-                                            short_fingerprint(public_key_sha256),
-                                            short_fingerprint(&facts.public_key_sha256)
-                                        ),
-                                    ));
-                                }
-                            }
-                            None | Some(ObservedContent::Missing) => {
-                                reasons.push(reason(ReasonCode::Missing, format!("{} missing", key_spec.path)));
-                            }
-                            Some(_) => {
-                                reasons.push(reason(ReasonCode::Missing, format!("{} is not a readable private key", key_spec.path)));
-                            }
-                        }
-                    }
-                }
+    /// What one copy on one node says about the certificate: why it is due, and the findings
+    /// it raises on the way (drift, wrong key, wrong owner or mode, ...).
+    fn copy_reasons(
+        &self,
+        copy: &Copy<'_>,
+        reference_fp: Option<&str>,
+        findings: &mut Vec<Finding>,
+        expired: &mut Vec<ExpiredCopy>,
+    ) -> CopyReasons {
+        let node = &copy.node.name;
+        let path = &self.entry.cert_file.path;
+        let mut reasons = Vec::new();
+        let mut missing = false;
+        match copy.cert.map(|f| &f.content) {
+            None | Some(ObservedContent::Missing) => {
+                missing = true;
+                reasons.push(reason(ReasonCode::Missing, format!("{path} missing")));
             }
-            // Ownership and modes are findings: install rewrites them, but only if the cert changes.
-            let specs = std::iter::once((&entry.cert_file, copy.cert)).chain(
-                entry.key_file.as_ref().filter(|_| holds_key(entry, copy.node)).map(|k| (k, copy.key)),
-            );
-            for (spec, file) in specs {
-                let Some(file) = file.filter(|f| !matches!(f.content, ObservedContent::Missing)) else { continue };
-                if file.owner != spec.owner || file.group != spec.group {
+            Some(ObservedContent::Unparseable { error }) => {
+                reasons.push(reason(ReasonCode::Missing, format!("{path} unreadable: {error}")));
+                findings.push(finding(Severity::Error, "unreadable-certificate", Some(node), Some(path), error.clone()));
+            }
+            Some(ObservedContent::PrivateKey { .. }) => {
+                reasons.push(reason(ReasonCode::Missing, format!("{path} holds a private key, not a certificate")));
+            }
+            Some(ObservedContent::Certificate { facts, pem }) => {
+                self.catalogue_reasons(copy, facts, &mut reasons, findings);
+                if facts.not_after <= self.now() && api_critical(self.entry.kind) {
+                    expired.push(ExpiredCopy { node: node.clone(), certificate: self.entry.id(), not_after: facts.not_after });
+                }
+                self.signer_reasons(copy, pem, &mut reasons, findings);
+                if self.entry.kind == CertKind::KubeletServer && facts.issuer != facts.subject {
                     findings.push(finding(
-                        Severity::Warning,
-                        "wrong-owner",
+                        Severity::Info,
+                        "kubelet-server-not-self-signed",
                         Some(node),
-                        Some(&spec.path),
-                        format!("{} is owned by {}:{}, expected {}:{}", spec.path, file.owner, file.group, spec.owner, spec.group),
+                        Some(path),
+                        format!("kubeletserver.crt is issued by {}, AKS Engine makes it self-signed", facts.issuer),
                     ));
                 }
-                if file.mode & 0o7777 != spec.mode {
-                    findings.push(finding(
-                        Severity::Warning,
-                        "wrong-mode",
-                        Some(node),
-                        Some(&spec.path),
-                        format!("{} has mode {:04o}, expected {:04o}", spec.path, file.mode & 0o7777, spec.mode),
-                    ));
-                }
+                self.drift_reasons(copy, facts, reference_fp, &mut reasons, findings);
+                self.key_file_reasons(copy, facts, &mut reasons, findings);
             }
-            per_copy.push((reasons, missing));
         }
+        self.ownership_findings(copy, findings);
+        CopyReasons { reasons, missing }
+    }
 
-        // The API model's copy, for certificates it keeps.
-        let apimodel_copy = entry.apimodel_field.as_ref().map(|field| {
-            let location = apimodel_location(field);
-            let mut reasons = Vec::new();
-            let facts = apimodel_facts(&entry.id());
-            match facts {
-                Some(f) => {
-                    let mut warnings = Vec::new();
-                    if !is_authority(entry.kind) {
-                        reasons.extend(own_reasons(entry, &desired, f, &location, profile, now, &mut warnings));
-                    }
-                    let node_fps: Vec<&str> =
-                        copies.iter().filter_map(|c| c.cert_facts().map(|(f, _)| f.sha256_fingerprint.as_str())).collect();
-                    if !node_fps.is_empty() && !node_fps.contains(&f.sha256_fingerprint.as_str()) {
-                        reasons.push(reason(ReasonCode::ApiModelDiffers, "the API model's certificateProfile holds a different certificate than the nodes"));
-                        findings.push(finding(
-                            Severity::Warning,
-                            "apimodel-differs",
-                            None,
-                            Some(&location),
-                            format!(
-                                "apimodel.json {location} ({}) is not the certificate the nodes hold: aks-engine upgrade or scale would install it",
-                                short_fingerprint(&f.sha256_fingerprint)
-                            ),
-                        ));
-                    }
+    /// A leaf's own reasons (expiry, catalogue, key policy); for a CA, its differences from
+    /// the catalogue only, which are findings: a CA is replaced by its policy, not by them.
+    fn catalogue_reasons(&self, copy: &Copy<'_>, facts: &CertFacts, reasons: &mut Vec<Reason>, findings: &mut Vec<Finding>) {
+        let (entry, path) = (self.entry, &self.entry.cert_file.path);
+        let mut warnings = Vec::new();
+        if !is_authority(entry.kind) {
+            reasons.extend(own_reasons(entry, &self.desired, facts, path, self.profile(), self.now(), &mut warnings));
+        } else {
+            for f in audit::compare(&self.desired, facts, path, self.now()) {
+                if !f.message.starts_with("expire") {
+                    warnings.push(f.message);
                 }
-                None if apimodel_certificates.is_some() => {
-                    reasons.push(reason(ReasonCode::Missing, format!("{location} missing from the API model")));
-                }
-                None => {}
             }
-            (location, facts, reasons)
-        });
+        }
+        for w in warnings {
+            findings.push(finding(Severity::Warning, "catalogue-mismatch", Some(&copy.node.name), Some(path), format!("{}: {w}", entry.id())));
+        }
+    }
 
-        // The cluster-wide decision.
+    /// A copy not signed by the CA the nodes hold is due; an etcd peer from another CA also
+    /// breaks quorum, which a reviewer must hear about.
+    fn signer_reasons(&self, copy: &Copy<'_>, pem: &str, reasons: &mut Vec<Reason>, findings: &mut Vec<Finding>) {
+        let Some(ca) = self.signer else { return };
+        if !matches!(inspect::chains_to(pem, &ca.pem), Ok(false) | Err(_)) {
+            return;
+        }
+        let entry = self.entry;
+        let ca_path = if entry.issuer == IssuerRef::FrontProxyCa { "proxy-ca.crt" } else { "ca.crt" };
+        reasons.push(reason(
+            ReasonCode::NotSignedByCa,
+            format!("not signed by the CA in {ca_path} ({})", short_fingerprint(&ca.facts.sha256_fingerprint)),
+        ));
+        if matches!(entry.kind, CertKind::EtcdPeer(_)) {
+            findings.push(finding(
+                Severity::Error,
+                "etcd-peer-ca-mismatch",
+                Some(&copy.node.name),
+                Some(&entry.cert_file.path),
+                format!(
+                    "{} is not signed by the cluster CA the other members trust: etcd peers from different CAs cannot form a quorum",
+                    entry.id()
+                ),
+            ));
+        }
+    }
+
+    /// A copy that differs from the reference copy is due: one certificate serves every holder.
+    fn drift_reasons(
+        &self,
+        copy: &Copy<'_>,
+        facts: &CertFacts,
+        reference_fp: Option<&str>,
+        reasons: &mut Vec<Reason>,
+        findings: &mut Vec<Finding>,
+    ) {
+        let Some(fp) = reference_fp else { return };
+        let entry = self.entry;
+        let node = &copy.node.name;
+        let in_apimodel = self.cluster.apimodel_facts(&entry.id()).is_some();
+        if fp != facts.sha256_fingerprint && self.copies.len() + usize::from(in_apimodel) > 1 {
+            let against = if in_apimodel { "the API model's copy" } else { "the copy on the first holder" };
+            reasons.push(reason(ReasonCode::DriftBetweenNodes, format!("differs from {against}")));
+            findings.push(finding(
+                Severity::Warning,
+                "drift-between-nodes",
+                Some(node),
+                Some(&entry.cert_file.path),
+                format!("{} on {node} differs from {against} (fingerprint {})", entry.id(), short_fingerprint(&facts.sha256_fingerprint)),
+            ));
+        }
+    }
+
+    /// Key file: present, and the same key pair as the certificate.
+    fn key_file_reasons(&self, copy: &Copy<'_>, facts: &CertFacts, reasons: &mut Vec<Reason>, findings: &mut Vec<Finding>) {
+        let Some(key_spec) = self.key_file_on(copy.node) else { return };
+        match copy.key.map(|k| &k.content) {
+            Some(ObservedContent::PrivateKey { public_key_sha256, .. }) => {
+                if *public_key_sha256 != facts.public_key_sha256 {
+                    reasons.push(reason(ReasonCode::KeyMismatch, format!("{} does not belong to the certificate", key_spec.path)));
+                    findings.push(finding(
+                        Severity::Error,
+                        "key-mismatch",
+                        Some(&copy.node.name),
+                        Some(&key_spec.path),
+                        format!(
+                            "{} holds a key whose public half ({}) is not the certificate's ({})",
+                            key_spec.path,
+                            short_fingerprint(public_key_sha256),
+                            short_fingerprint(&facts.public_key_sha256)
+                        ),
+                    ));
+                }
+            }
+            None | Some(ObservedContent::Missing) => {
+                reasons.push(reason(ReasonCode::Missing, format!("{} missing", key_spec.path)));
+            }
+            Some(_) => {
+                reasons.push(reason(ReasonCode::Missing, format!("{} is not a readable private key", key_spec.path)));
+            }
+        }
+    }
+
+    /// Ownership and modes are findings: install rewrites them, but only if the cert changes.
+    fn ownership_findings(&self, copy: &Copy<'_>, findings: &mut Vec<Finding>) {
+        let node = &copy.node.name;
+        let specs = std::iter::once((&self.entry.cert_file, copy.cert))
+            .chain(self.key_file_on(copy.node).map(|k| (k, copy.key)));
+        for (spec, file) in specs {
+            let Some(file) = file.filter(|f| !matches!(f.content, ObservedContent::Missing)) else { continue };
+            if file.owner != spec.owner || file.group != spec.group {
+                findings.push(finding(
+                    Severity::Warning,
+                    "wrong-owner",
+                    Some(node),
+                    Some(&spec.path),
+                    format!("{} is owned by {}:{}, expected {}:{}", spec.path, file.owner, file.group, spec.owner, spec.group),
+                ));
+            }
+            if file.mode & 0o7777 != spec.mode {
+                findings.push(finding(
+                    Severity::Warning,
+                    "wrong-mode",
+                    Some(node),
+                    Some(&spec.path),
+                    format!("{} has mode {:04o}, expected {:04o}", spec.path, file.mode & 0o7777, spec.mode),
+                ));
+            }
+        }
+    }
+
+    /// The API model's copy, for certificates it keeps: its own reasons, and whether it is the
+    /// certificate the nodes hold (`aks-engine upgrade` and `scale` install what it holds).
+    fn apimodel_copy(&self, findings: &mut Vec<Finding>) -> Option<ApiModelCopy<'a>> {
+        let field = self.entry.apimodel_field.as_ref()?;
+        let location = apimodel_location(field);
+        let mut reasons = Vec::new();
+        let facts = self.cluster.apimodel_facts(&self.entry.id());
+        match facts {
+            Some(f) => {
+                let mut warnings = Vec::new();
+                if !is_authority(self.entry.kind) {
+                    reasons.extend(own_reasons(self.entry, &self.desired, f, &location, self.profile(), self.now(), &mut warnings));
+                }
+                let node_fps: Vec<&str> =
+                    self.copies.iter().filter_map(|c| c.cert_facts().map(|(f, _)| f.sha256_fingerprint.as_str())).collect();
+                if !node_fps.is_empty() && !node_fps.contains(&f.sha256_fingerprint.as_str()) {
+                    reasons.push(reason(ReasonCode::ApiModelDiffers, "the API model's certificateProfile holds a different certificate than the nodes"));
+                    findings.push(finding(
+                        Severity::Warning,
+                        "apimodel-differs",
+                        None,
+                        Some(&location),
+                        format!(
+                            "apimodel.json {location} ({}) is not the certificate the nodes hold: aks-engine upgrade or scale would install it",
+                            short_fingerprint(&f.sha256_fingerprint)
+                        ),
+                    ));
+                }
+            }
+            None if self.cluster.input.apimodel_certificates.is_some() => {
+                reasons.push(reason(ReasonCode::Missing, format!("{location} missing from the API model")));
+            }
+            None => {}
+        }
+        Some(ApiModelCopy { location, facts, reasons })
+    }
+
+    /// One action for the whole cluster, from the first rule that applies: out of scope, its
+    /// own CA policy, a replaced signer, the operator's certificate, the leaf policy, then the
+    /// copies' own reasons.
+    fn decide(&self, per_copy: &[CopyReasons], apimodel_copy: Option<&ApiModelCopy<'_>>) -> Verdict {
         let mut all_reasons: Vec<Reason> = Vec::new();
-        for (reasons, _) in &per_copy {
-            for r in reasons {
+        for copy in per_copy {
+            for r in &copy.reasons {
                 push_unique(&mut all_reasons, r.clone());
             }
         }
-        if let Some((_, _, reasons)) = &apimodel_copy {
-            for r in reasons {
+        if let Some(copy) = apimodel_copy {
+            for r in &copy.reasons {
                 push_unique(&mut all_reasons, r.clone());
             }
         }
-        let nothing_observed = per_copy.iter().all(|(_, missing)| *missing) && apimodel_copy.as_ref().is_none_or(|(_, f, _)| f.is_none());
-        let action = if !in_scope {
+        let nothing_observed = per_copy.iter().all(|c| c.missing) && apimodel_copy.is_none_or(|c| c.facts.is_none());
+        let action = if !self.in_scope {
             ChangeAction::Noop
-        } else if let Some(r) = own_ca_reason {
+        } else if let Some(r) = self.own_ca_reason {
             all_reasons.insert(0, r.clone());
             if nothing_observed { ChangeAction::Create } else { ChangeAction::Replace }
-        } else if signer_reason.is_some() {
-            let what = if entry.issuer == IssuerRef::FrontProxyCa { "front-proxy CA" } else { "cluster CA" };
+        } else if self.signer_reason.is_some() {
+            let what = if self.entry.issuer == IssuerRef::FrontProxyCa { "front-proxy CA" } else { "cluster CA" };
             all_reasons.insert(0, reason(ReasonCode::SignerReplaced, format!("signed by the {what}, which is being replaced")));
             ChangeAction::Replace
-        } else if is_authority(entry.kind) {
+        } else if is_authority(self.entry.kind) {
             ChangeAction::Noop
-        } else if let Some(want) = supplied_cert {
-            // Exactly the supplied certificate is wanted: installed where a node or the API
-            // model holds anything else, or where its key is missing or wrong.
-            let other = |f: &CertFacts| f.sha256_fingerprint != want.sha256_fingerprint;
-            let on_nodes = copies.iter().any(|c| c.cert_facts().is_none_or(|(f, _)| other(f)));
-            let in_model = apimodel_copy.as_ref().is_some_and(|(_, f, _)| f.is_none_or(other));
-            let broken_key = per_copy.iter().flat_map(|(r, _)| r).any(|r| matches!(r.code, ReasonCode::KeyMismatch | ReasonCode::Missing));
-            if on_nodes || in_model || broken_key {
+        } else if let Some(want) = self.supplied_cert {
+            if self.differs_from_supplied(want, per_copy, apimodel_copy) {
                 all_reasons.insert(
                     0,
                     reason(
@@ -785,7 +1022,7 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
             } else {
                 ChangeAction::Noop
             }
-        } else if profile.leaves == LeafPolicy::Always {
+        } else if self.profile().leaves == LeafPolicy::Always {
             // No ReasonCode names the leaf policy; CaPolicy is the closest ("the profile says so").
             all_reasons.insert(0, reason(ReasonCode::CaPolicy, "the profile reissues every certificate in scope (leaves: always)"));
             if nothing_observed { ChangeAction::Create } else { ChangeAction::Reissue }
@@ -794,197 +1031,243 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
         } else {
             ChangeAction::Noop
         };
-        if !in_scope {
-            let due: Vec<&Reason> = all_reasons.iter().filter(|r| matches!(r.code, ReasonCode::Expired | ReasonCode::ExpiresSoon)).collect();
-            if let Some(r) = due.first() {
-                findings.push(finding(
-                    Severity::Warning,
-                    "due-but-out-of-scope",
-                    None,
-                    Some(&entry.cert_file.path),
-                    format!("{} {} but is not in this profile's scope", entry.id(), r.message),
-                ));
-            }
-        }
+        Verdict { action, reasons: all_reasons }
+    }
 
-        // What plan can already tell about the material apply installs.
-        let known_after = KnownAfter {
-            exact: supplied_here,
+    /// Exactly the supplied certificate is wanted: it is installed where a node or the API
+    /// model holds anything else, or where its key is missing or wrong.
+    fn differs_from_supplied(&self, want: &CertFacts, per_copy: &[CopyReasons], apimodel_copy: Option<&ApiModelCopy<'_>>) -> bool {
+        let other = |f: &CertFacts| f.sha256_fingerprint != want.sha256_fingerprint;
+        let on_nodes = self.copies.iter().any(|c| c.cert_facts().is_none_or(|(f, _)| other(f)));
+        let in_model = apimodel_copy.is_some_and(|c| c.facts.is_none_or(other));
+        let broken_key = per_copy.iter().flat_map(|c| &c.reasons).any(|r| matches!(r.code, ReasonCode::KeyMismatch | ReasonCode::Missing));
+        on_nodes || in_model || broken_key
+    }
+
+    /// A certificate out of scope is left alone even when it is due; the reviewer is told.
+    fn out_of_scope_finding(&self, verdict: &Verdict, findings: &mut Vec<Finding>) {
+        if self.in_scope {
+            return;
+        }
+        let due: Vec<&Reason> = verdict.reasons.iter().filter(|r| matches!(r.code, ReasonCode::Expired | ReasonCode::ExpiresSoon)).collect();
+        if let Some(r) = due.first() {
+            findings.push(finding(
+                Severity::Warning,
+                "due-but-out-of-scope",
+                None,
+                Some(&self.entry.cert_file.path),
+                format!("{} {} but is not in this profile's scope", self.entry.id(), r.message),
+            ));
+        }
+    }
+
+    /// What plan can already tell about the material apply installs.
+    fn known_after(&self, action: ChangeAction) -> KnownAfter<'a> {
+        let entry = self.entry;
+        KnownAfter {
+            exact: self.supplied_here,
             exact_issuer: match entry.issuer {
-                IssuerRef::ClusterCa => supplied_facts("ca").map(|f| f.sha256_fingerprint.clone()),
+                IssuerRef::ClusterCa => self.cluster.supplied_facts("ca").map(|f| f.sha256_fingerprint.clone()),
                 _ => None,
             },
             // A reissue under the kept CA keeps the apiserver key of the API model (see
             // `Diff::apiserver_key_changes`).
             kept_public_key: (entry.kind == CertKind::Apiserver && action == ChangeAction::Reissue)
-                .then(|| apimodel_facts("apiserver").map(|f| f.public_key_sha256.clone()))
+                .then(|| self.cluster.apimodel_facts("apiserver").map(|f| f.public_key_sha256.clone()))
                 .flatten(),
-        };
-        let holder_names: Vec<String> = copies.iter().map(|c| c.node.name.clone()).collect();
-        let summary_reason = all_reasons.first().cloned();
-        let per_target_reasons = |own: &[Reason], missing: bool| -> (ChangeAction, Vec<Reason>) {
-            if action == ChangeAction::Noop {
-                let r = if in_scope {
-                    reason(ReasonCode::UpToDate, "valid and matches the catalogue and the profile")
-                } else {
-                    reason(ReasonCode::OutOfScope, "not managed under this profile")
-                };
-                return (ChangeAction::Noop, vec![r]);
-            }
-            let mut reasons: Vec<Reason> = Vec::new();
-            if let Some(r) = own_ca_reason {
-                reasons.push(r.clone());
-            } else if matches!(action, ChangeAction::Replace) {
-                if let Some(r) = all_reasons.iter().find(|r| r.code == ReasonCode::SignerReplaced) {
-                    reasons.push(r.clone());
-                }
-            } else if profile.leaves == LeafPolicy::Always || supplied_cert.is_some() {
-                reasons.push(all_reasons[0].clone());
-            }
-            for r in own {
-                push_unique(&mut reasons, r.clone());
-            }
-            if reasons.is_empty() {
-                if let Some(s) = &summary_reason {
-                    reasons.push(reason(
-                        ReasonCode::DependsOnChange,
-                        format!("one {} is shared by {} holders and is reissued: {}", entry.id(), holder_names.len(), s.message),
-                    ));
-                }
-            }
-            let per_action = if missing && action != ChangeAction::Replace { ChangeAction::Create } else { action };
-            (per_action, reasons)
-        };
+        }
+    }
 
-        for (copy, (own, missing)) in copies.iter().zip(&per_copy) {
-            let (a, reasons) = per_target_reasons(own, *missing);
-            let issuer_fp = signer.map(|c| c.facts.sha256_fingerprint.as_str());
+    /// The action and reasons one target (a node, the API model, etcd) shows, given its own
+    /// reasons: the deciding reason first, then its own, and for a holder with none of its
+    /// own, that it shares the certificate being reissued.
+    fn target_reasons(&self, verdict: &Verdict, own: &[Reason], missing: bool) -> (ChangeAction, Vec<Reason>) {
+        let action = verdict.action;
+        if action == ChangeAction::Noop {
+            let r = if self.in_scope {
+                reason(ReasonCode::UpToDate, "valid and matches the catalogue and the profile")
+            } else {
+                reason(ReasonCode::OutOfScope, "not managed under this profile")
+            };
+            return (ChangeAction::Noop, vec![r]);
+        }
+        let mut reasons: Vec<Reason> = Vec::new();
+        if let Some(r) = self.own_ca_reason {
+            reasons.push(r.clone());
+        } else if matches!(action, ChangeAction::Replace) {
+            if let Some(r) = verdict.reasons.iter().find(|r| r.code == ReasonCode::SignerReplaced) {
+                reasons.push(r.clone());
+            }
+        } else if self.profile().leaves == LeafPolicy::Always || self.supplied_cert.is_some() {
+            reasons.push(verdict.reasons[0].clone());
+        }
+        for r in own {
+            push_unique(&mut reasons, r.clone());
+        }
+        if reasons.is_empty() {
+            if let Some(s) = verdict.reasons.first() {
+                reasons.push(reason(
+                    ReasonCode::DependsOnChange,
+                    format!("one {} is shared by {} holders and is reissued: {}", self.entry.id(), self.copies.len(), s.message),
+                ));
+            }
+        }
+        let per_action = if missing && action != ChangeAction::Replace { ChangeAction::Create } else { action };
+        (per_action, reasons)
+    }
+
+    /// Attributes after apply for a target whose action is `action`.
+    fn after(&self, action: ChangeAction, known: &KnownAfter<'_>) -> BTreeMap<String, AttrValue> {
+        let signer_changes = self.signer_reason.is_some() || self.own_ca_reason.is_some();
+        after_attributes(self.entry, &self.desired, action, self.profile(), self.now(), self.signer, signer_changes, known)
+    }
+
+    /// One row per holder: the certificate file on that node.
+    fn node_rows(&self, verdict: &Verdict, per_copy: &[CopyReasons], known: &KnownAfter<'_>, rows: &mut Rows) {
+        for (copy, own) in self.copies.iter().zip(per_copy) {
+            let (a, reasons) = self.target_reasons(verdict, &own.reasons, own.missing);
+            let issuer_fp = self.signer.map(|c| c.facts.sha256_fingerprint.as_str());
             let before = copy.cert_facts().map(|(f, _)| attributes(f, issuer_fp)).unwrap_or_default();
-            let after = after_attributes(entry, &desired, a, profile, now, signer, signer_reason.is_some() || own_ca_reason.is_some(), &known_after);
-            node_changes.entry(copy.node.name.clone()).or_default().push(CertificateChange {
-                certificate: id,
-                location: entry.cert_file.path.clone(),
+            let after = self.after(a, known);
+            rows.node_changes.entry(copy.node.name.clone()).or_default().push(CertificateChange {
+                certificate: self.id,
+                location: self.entry.cert_file.path.clone(),
                 action: a,
                 reasons,
                 before,
                 after,
             });
         }
+    }
 
-        // The admin kubeconfig embeds the kubeconfig certificate and the CA.
-        if entry.kind == CertKind::Kubeconfig {
-            let ca_changes = cluster_ca_reason.is_some();
-            for copy in &copies {
-                let Some(inv) = inv_of(&copy.node.name) else { continue };
-                let path = format!("/home/{}/.kube/config", topo.admin_username);
-                let Some(kc) = inv.kubeconfigs.iter().find(|k| k.path == path) else { continue };
-                if let (Some((facts, _)), Some(embedded)) = (copy.cert_facts(), kc.client_certificate.as_deref()) {
-                    if let Some(sha) = embedded.strip_prefix("embedded:") {
-                        if sha != facts.sha256_fingerprint {
-                            findings.push(finding(
-                                Severity::Warning,
-                                "kubeconfig-differs",
-                                Some(&copy.node.name),
-                                Some(&path),
-                                format!("{path} embeds a client certificate other than kubectlClient.crt"),
-                            ));
-                        }
+    /// The admin kubeconfig embeds the kubeconfig certificate and the CA: it changes with
+    /// either, and one that embeds another certificate is a finding.
+    fn admin_kubeconfig_rows(&self, verdict: &Verdict, rows: &mut Rows, findings: &mut Vec<Finding>) {
+        let ca_changes = self.authorities.cluster_ca_reason.is_some();
+        let action = verdict.action;
+        for copy in &self.copies {
+            let Some(inv) = self.cluster.inventory_of(&copy.node.name) else { continue };
+            let path = format!("/home/{}/.kube/config", self.cluster.input.topology.admin_username);
+            let Some(kc) = inv.kubeconfigs.iter().find(|k| k.path == path) else { continue };
+            if let (Some((facts, _)), Some(embedded)) = (copy.cert_facts(), kc.client_certificate.as_deref()) {
+                if let Some(sha) = embedded.strip_prefix("embedded:") {
+                    if sha != facts.sha256_fingerprint {
+                        findings.push(finding(
+                            Severity::Warning,
+                            "kubeconfig-differs",
+                            Some(&copy.node.name),
+                            Some(&path),
+                            format!("{path} embeds a client certificate other than kubectlClient.crt"),
+                        ));
                     }
                 }
-                if action != ChangeAction::Noop || ca_changes {
-                    let a = if action == ChangeAction::Noop { ChangeAction::Replace } else { action };
-                    let why = if ca_changes { "embeds the cluster CA, which is being replaced" } else { "embeds the kubeconfig certificate, which is reissued" };
-                    node_changes.entry(copy.node.name.clone()).or_default().push(CertificateChange {
-                        certificate: id,
-                        location: path,
-                        action: a,
-                        reasons: vec![reason(ReasonCode::DependsOnChange, why)],
-                        before: BTreeMap::new(),
-                        after: BTreeMap::new(),
-                    });
-                }
             }
-        }
-
-        if let Some((location, facts, own)) = &apimodel_copy {
-            if facts.is_some() || apimodel_certificates.is_some() {
-                let (a, reasons) = per_target_reasons(own, facts.is_none());
-                let issuer_fp = signer.map(|c| c.facts.sha256_fingerprint.as_str());
-                apimodel_changes.push(CertificateChange {
-                    certificate: id,
-                    location: location.clone(),
+            if action != ChangeAction::Noop || ca_changes {
+                let a = if action == ChangeAction::Noop { ChangeAction::Replace } else { action };
+                let why = if ca_changes { "embeds the cluster CA, which is being replaced" } else { "embeds the kubeconfig certificate, which is reissued" };
+                rows.node_changes.entry(copy.node.name.clone()).or_default().push(CertificateChange {
+                    certificate: self.id,
+                    location: path,
                     action: a,
-                    reasons,
-                    before: facts.map(|f| attributes(f, issuer_fp)).unwrap_or_default(),
-                    after: after_attributes(entry, &desired, a, profile, now, signer, signer_reason.is_some() || own_ca_reason.is_some(), &known_after),
+                    reasons: vec![reason(ReasonCode::DependsOnChange, why)],
+                    before: BTreeMap::new(),
+                    after: BTreeMap::new(),
                 });
             }
         }
+    }
 
-        // Front-proxy material in etcd: compared with the files on every master.
-        if !entry.etcd_keys.is_empty() {
-            let etcd = observed.iter().filter(|(n, _)| n.role == Role::Master).find_map(|(_, inv)| inv.etcd_proxy.as_ref());
-            if let Some(state) = etcd {
-                let etcd_fp = if entry.kind == CertKind::ProxyCa { &state.ca_sha256 } else { &state.client_cert_sha256 };
-                for copy in &copies {
-                    if let (Some((facts, _)), Some(fp)) = (copy.cert_facts(), etcd_fp) {
-                        if *fp != facts.sha256_fingerprint {
-                            findings.push(finding(
-                                Severity::Warning,
-                                "front-proxy-etcd-differs",
-                                Some(&copy.node.name),
-                                Some(&entry.cert_file.path),
-                                format!("{} on {} differs from {} in etcd", entry.cert_file.path, copy.node.name, entry.etcd_keys[0]),
-                            ));
-                        }
+    /// The row for the API model's copy: shown when it holds one, or when it was audited and
+    /// lacks one.
+    fn apimodel_row(&self, verdict: &Verdict, copy: &ApiModelCopy<'_>, known: &KnownAfter<'_>, rows: &mut Rows) {
+        if copy.facts.is_none() && self.cluster.input.apimodel_certificates.is_none() {
+            return;
+        }
+        let (a, reasons) = self.target_reasons(verdict, &copy.reasons, copy.facts.is_none());
+        let issuer_fp = self.signer.map(|c| c.facts.sha256_fingerprint.as_str());
+        rows.apimodel_changes.push(CertificateChange {
+            certificate: self.id,
+            location: copy.location.clone(),
+            action: a,
+            reasons,
+            before: copy.facts.map(|f| attributes(f, issuer_fp)).unwrap_or_default(),
+            after: self.after(a, known),
+        });
+    }
+
+    /// Front-proxy material in etcd: compared with the files on every master, and one row
+    /// for the etcd key when a master could read it.
+    fn etcd_row(&self, verdict: &Verdict, rows: &mut Rows, findings: &mut Vec<Finding>) {
+        let entry = self.entry;
+        let etcd = self.cluster.nodes.iter().filter(|(n, _)| n.role == Role::Master).find_map(|(_, inv)| inv.etcd_proxy.as_ref());
+        let Some(state) = etcd else { return };
+        let etcd_fp = if entry.kind == CertKind::ProxyCa { &state.ca_sha256 } else { &state.client_cert_sha256 };
+        for copy in &self.copies {
+            if let (Some((facts, _)), Some(fp)) = (copy.cert_facts(), etcd_fp) {
+                if *fp != facts.sha256_fingerprint {
+                    findings.push(finding(
+                        Severity::Warning,
+                        "front-proxy-etcd-differs",
+                        Some(&copy.node.name),
+                        Some(&entry.cert_file.path),
+                        format!("{} on {} differs from {} in etcd", entry.cert_file.path, copy.node.name, entry.etcd_keys[0]),
+                    ));
+                }
+            }
+            if entry.kind == CertKind::Proxy {
+                if let (Some(ObservedContent::PrivateKey { public_key_sha256, .. }), Some(fp)) =
+                    (copy.key.map(|k| &k.content), &state.client_key_public_sha256)
+                {
+                    if public_key_sha256 != fp {
+                        findings.push(finding(
+                            Severity::Warning,
+                            "front-proxy-etcd-differs",
+                            Some(&copy.node.name),
+                            Some(&format!("{CERT_DIR}/proxy.key")),
+                            format!("proxy.key on {} is not the key in etcd {}", copy.node.name, crate::pki::catalogue::ETCD_PROXY_KEY_KEY),
+                        ));
                     }
-                    if entry.kind == CertKind::Proxy {
-                        if let (Some(ObservedContent::PrivateKey { public_key_sha256, .. }), Some(fp)) =
-                            (copy.key.map(|k| &k.content), &state.client_key_public_sha256)
-                        {
-                            if public_key_sha256 != fp {
-                                findings.push(finding(
-                                    Severity::Warning,
-                                    "front-proxy-etcd-differs",
-                                    Some(&copy.node.name),
-                                    Some(&format!("{CERT_DIR}/proxy.key")),
-                                    format!("proxy.key on {} is not the key in etcd {}", copy.node.name, crate::pki::catalogue::ETCD_PROXY_KEY_KEY),
-                                ));
-                            }
-                        }
-                    }
                 }
-                let (a, reasons) = per_target_reasons(&[], etcd_fp.is_none());
-                let mut before = BTreeMap::new();
-                if let Some(fp) = etcd_fp {
-                    before.insert("fingerprint".into(), AttrValue::Text(fingerprint(fp)));
-                }
-                let mut after = BTreeMap::new();
-                if a != ChangeAction::Noop {
-                    after.insert("fingerprint".into(), AttrValue::Unknown);
-                }
-                etcd_changes.push(CertificateChange {
-                    certificate: id,
-                    location: entry.etcd_keys[0].clone(),
-                    action: a,
-                    reasons,
-                    before,
-                    after,
-                });
             }
         }
+        let (a, reasons) = self.target_reasons(verdict, &[], etcd_fp.is_none());
+        let mut before = BTreeMap::new();
+        if let Some(fp) = etcd_fp {
+            before.insert("fingerprint".into(), AttrValue::Text(fingerprint(fp)));
+        }
+        let mut after = BTreeMap::new();
+        if a != ChangeAction::Noop {
+            after.insert("fingerprint".into(), AttrValue::Unknown);
+        }
+        rows.etcd_changes.push(CertificateChange {
+            certificate: self.id,
+            location: entry.etcd_keys[0].clone(),
+            action: a,
+            reasons,
+            before,
+            after,
+        });
+    }
 
-        let decision_id = if entry.kind == CertKind::KubeletServer {
+    /// The decision the graph builder reads; kubelet serving certificates are one per node.
+    fn decision(&self, verdict: Verdict) -> CertDecision {
+        let entry = self.entry;
+        let id = if entry.kind == CertKind::KubeletServer {
             format!("kubeletserver:{}", entry.holders.first().map(String::as_str).unwrap_or(""))
         } else {
             entry.id()
         };
-        decisions.push(CertDecision { id: decision_id, kind: entry.kind, action, holders: holder_names, reasons: all_reasons });
+        let holders = self.copies.iter().map(|c| c.node.name.clone()).collect();
+        CertDecision { id, kind: entry.kind, action: verdict.action, holders, reasons: verdict.reasons }
     }
+}
 
-    // Node-level observations outside the catalogue.
+/// What the nodes hold outside the catalogue: files AKS Engine does not write, kubelet's
+/// rotated client certificate and kubelet's kubeconfig. Returns the nodes whose
+/// kubelet-client-current.pem apply removes.
+fn node_findings(cluster: &Cluster<'_>, decisions: &[CertDecision], cluster_ca_changes: bool, findings: &mut Vec<Finding>) -> Vec<String> {
     let mut removals = Vec::new();
-    for (node, inv) in &observed {
+    for (node, inv) in &cluster.nodes {
         for path in &inv.unexpected_files {
             findings.push(finding(
                 Severity::Info,
@@ -994,65 +1277,95 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
                 format!("{path} is not a file AKS Engine writes; it is backed up with the directory and left in place"),
             ));
         }
-        // kubelet prefers its rotated pem over client.crt: it must go whenever client.crt is
-        // renewed, or kubelet keeps the old (possibly expired, or foreign-CA) identity.
-        let client_renewed = decisions.iter().any(|d| d.id == "client" && d.action != ChangeAction::Noop && d.holders.contains(&node.name));
-        if inv.kubelet_client_current && (cluster_ca_reason.is_some() || client_renewed) {
+        if kubelet_client_current_goes(node, inv, decisions, cluster_ca_changes, findings) {
             removals.push(node.name.clone());
-            let why = if cluster_ca_reason.is_some() {
-                "kubelet-client-current.pem was issued under the old CA and is removed so kubelet uses client.crt"
-            } else {
-                "kubelet-client-current.pem would keep kubelet on its old client certificate; it is removed so kubelet uses the renewed client.crt"
-            };
+        }
+        kubelet_kubeconfig_findings(node, inv, findings);
+    }
+    removals
+}
+
+/// kubelet prefers its rotated pem over client.crt: it must go whenever client.crt is
+/// renewed, or kubelet keeps the old (possibly expired, or foreign-CA) identity.
+fn kubelet_client_current_goes(
+    node: &Node,
+    inv: &NodeInventory,
+    decisions: &[CertDecision],
+    cluster_ca_changes: bool,
+    findings: &mut Vec<Finding>,
+) -> bool {
+    let client_renewed = decisions.iter().any(|d| d.id == "client" && d.action != ChangeAction::Noop && d.holders.contains(&node.name));
+    if !(inv.kubelet_client_current && (cluster_ca_changes || client_renewed)) {
+        return false;
+    }
+    let why = if cluster_ca_changes {
+        "kubelet-client-current.pem was issued under the old CA and is removed so kubelet uses client.crt"
+    } else {
+        "kubelet-client-current.pem would keep kubelet on its old client certificate; it is removed so kubelet uses the renewed client.crt"
+    };
+    findings.push(finding(
+        Severity::Info,
+        "kubelet-client-current-removal",
+        Some(&node.name),
+        Some(crate::pki::catalogue::KUBELET_CLIENT_CURRENT),
+        why,
+    ));
+    true
+}
+
+/// kubelet's kubeconfig must refer to the files apply installs, or the new certificates
+/// would not be used.
+fn kubelet_kubeconfig_findings(node: &Node, inv: &NodeInventory, findings: &mut Vec<Finding>) {
+    let Some(kc) = inv.kubeconfigs.iter().find(|k| k.path == crate::pki::catalogue::KUBELET_KUBECONFIG) else { return };
+    let expect = [
+        (kc.certificate_authority.as_deref(), format!("{CERT_DIR}/ca.crt")),
+        (kc.client_certificate.as_deref(), format!("{CERT_DIR}/client.crt")),
+        (kc.client_key.as_deref(), format!("{CERT_DIR}/client.key")),
+    ];
+    for (have, want) in expect {
+        if have != Some(want.as_str()) {
             findings.push(finding(
-                Severity::Info,
-                "kubelet-client-current-removal",
+                Severity::Warning,
+                "kubelet-kubeconfig-reference",
                 Some(&node.name),
-                Some(crate::pki::catalogue::KUBELET_CLIENT_CURRENT),
-                why,
+                Some(crate::pki::catalogue::KUBELET_KUBECONFIG),
+                format!("kubelet's kubeconfig refers to {} instead of {want}: the new certificates would not be used", have.unwrap_or("nothing")),
             ));
         }
-        let kubelet_kc = inv.kubeconfigs.iter().find(|k| k.path == crate::pki::catalogue::KUBELET_KUBECONFIG);
-        if let Some(kc) = kubelet_kc {
-            let expect = [
-                (kc.certificate_authority.as_deref(), format!("{CERT_DIR}/ca.crt")),
-                (kc.client_certificate.as_deref(), format!("{CERT_DIR}/client.crt")),
-                (kc.client_key.as_deref(), format!("{CERT_DIR}/client.key")),
-            ];
-            for (have, want) in expect {
-                if have != Some(want.as_str()) {
-                    findings.push(finding(
-                        Severity::Warning,
-                        "kubelet-kubeconfig-reference",
-                        Some(&node.name),
-                        Some(crate::pki::catalogue::KUBELET_KUBECONFIG),
-                        format!("kubelet's kubeconfig refers to {} instead of {want}: the new certificates would not be used", have.unwrap_or("nothing")),
-                    ));
-                }
-            }
-        }
     }
-    if !expired.is_empty() {
-        let list: Vec<String> = {
-            let mut ids: Vec<String> = expired.iter().map(|e| e.certificate.clone()).collect();
-            ids.sort();
-            ids.dedup();
-            ids
-        };
-        findings.push(finding(
-            Severity::Warning,
-            "cluster-expired",
-            None,
-            None,
-            format!(
-                "already expired: {}; the Kubernetes API cannot be used before rotation, so checks before it run over SSH",
-                list.join(", ")
-            ),
-        ));
-    }
+}
 
+/// An expired cluster cannot be checked through its API before rotation; the plan says so
+/// once, naming what expired.
+fn cluster_expired_finding(expired: &[ExpiredCopy], findings: &mut Vec<Finding>) {
+    if expired.is_empty() {
+        return;
+    }
+    let mut ids: Vec<String> = expired.iter().map(|e| e.certificate.clone()).collect();
+    ids.sort();
+    ids.dedup();
+    findings.push(finding(
+        Severity::Warning,
+        "cluster-expired",
+        None,
+        None,
+        format!(
+            "already expired: {}; the Kubernetes API cannot be used before rotation, so checks before it run over SSH",
+            ids.join(", ")
+        ),
+    ));
+}
+
+/// The rows per target, in the order plan output shows them: nodes in topology order, then
+/// the API model, then etcd.
+fn target_changes(
+    cluster: &Cluster<'_>,
+    mut node_changes: BTreeMap<String, Vec<CertificateChange>>,
+    apimodel_changes: Vec<CertificateChange>,
+    etcd_changes: Vec<CertificateChange>,
+) -> Vec<TargetChanges> {
     let mut changes: Vec<TargetChanges> = Vec::new();
-    for (node, _) in &observed {
+    for (node, _) in &cluster.nodes {
         if let Some(certs) = node_changes.remove(&node.name) {
             changes.push(TargetChanges { target: ChangeTarget::Node { name: node.name.clone(), role: node_role(node) }, certificates: certs });
         }
@@ -1063,24 +1376,18 @@ pub fn diff_with(input: DiffInput<'_>) -> Diff {
     if !etcd_changes.is_empty() {
         changes.push(TargetChanges { target: ChangeTarget::Etcd {}, certificates: etcd_changes });
     }
+    changes
+}
 
-    let apiserver_new_key = match decisions.iter().find(|d| d.id == "apiserver").map(|d| d.action) {
+/// Whether the apiserver ends up with another key pair (see `Diff::apiserver_key_changes`).
+fn apiserver_gets_new_key(cluster: &Cluster<'_>, decisions: &[CertDecision]) -> bool {
+    match decisions.iter().find(|d| d.id == "apiserver").map(|d| d.action) {
         Some(ChangeAction::Replace | ChangeAction::Create) => true,
         // Certrotate reissues with the API model's key; a supplied certificate brings its own.
-        Some(ChangeAction::Reissue) => supplied_facts("apiserver")
-            .is_some_and(|want| apimodel_facts("apiserver").is_none_or(|have| have.public_key_sha256 != want.public_key_sha256)),
+        Some(ChangeAction::Reissue) => cluster.supplied_facts("apiserver").is_some_and(|want| {
+            cluster.apimodel_facts("apiserver").is_none_or(|have| have.public_key_sha256 != want.public_key_sha256)
+        }),
         _ => false,
-    };
-
-    Diff {
-        profile_name: profile.name.clone(),
-        now,
-        changes,
-        findings,
-        decisions,
-        expired,
-        kubelet_client_current_removals: removals,
-        apiserver_new_key,
     }
 }
 
