@@ -10,6 +10,7 @@ pub mod apply;
 pub mod cli;
 pub mod cloud;
 pub mod diag;
+pub mod flow;
 pub mod digest;
 pub mod interrupt;
 pub mod model;

@@ -200,3 +200,39 @@ fn certrotate_test_foreign_leaf() -> certrotate::pki::KeyCertPair {
     let ca = issue::issue_ca(&t("ca", true)).unwrap();
     issue::issue_leaf(&t("etcdclient", false), &ca).unwrap()
 }
+
+/// aks-engine rotate-certs' short flags and its `--location` check: `-l` names another
+/// location than the API model's, so `plan` stops before it reaches any node, pointing at the
+/// API model's `location`; case and spaces do not count, as aks-engine normalises them.
+#[test]
+fn location_is_checked_against_the_api_model_as_aks_engine_checks_it() {
+    let m = ApiModel::load(&fixture_dir().join("apimodel.json")).unwrap();
+    certrotate::flow::discover::check_location(&m, "local").unwrap();
+    certrotate::flow::discover::check_location(&m, " Lo cal").unwrap();
+    let err = certrotate::flow::discover::check_location(&m, "westeurope").unwrap_err();
+    assert!(err.message.contains("westeurope") && err.message.contains("`local`"), "{}", err.message);
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("apimodel.json"), fixture_text()).unwrap();
+    std::fs::copy(fixture_dir().join("azuredeploy.json"), dir.path().join("azuredeploy.json")).unwrap();
+    let plan = |location: &str| {
+        Command::new(env!("CARGO_BIN_EXE_certrotate"))
+            .args(["plan", "-m", "apimodel.json", "-l", location, "-g", "kubelab-rg", "-s", "00000000-0000-0000-0000-000000000000"])
+            // An address nothing listens on: the run must stop before it tries to connect.
+            .args(["--ssh-host", "127.0.0.1:9", "--linux-ssh-private-key", "apimodel.json"])
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let wrong = plan("westeurope");
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--location westeurope does not match the API model's location `local`"), "{stderr}");
+    assert!(stderr.contains("apimodel.json:3:"), "points at the API model's location: {stderr}");
+    // The right location in another case passes the check and goes on to the nodes (which
+    // are not there): the error is then about reaching them, not about the location.
+    let right = plan("LOCAL");
+    let stderr = String::from_utf8_lossy(&right.stderr);
+    assert!(!stderr.contains("does not match the API model's location"), "{stderr}");
+}

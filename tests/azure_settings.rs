@@ -146,11 +146,11 @@ fn the_client_secret_file_is_read_by_its_first_line() {
     let file = dir.path().join("secret");
     std::fs::write(&file, "from-file-secret\nignored\n").unwrap();
     let cli = Cli::parse_from(["x", "--client-secret-file", file.to_str().unwrap(), "--auth-method", "client_secret"]);
-    let inputs = AzureInputs::from_args(&cli.azure).unwrap();
+    let inputs = cli.azure.to_inputs().unwrap();
     assert_eq!(inputs.client_secret, Some(ClientSecret::new("from-file-secret")));
     assert_eq!(inputs.auth_method, Some(AuthMethod::ClientSecret));
 
     std::fs::write(&file, "\n").unwrap();
-    let err = AzureInputs::from_args(&cli.azure).unwrap_err();
+    let err = cli.azure.to_inputs().unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
 }

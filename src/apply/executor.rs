@@ -47,6 +47,9 @@ pub struct Context {
     pub catalogue: Vec<CertEntry>,
     pub profile: Profile,
     pub model_path: PathBuf,
+    /// apimodel.json as apply loaded it (and checked against the plan), so steps do not
+    /// load it again; `None`: they load it from `model_path`.
+    pub api_model: Option<Arc<ApiModel>>,
     pub run: RunDir,
     pub journal: Journal,
     pub reporter: Arc<Reporter>,
@@ -96,6 +99,7 @@ impl Context {
             catalogue,
             profile,
             model_path,
+            api_model: None,
             run,
             journal,
             reporter,
@@ -135,6 +139,14 @@ impl Context {
 
     fn model_dir(&self) -> PathBuf {
         self.model_path.parent().map(|p| p.to_path_buf()).unwrap_or_else(|| PathBuf::from("."))
+    }
+
+    /// The API model: the one apply loaded, else read from its file.
+    fn api_model(&self) -> Result<ApiModel, StepError> {
+        match &self.api_model {
+            Some(m) => Ok(ApiModel::clone(m)),
+            None => ApiModel::load(&self.model_path).map_err(|e| StepError::new(format!("{e}"))),
+        }
     }
 
     fn node(&self, name: &str) -> Result<&Node, StepError> {
@@ -296,31 +308,23 @@ impl Context {
         format!("/home/{}/.kube/config", self.topo.admin_username)
     }
 
-    /// Catalogue entry of a plan certificate id on a node.
-    fn entry(&self, id: &str) -> Result<CertEntry, StepError> {
-        if let Some(n) = id.strip_prefix("kubeletserver:") {
-            return Ok(catalogue::kubelet_server_entry(self.node(n)?));
-        }
-        self.catalogue.iter().find(|e| e.id() == id).cloned().ok_or_else(|| StepError::new(format!("unknown certificate `{id}` in the plan")))
-    }
-
-    /// The files certificate `id` puts on `node`: its certificate, and its key where the node keeps it.
+    /// The files certificate `id` puts on `node`: its certificate, and its key where the node
+    /// keeps it (see [`catalogue::files_on_node`]).
     fn files_of(&self, id: &str, node: &Node) -> Result<Vec<NodeFile>, StepError> {
         let pki = self.pki()?;
         let pair = pki.get(id).ok_or_else(|| StepError::new(format!("`{id}` was not issued")))?;
-        let e = self.entry(id)?;
-        let mut out = vec![NodeFile {
-            path: e.cert_file.path.clone(),
-            owner: e.cert_file.owner.clone(),
-            group: e.cert_file.group.clone(),
-            mode: e.cert_file.mode,
-            content: pair.cert_pem.as_bytes().to_vec(),
-        }];
-        if catalogue::holds_key(&e, node) {
-            if let Some(k) = &e.key_file {
-                out.push(NodeFile { path: k.path.clone(), owner: k.owner.clone(), group: k.group.clone(), mode: k.mode, content: pair.key_pem.as_bytes().to_vec() });
-            }
-        }
+        let files = catalogue::files_on_node(&self.catalogue, &self.topo, id, node)
+            .map_err(StepError::new)?
+            .ok_or_else(|| StepError::new(format!("the plan puts `{id}` on {}, which does not hold it", node.name)))?;
+        let file = |spec: &catalogue::FileSpec, content: &str| NodeFile {
+            path: spec.path.clone(),
+            owner: spec.owner.clone(),
+            group: spec.group.clone(),
+            mode: spec.mode,
+            content: content.as_bytes().to_vec(),
+        };
+        let mut out = vec![file(&files.cert, &pair.cert_pem)];
+        out.extend(files.key.iter().map(|k| file(k, &pair.key_pem)));
         Ok(out)
     }
 
@@ -348,7 +352,7 @@ impl Context {
     fn staged_files(&self, step: &Step, node: &Node) -> Result<Vec<NodeFile>, StepError> {
         let mut out = Vec::new();
         for id in &step.params.certificates {
-            out.extend(self.files_of(&id, node)?);
+            out.extend(self.files_of(id, node)?);
         }
         if node.role == Role::Master && step.params.certificates.iter().any(|i| i == "kubeconfig") {
             if let Some(f) = self.admin_kubeconfig_file(node)? {
@@ -423,7 +427,7 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
                 return Ok(Some("reused the certificates issued by an earlier run of this plan".into()));
             }
             let ids = step.params.certificates.clone();
-            let model = ApiModel::load(&ctx.model_path).map_err(|e| StepError::new(format!("{e}")))?;
+            let model = ctx.api_model()?;
             let (topo, catalogue, profile, supplied) = (ctx.topo.clone(), ctx.catalogue.clone(), ctx.profile.clone(), ctx.supplied.clone());
             let pki = tokio::task::spawn_blocking(move || store::issue_pki(&ids, &topo, &catalogue, &model, &profile, supplied.as_deref()))
                 .await
@@ -693,7 +697,7 @@ async fn reboot(ctx: &Context, name: &str) -> Result<Option<String>, StepError> 
 /// it, each atomically; both are skipped when they already hold the new content.
 fn update_api_model(ctx: &Context) -> Result<Option<String>, StepError> {
     let pki = ctx.pki()?;
-    let mut model = ApiModel::load(&ctx.model_path).map_err(|e| StepError::new(format!("{e}")))?;
+    let mut model = ctx.api_model()?;
     let cp = store::updated_certificate_profile(&model, &ctx.catalogue, &pki);
     model.set_certificate_profile(&cp);
     let mut notes = Vec::new();
@@ -702,9 +706,10 @@ fn update_api_model(ctx: &Context) -> Result<Option<String>, StepError> {
         notes.push("apimodel.json updated");
     }
     if let Some(kc) = ctx.new_admin_kubeconfig()? {
-        let dir = ctx.model_dir().join("kubeconfig");
-        store::private_dir(&dir)?;
-        let path = dir.join(format!("kubeconfig.{}.json", ctx.topo.location));
+        let path = crate::flow::discover::admin_kubeconfig_path(&ctx.model_dir(), &ctx.topo.location);
+        if let Some(dir) = path.parent() {
+            store::private_dir(dir)?;
+        }
         if std::fs::read_to_string(&path).ok().as_deref() != Some(kc.as_str()) {
             write_atomic(&path, kc.as_bytes(), Some(0o600)).map_err(|e| StepError::new(format!("cannot write {}: {e}", path.display())))?;
             notes.push("admin kubeconfig written");

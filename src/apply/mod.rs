@@ -7,6 +7,8 @@ pub mod gates;
 pub mod journal;
 pub mod lock;
 pub mod node;
+pub mod preflight;
+pub mod prober;
 pub mod progress;
 pub mod stale;
 pub mod store;

@@ -274,17 +274,7 @@ pub fn issue_pki(
         let what = what.to_string();
         move |e: issue::IssueError| StoreError::Issue { what: what.clone(), detail: e.to_string() }
     };
-    let entry = |id: &str| -> Result<CertEntry, StoreError> {
-        if let Some(node) = id.strip_prefix("kubeletserver:") {
-            let n = topo.node(node).ok_or_else(|| StoreError::Plan(format!("the plan names node {node}, which the API model does not have")))?;
-            return Ok(catalogue::kubelet_server_entry(n));
-        }
-        catalogue
-            .iter()
-            .find(|e| e.id() == id)
-            .cloned()
-            .ok_or_else(|| StoreError::Plan(format!("the plan issues `{id}`, which this cluster's catalogue does not have")))
-    };
+    let entry = |id: &str| -> Result<CertEntry, StoreError> { catalogue::entry_of_plan_id(catalogue, topo, id).map_err(StoreError::Plan) };
     let wanted = |id: &str| ids.iter().any(|i| i == id);
     let mut items = BTreeMap::new();
     // What the operator supplied is taken as it is: no key is made for it.

@@ -2,6 +2,7 @@
 //! operator can reuse a command line; secrets may come from the environment or from files
 //! and are never required on the command line.
 
+use crate::cloud::azure;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -17,6 +18,10 @@ use std::path::PathBuf;
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+
+    /// Log what certrotate does internally (files loaded, retries) to stderr. Holds no secrets.
+    #[arg(long, global = true)]
+    pub debug: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -42,7 +47,7 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ModelArgs {
     /// Path to apimodel.json written by aks-engine deploy or generate.
-    #[arg(long, value_name = "FILE")]
+    #[arg(short = 'm', long, value_name = "FILE")]
     pub api_model: PathBuf,
 
     /// The desired profile: a shipped name (rotate-all, renew-expiring, rotate-ca) or a YAML path.
@@ -102,14 +107,15 @@ pub struct ClusterArgs {
 /// Azure Resource Manager access, named as aks-engine names it.
 #[derive(Debug, Clone, Args)]
 pub struct AzureArgs {
-    /// Azure location of the cluster (defaults to the API model's).
-    #[arg(long)]
+    /// Azure location of the cluster; when given, it must be the API model's (as aks-engine
+    /// checks it: case and spaces ignored).
+    #[arg(short = 'l', long)]
     pub location: Option<String>,
     /// Subscription holding the cluster's VMs.
-    #[arg(long, env = "AZURE_SUBSCRIPTION_ID")]
+    #[arg(short = 's', long, env = "AZURE_SUBSCRIPTION_ID")]
     pub subscription_id: Option<String>,
     /// Resource group holding the cluster's VMs.
-    #[arg(long)]
+    #[arg(short = 'g', long)]
     pub resource_group: Option<String>,
     /// Tenant of the service principal (Azure AD); `adfs` for AD FS stamps.
     #[arg(long, env = "AZURE_TENANT_ID")]
@@ -230,4 +236,50 @@ pub struct RollbackArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub auto_approve: bool,
+}
+
+impl AzureArgs {
+    /// The Azure inputs these flags give; reads `--client-secret-file` (its first line).
+    pub fn to_inputs(&self) -> Result<azure::AzureInputs, azure::AzureError> {
+        let args = self;
+        let client_secret = match (&args.client_secret, &args.client_secret_file) {
+            (Some(secret), _) => Some(azure::ClientSecret::new(secret.clone())),
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    azure::AzureError::settings(
+                        format!("cannot read the client secret file {}: {e}", path.display()),
+                        "pass a readable file whose first line is the service principal's secret",
+                    )
+                })?;
+                let first = text.lines().next().unwrap_or("").trim();
+                if first.is_empty() {
+                    return Err(azure::AzureError::settings(
+                        format!("the client secret file {} is empty", path.display()),
+                        "write the service principal's secret on its first line",
+                    ));
+                }
+                Some(azure::ClientSecret::new(first))
+            }
+            (None, None) => None,
+        };
+        Ok(azure::AzureInputs {
+            azure_env: args.azure_env.clone(),
+            ca_bundle: args.ca_bundle.clone(),
+            tenant_id: args.tenant_id.clone(),
+            subscription_id: args.subscription_id.clone(),
+            resource_group: args.resource_group.clone(),
+            client_id: args.client_id.clone(),
+            client_secret,
+            certificate_path: args.certificate_path.clone(),
+            private_key_path: args.private_key_path.clone(),
+            identity_system: args.identity_system.map(|i| match i {
+                IdentitySystem::AzureAd => azure::IdentitySystem::AzureAd,
+                IdentitySystem::Adfs => azure::IdentitySystem::Adfs,
+            }),
+            auth_method: args.auth_method.map(|m| match m {
+                AuthMethod::ClientSecret => azure::AuthMethod::ClientSecret,
+                AuthMethod::ClientCertificate => azure::AuthMethod::ClientCertificate,
+            }),
+        })
+    }
 }

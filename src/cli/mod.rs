@@ -14,11 +14,11 @@ pub mod args;
 mod apply;
 mod plan;
 mod status;
-mod supplied;
 mod validate;
 
 use args::{Cli, Command};
 use clap::Parser;
+use is_terminal::IsTerminal as _;
 use std::io::Write as _;
 use std::process::ExitCode;
 
@@ -46,6 +46,10 @@ pub fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    if cli.debug {
+        // Only certrotate's own events: the crates below log request bodies at debug.
+        let _ = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter("certrotate=debug").with_target(false).without_time().with_ansi(std::io::stderr().is_terminal()).try_init();
+    }
     match run(cli) {
         Ok(Outcome::Ok) => ExitCode::SUCCESS,
         Ok(Outcome::Attention) => ExitCode::from(2),

@@ -4,19 +4,15 @@
 use super::args::{ClusterArgs, StatusArgs};
 use super::validate::{render_expiry_table, ExpiryRow};
 use super::Outcome;
-use crate::cloud::kube::{self as kube_ops, KubeAccess};
+use crate::flow::{self, discover::Discovered, read::{ClusterRead, ReadInputs}};
 use crate::model::apimodel::ApiModel;
 use crate::model::inventory::{Inventory, ObservedContent};
 use crate::model::topology::Topology;
 use crate::pki::audit::compare;
-use crate::pki::catalogue::{self, CertEntry};
-use crate::remote::refresh::{refresh_over_ssh, refresh_some_over_ssh, RefreshError, RefreshOptions};
-use crate::remote::script::NodeReadSpec;
-use crate::remote::ssh::{HostKeyPolicy, SshFleet, SshSettings};
+use crate::pki::catalogue::CertEntry;
+use crate::remote::refresh::RefreshError;
+use crate::remote::ssh::{HostKeyPolicy, SshSettings};
 use miette::{miette, IntoDiagnostic};
-use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Duration;
 
 /// File beside the API model where trust-on-first-use records node host keys.
 pub const TOFU_KNOWN_HOSTS: &str = "certrotate_known_hosts";
@@ -66,134 +62,45 @@ pub fn ssh_settings(args: &ClusterArgs, model: &ApiModel, topo: &Topology) -> mi
     })
 }
 
-/// How long the Kubernetes API gets to answer the node list: on a cluster whose certificates
-/// have expired it never will, and that must not hold up planning.
-pub const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// The admin kubeconfig AKS Engine writes beside the API model.
-pub fn admin_kubeconfig_path(model: &ApiModel, topo: &Topology) -> PathBuf {
-    model.dir().join("kubeconfig").join(format!("kubeconfig.{}.json", topo.location))
+/// Loads the API model and derives the topology, once, for the command.
+pub fn discover(args: &ClusterArgs) -> miette::Result<Discovered> {
+    discover_with_suffix(args, args.model.name_suffix.as_deref())
 }
 
-/// The topology plus the Linux agents the Kubernetes API lists and the API model does not
-/// (nodes added by `aks-engine scale`). The API is asked only when the admin kubeconfig is
-/// beside the API model, within NODE_LIST_TIMEOUT; whatever happens, the operator gets one
-/// `note:` line per thing worth knowing on stderr and the API model's nodes are kept.
-pub async fn add_registered_nodes(args: &ClusterArgs, model: &ApiModel, topo: Topology) -> Topology {
-    let path = admin_kubeconfig_path(model, &topo);
-    let Ok(text) = std::fs::read_to_string(&path) else {
-        eprintln!(
-            "note: no admin kubeconfig at {}; the Kubernetes API was not consulted, so only the API model's nodes are included",
-            path.display()
-        );
-        return topo;
-    };
-    let access = match KubeAccess::from_kubeconfigs(&[(path.display().to_string(), text)], args.apiserver.as_deref()) {
-        Ok(access) => access,
-        Err(e) => {
-            eprintln!("note: the Kubernetes API was not consulted ({e}); only the API model's nodes are included");
-            return topo;
-        }
-    };
-    let list = async {
-        let (client, _) = access.client(NODE_LIST_TIMEOUT).await?;
-        kube_ops::registered_nodes(&client).await
-    };
-    let registered = match tokio::time::timeout(NODE_LIST_TIMEOUT * 2, list).await {
-        Ok(Ok(nodes)) => nodes,
-        Ok(Err(e)) => {
-            eprintln!("note: the Kubernetes API did not list the nodes ({e}); going on with the API model's nodes");
-            return topo;
-        }
-        Err(_) => {
-            eprintln!("note: the Kubernetes API did not list the nodes within {}s; going on with the API model's nodes", (NODE_LIST_TIMEOUT * 2).as_secs());
-            return topo;
-        }
-    };
-    let (with, notes) = topo.with_registered_nodes(&registered);
-    for note in notes {
+/// As [`discover`], with the VM name suffix given (a saved plan's, say).
+pub fn discover_with_suffix(args: &ClusterArgs, name_suffix: Option<&str>) -> miette::Result<Discovered> {
+    let cluster = flow::discover::discover(&args.model.api_model, name_suffix)?;
+    if let Some(location) = &args.azure.location {
+        flow::discover::check_location(&cluster.model, location)?;
+    }
+    Ok(cluster)
+}
+
+/// Reads the cluster (see [`flow::read`]), printing its notes; the error says what to do.
+pub fn read_cluster(args: &ClusterArgs, cluster: &Discovered) -> miette::Result<ClusterRead> {
+    let settings = ssh_settings(args, &cluster.model, &cluster.topology)?;
+    let fleet = flow::read::read_fleet(settings).into_diagnostic()?;
+    let inputs = ReadInputs { fleet, parallelism: args.parallelism as usize, skip_unreachable: args.skip_unreachable, apiserver: args.apiserver.clone() };
+    let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
+    let read = runtime.block_on(flow::read::read_cluster(cluster, inputs)).map_err(|e: RefreshError| {
+        let help = match &e {
+            RefreshError::HostKey(_) => "do not go on until you know why the key changed; nothing was read or changed",
+            RefreshError::Unreachable(_) => {
+                "check that --ssh-host reaches the nodes and the key is the admin user's; use --skip-unreachable to go on without nodes that are down"
+            }
+            RefreshError::NameSuffix(_) => "the VM name suffix does not match the nodes: check azuredeploy.json or --name-suffix",
+        };
+        miette!(help = help, "{e}")
+    })?;
+    for note in &read.notes {
         eprintln!("note: {note}");
     }
-    for added in topo.agents_missing_from(&with) {
-        eprintln!(
-            "note: {} is registered in the Kubernetes API but not in the API model (added by aks-engine scale?); it is included as agent {} of pool {}",
-            added.name,
-            added.index,
-            added.pool.as_deref().unwrap_or("?")
-        );
-    }
-    with
-}
-
-/// Reads the cluster: API model, topology (with agents only the Kubernetes API knows),
-/// catalogue, and the live inventory.
-pub fn read_cluster(args: &ClusterArgs) -> miette::Result<(ApiModel, Topology, Vec<CertEntry>, Inventory)> {
-    read_cluster_of(args, ApiModel::load(&args.model.api_model)?)
-}
-
-/// As [`read_cluster`], with the API model already loaded.
-pub fn read_cluster_of(args: &ClusterArgs, model: ApiModel) -> miette::Result<(ApiModel, Topology, Vec<CertEntry>, Inventory)> {
-    let topo = Topology::derive(&model, args.model.name_suffix.as_deref())?;
-    let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
-    // Refresh sends and reads no private keys (see SshSettings::no_private_keys).
-    let settings = SshSettings { no_private_keys: true, ..ssh_settings(args, &model, &topo)? };
-    let fleet = Arc::new(SshFleet::new(settings).into_diagnostic()?);
-    let opts = RefreshOptions { parallelism: args.parallelism as usize, skip_unreachable: args.skip_unreachable };
-    let model_catalogue = catalogue::catalogue(&topo);
-    let (topo, cat, inventory) = runtime
-        .block_on(async {
-            // The Kubernetes API's node list and the reads of the API model's nodes do not
-            // depend on each other, so neither waits for the other; only agents that the API
-            // adds are read after the list.
-            let listing = add_registered_nodes(args, &model, topo.clone());
-            // Unreachable nodes are judged once both reads are in, so that the error names
-            // every one of them, agents the API added included; host-key errors stop at once.
-            let lenient = RefreshOptions { skip_unreachable: true, ..opts };
-            let reading = refresh_over_ssh(fleet.clone(), &topo, &model_catalogue, lenient);
-            tokio::pin!(listing, reading);
-            let (full, mut inventory) = tokio::select! {
-                read = &mut reading => {
-                    let inventory = read?;
-                    (listing.await, inventory)
-                }
-                full = &mut listing => (full, reading.await?),
-            };
-            let cat = catalogue::catalogue(&full);
-            // A node is read again should the added agents change what it must hold.
-            let spec = |node: &crate::model::topology::Node, cat: &[CertEntry]| NodeReadSpec::for_node(node, cat, &full.admin_username);
-            let unread: Vec<String> = full
-                .nodes()
-                .filter(|n| topo.node(&n.name).is_none() || spec(n, &cat) != spec(n, &model_catalogue))
-                .map(|n| n.name.clone())
-                .collect();
-            if !unread.is_empty() {
-                let more = refresh_some_over_ssh(fleet, &full, Some(&unread), &cat, lenient).await?;
-                inventory.nodes.retain(|n| !unread.contains(&n.node));
-                inventory.unreachable.retain(|u| !unread.contains(&u.node));
-                inventory.nodes.extend(more.nodes);
-                inventory.unreachable.extend(more.unreachable);
-                inventory.sort_in_order_of(&full);
-            }
-            if !opts.skip_unreachable && !inventory.unreachable.is_empty() {
-                return Err(RefreshError::Unreachable(inventory.unreachable));
-            }
-            Ok((full, cat, inventory))
-        })
-        .map_err(|e: RefreshError| {
-            let help = match &e {
-                RefreshError::HostKey(_) => "do not go on until you know why the key changed; nothing was read or changed",
-                RefreshError::Unreachable(_) => {
-                    "check that --ssh-host reaches the nodes and the key is the admin user's; use --skip-unreachable to go on without nodes that are down"
-                }
-                RefreshError::NameSuffix(_) => "the VM name suffix does not match the nodes: check azuredeploy.json or --name-suffix",
-            };
-            miette!(help = help, "{e}")
-        })?;
-    Ok((model, topo, cat, inventory))
+    Ok(read)
 }
 
 pub fn run(a: &StatusArgs) -> miette::Result<Outcome> {
-    let (_model, _topo, cat, inventory) = read_cluster(&a.cluster)?;
+    let cluster = discover(&a.cluster)?;
+    let ClusterRead { catalogue: cat, inventory, .. } = read_cluster(&a.cluster, &cluster)?;
     let rows = expiry_rows(&cat, &inventory, time::OffsetDateTime::now_utc());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));

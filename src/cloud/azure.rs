@@ -167,51 +167,6 @@ pub struct AzureInputs {
     pub auth_method: Option<AuthMethod>,
 }
 
-impl AzureInputs {
-    /// The command line's Azure flags; reads `--client-secret-file` (its first line).
-    pub fn from_args(args: &crate::cli::args::AzureArgs) -> Result<Self, AzureError> {
-        use crate::cli::args;
-        let client_secret = match (&args.client_secret, &args.client_secret_file) {
-            (Some(secret), _) => Some(ClientSecret::new(secret.clone())),
-            (None, Some(path)) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    AzureError::settings(
-                        format!("cannot read the client secret file {}: {e}", path.display()),
-                        "pass a readable file whose first line is the service principal's secret",
-                    )
-                })?;
-                let first = text.lines().next().unwrap_or("").trim();
-                if first.is_empty() {
-                    return Err(AzureError::settings(
-                        format!("the client secret file {} is empty", path.display()),
-                        "write the service principal's secret on its first line",
-                    ));
-                }
-                Some(ClientSecret::new(first))
-            }
-            (None, None) => None,
-        };
-        Ok(Self {
-            azure_env: args.azure_env.clone(),
-            ca_bundle: args.ca_bundle.clone(),
-            tenant_id: args.tenant_id.clone(),
-            subscription_id: args.subscription_id.clone(),
-            resource_group: args.resource_group.clone(),
-            client_id: args.client_id.clone(),
-            client_secret,
-            certificate_path: args.certificate_path.clone(),
-            private_key_path: args.private_key_path.clone(),
-            identity_system: args.identity_system.map(|i| match i {
-                args::IdentitySystem::AzureAd => IdentitySystem::AzureAd,
-                args::IdentitySystem::Adfs => IdentitySystem::Adfs,
-            }),
-            auth_method: args.auth_method.map(|m| match m {
-                args::AuthMethod::ClientSecret => AuthMethod::ClientSecret,
-                args::AuthMethod::ClientCertificate => AuthMethod::ClientCertificate,
-            }),
-        })
-    }
-}
 
 /// The Azure clouds AKS Engine knows by name, with their ARM endpoints.
 const NAMED_CLOUDS: &[(&str, &str)] = &[
@@ -510,7 +465,7 @@ pub enum AzureError {
 }
 
 impl AzureError {
-    fn settings(message: impl Into<String>, help: impl Into<String>) -> Self {
+    pub fn settings(message: impl Into<String>, help: impl Into<String>) -> Self {
         AzureError::Settings { message: message.into(), help: help.into() }
     }
 }

@@ -283,6 +283,8 @@ impl ApiModel {
     /// Reads and checks apimodel.json. Every problem is an `InputError` pointing into it.
     pub fn load(path: &Path) -> Result<Self, InputError> {
         let source = SourceFile::read(path, "API model")?;
+        // Counted by a lab test: one apply loads the API model once.
+        tracing::debug!(path = %path.display(), "loaded apimodel.json");
         Self::parse(source)
     }
 

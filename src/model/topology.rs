@@ -121,6 +121,8 @@ impl Topology {
     }
 
     pub fn derive_with_suffix(model: &ApiModel, name_suffix: &str) -> Result<Self, InputError> {
+        // Counted by a lab test: one apply derives the topology once.
+        tracing::debug!(suffix = name_suffix, "derived topology");
         let src = &model.source;
         let view = &model.view;
         let props = &view.properties;

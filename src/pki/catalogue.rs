@@ -362,6 +362,49 @@ pub fn holds_key(entry: &CertEntry, node: &Node) -> bool {
     entry.key_file.is_some() && !(entry.kind == CertKind::Ca && node.role == Role::Agent)
 }
 
+/// How a plan names a node's own kubelet serving certificate.
+const KUBELET_SERVER_PREFIX: &str = "kubeletserver:";
+
+/// The id a plan gives a certificate: its catalogue id, or `kubeletserver:<node>` for a
+/// node's own serving certificate (one per node, each self-signed).
+pub fn plan_id(entry: &CertEntry) -> String {
+    if entry.kind == CertKind::KubeletServer {
+        format!("{KUBELET_SERVER_PREFIX}{}", entry.holders.first().map(String::as_str).unwrap_or(""))
+    } else {
+        entry.id()
+    }
+}
+
+/// The catalogue entry a plan id names; `Err` says why there is none.
+pub fn entry_of_plan_id(catalogue: &[CertEntry], topo: &Topology, id: &str) -> Result<CertEntry, String> {
+    if let Some(name) = id.strip_prefix(KUBELET_SERVER_PREFIX) {
+        let node = topo.node(name).ok_or_else(|| format!("the plan names node {name}, which the API model does not have"))?;
+        return Ok(kubelet_server_entry(node));
+    }
+    catalogue.iter().find(|e| e.id() == id).cloned().ok_or_else(|| format!("the plan names certificate `{id}`, which this cluster's catalogue does not have"))
+}
+
+/// Where a certificate lives on one node: its certificate file, and its key file where the
+/// node keeps the key.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilesOnNode {
+    pub entry: CertEntry,
+    pub cert: FileSpec,
+    pub key: Option<FileSpec>,
+}
+
+/// The files plan certificate `id` puts on `node`, for apply (what to install) and for the
+/// staleness check (what an earlier run of the plan installed) alike. `Ok(None)` when the
+/// node does not hold the certificate.
+pub fn files_on_node(catalogue: &[CertEntry], topo: &Topology, id: &str, node: &Node) -> Result<Option<FilesOnNode>, String> {
+    let entry = entry_of_plan_id(catalogue, topo, id)?;
+    if !entry.holders.contains(&node.name) {
+        return Ok(None);
+    }
+    let key = entry.key_file.clone().filter(|_| holds_key(&entry, node));
+    Ok(Some(FilesOnNode { cert: entry.cert_file.clone(), key, entry }))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -17,7 +17,7 @@ use crate::model::inventory::{Inventory, NodeInventory, ObservedContent, Observe
 use crate::model::profile::{CaPolicy, CertId, KeyAlgorithm, LeafPolicy, Profile};
 use crate::model::topology::{Node, Role, Topology};
 use crate::pki::audit;
-use crate::pki::catalogue::{holds_key, ApiModelField, CertEntry, CertKind, FileSpec, IssuerRef, CERT_DIR};
+use crate::pki::catalogue::{self, holds_key, ApiModelField, CertEntry, CertKind, FileSpec, IssuerRef, CERT_DIR};
 use crate::pki::inspect::{self, CertFacts};
 use crate::plan::file::{
     AttrValue, CertificateChange, ChangeAction, ChangeTarget, Finding, NodeRole, Reason, ReasonCode, Severity,
@@ -1252,11 +1252,7 @@ impl<'a> CertificateDiff<'a> {
     /// The decision the graph builder reads; kubelet serving certificates are one per node.
     fn decision(&self, verdict: Verdict) -> CertDecision {
         let entry = self.entry;
-        let id = if entry.kind == CertKind::KubeletServer {
-            format!("kubeletserver:{}", entry.holders.first().map(String::as_str).unwrap_or(""))
-        } else {
-            entry.id()
-        };
+        let id = catalogue::plan_id(entry);
         let holders = self.copies.iter().map(|c| c.node.name.clone()).collect();
         CertDecision { id, kind: entry.kind, action: verdict.action, holders, reasons: verdict.reasons }
     }

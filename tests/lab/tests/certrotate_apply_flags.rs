@@ -145,8 +145,15 @@ fn force_goes_on_without_the_api_and_a_later_run_does_what_it_skipped() {
     let at = no_api.iter().position(|f| f == "--apiserver").unwrap();
     no_api[at + 1] = dead.clone();
 
-    let failed = run(&["apply", saved.to_str().unwrap()], &no_api);
+    // --debug counts what the flow loads: this run issues the PKI, the next writes the API
+    // model; each loads apimodel.json and derives the topology once, whatever its steps do.
+    let loads_and_derivations = |out: &std::process::Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        (stderr.matches("loaded apimodel.json").count(), stderr.matches("derived topology").count())
+    };
+    let failed = run(&["apply", saved.to_str().unwrap(), "--debug"], &no_api);
     assert_eq!(failed.status.code(), Some(1), "{}", text(&failed));
+    assert_eq!(loads_and_derivations(&failed), (1, 1), "{}", text(&failed));
     let flat = flat_stderr(&failed);
     assert!(flat.contains("@preflight failed: gate"), "an API gate of the preflight stops the run: {flat}");
     assert!(flat.contains("no credentials reach the API server"), "says what it saw: {flat}");
@@ -154,8 +161,9 @@ fn force_goes_on_without_the_api_and_a_later_run_does_what_it_skipped() {
     assert!(journal(&lab).iter().all(|(step, note)| !step.starts_with("installCerts@") && !is_forced(note)), "{:#?}", journal(&lab));
     assert_eq!(certs(&lab), certs_before, "nothing was installed behind a failed preflight gate");
 
-    let forced = run(&["apply", saved.to_str().unwrap(), "--force"], &no_api);
+    let forced = run(&["apply", saved.to_str().unwrap(), "--force", "--debug"], &no_api);
     assert_eq!(forced.status.code(), Some(0), "{}", text(&forced));
+    assert_eq!(loads_and_derivations(&forced), (1, 1), "{}", text(&forced));
     let stderr = String::from_utf8_lossy(&forced.stderr);
     for warning in [
         "warning: --force: gate nodesReady@preflight skipped, the API does not answer",

@@ -83,7 +83,7 @@ fn agents_registered_in_the_api_but_missing_from_the_api_model_are_planned() {
     let ids: Vec<&str> = on_third.iter().map(|c| c["certificate"].as_str().unwrap()).collect();
     assert_eq!(on_third.len(), 3, "ca, client and kubeletserver on {third}: {ids:?}");
     assert!(on_third.iter().all(|c| c["action"] != "noop"), "{on_third:#?}");
-    let steps_on_third = json["graph"]["nodes"].as_array().unwrap().iter().filter(|s| s["target"] == third.as_str()).count();
+    let steps_on_third = json["graph"]["steps"].as_array().unwrap().iter().filter(|s| s["target"] == third.as_str()).count();
     assert!(steps_on_third > 0, "the graph installs the new certificates on {third}");
     let findings = json["findings"].as_array().unwrap();
     let from_api: Vec<&serde_json::Value> = findings.iter().filter(|f| f["code"] == "node-from-api").collect();

@@ -7,7 +7,7 @@
 //! (front-proxy pair, kubelet serving certificates) still follow the profile.
 
 use crate::diag::InputError;
-use crate::model::apimodel::{ApiModel, CertificateProfile};
+use crate::model::apimodel::CertificateProfile;
 use crate::model::topology::Topology;
 use crate::pki::audit::{self, Severity};
 use crate::pki::catalogue;
@@ -32,9 +32,8 @@ lists what is wrong, and planning without the flag lets certrotate issue the cer
 /// Loads and checks `path` against the cluster the API model describes: every certificate the
 /// API model keeps must be present, parse, match its key, chain to the supplied CA and carry
 /// the names this cluster needs. Nothing is read from the cluster.
-pub fn load(path: &Path, model: &ApiModel, name_suffix: Option<&str>, now: time::OffsetDateTime) -> miette::Result<Supplied> {
-    let topo = Topology::derive(model, name_suffix)?;
-    let cat = catalogue::catalogue(&topo);
+pub fn load(path: &Path, topo: &Topology, now: time::OffsetDateTime) -> miette::Result<Supplied> {
+    let cat = catalogue::catalogue(topo);
     let (cp, src) = CertificateProfile::load(path)?;
     if cp.ca_certificate.is_none() || cp.ca_private_key.is_none() {
         let field = if cp.ca_certificate.is_none() { "caCertificate" } else { "caPrivateKey" };
