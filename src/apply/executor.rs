@@ -1,15 +1,16 @@
-//! The executor: walks a plan's action graph in dependency order on tokio. Ready steps run
-//! concurrently up to `--parallelism`; the graph's edges already keep each node's steps in
-//! order and the front-proxy steps serial across masters. Steps the journal records as done
-//! are skipped, so a rerun resumes. The first failed action or gate stops scheduling new work;
-//! work in flight finishes; the error says what failed, what was observed, and how to go on.
+//! The step runner: what each step of a plan does, as one match over its typed operation.
+//! Linux nodes get root scripts over SSH (`node`), Windows nodes PowerShell (`winexec`),
+//! gates look at the cluster (`gates`), local steps write the run's store and the API model.
+//! [`Context`] holds the plan and the cluster, the connections (`connections`), the run's
+//! store (`run_store`) and the reporter; the walker (`walker`) decides what runs when.
 
+use crate::apply::connections::Connections;
 use crate::apply::journal::{Journal, FORCED_NOTE};
+use crate::apply::run_store::RunStore;
 use crate::apply::walker::{self, EventSink, StepRunner, WalkSettings};
 use crate::apply::node::{self, NodeFile};
 use crate::apply::progress::{Event, Phase, Reporter, Timings};
-use crate::apply::store::{self, NewPki, RunDir, RunState};
-use crate::cloud::azure::{AzureCompute, AzureSettings};
+use crate::apply::store::{self, NewPki, RunDir};
 use crate::cloud::kube as kops;
 use crate::model::apimodel::{write_atomic, ApiModel};
 use crate::model::profile::{GateKind, Profile};
@@ -17,7 +18,7 @@ use crate::model::topology::{Availability, Node, OsType, Role, Topology};
 use crate::pki::catalogue::{self, CertEntry, ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY};
 use crate::plan::graph::ActionGraph;
 use crate::plan::step::{Operation, Probe, Step};
-use crate::remote::ssh::{NodeSession, RemoteError, SshFleet};
+use crate::remote::ssh::{RemoteError, SshFleet};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -37,10 +38,8 @@ impl From<store::StoreError> for StepError {
     }
 }
 
-/// A node's connection, behind a lock of its own so nodes connect independently.
-type SessionSlot = Arc<tokio::sync::Mutex<Option<Arc<NodeSession>>>>;
-
-/// Everything a step may need.
+/// Everything a step may need: the plan and the cluster it was made for, the connections
+/// that reach the cluster, the run's store, and the reporter.
 pub struct Context {
     pub graph: ActionGraph,
     pub topo: Topology,
@@ -50,32 +49,19 @@ pub struct Context {
     /// apimodel.json as apply loaded it (and checked against the plan), so steps do not
     /// load it again; `None`: they load it from `model_path`.
     pub api_model: Option<Arc<ApiModel>>,
-    pub run: RunDir,
-    pub journal: Journal,
-    pub reporter: Arc<Reporter>,
-    pub fleet: Arc<SshFleet>,
-    /// The plan's digest (hex); its first 16 characters stamp everything on the nodes.
-    pub plan_digest: String,
     pub parallelism: usize,
     pub force: bool,
-    /// `--apiserver ADDRESS:PORT`.
-    pub apiserver: Option<String>,
-    pub azure: Option<AzureSettings>,
     /// The admin kubeconfig as it was before apply (JSON text), if there was one.
     pub old_admin_kubeconfig: Option<String>,
     /// Server URL of each master's ~/.kube/config as refresh saw it.
     pub master_kubeconfig_servers: Mutex<HashMap<String, String>>,
-    /// Time per phase and waiting versus own work, from the events.
-    pub timings: Mutex<Timings>,
-    pub pki: Mutex<Option<Arc<NewPki>>>,
-    /// The operator's certificates (`--certificate-profile`), read again and checked against
-    /// the digest the plan recorded.
-    pub supplied: Option<Arc<crate::model::apimodel::CertificateProfile>>,
-    pub state: Mutex<RunState>,
     /// Set by Ctrl-C or SIGTERM: no new step starts, gates in flight are cancelled.
     pub stop: crate::interrupt::StopRequest,
-    sessions: Mutex<HashMap<String, SessionSlot>>,
-    compute: tokio::sync::OnceCell<Result<Arc<AzureCompute>, String>>,
+    pub conn: Connections,
+    pub store: RunStore,
+    pub reporter: Arc<Reporter>,
+    /// Time per phase and waiting versus own work, from the events.
+    pub timings: Mutex<Timings>,
 }
 
 impl Context {
@@ -92,7 +78,7 @@ impl Context {
         plan_digest: String,
     ) -> Self {
         let catalogue = catalogue::catalogue(&topo);
-        let state = run.load_state();
+        let first_master = topo.masters.first().map(|m| m.name.clone());
         Context {
             graph,
             topo,
@@ -100,24 +86,15 @@ impl Context {
             profile,
             model_path,
             api_model: None,
-            run,
-            journal,
-            reporter,
-            fleet,
-            plan_digest,
             parallelism: 10,
             force: false,
-            apiserver: None,
-            azure: None,
             old_admin_kubeconfig: None,
             master_kubeconfig_servers: Mutex::new(HashMap::new()),
-            timings: Mutex::new(Timings::new()),
-            pki: Mutex::new(None),
-            supplied: None,
-            state: Mutex::new(state),
             stop: crate::interrupt::StopRequest::default(),
-            sessions: Mutex::new(HashMap::new()),
-            compute: tokio::sync::OnceCell::new(),
+            conn: Connections::new(fleet, first_master),
+            store: RunStore::new(run, journal, plan_digest),
+            reporter,
+            timings: Mutex::new(Timings::new()),
         }
     }
 
@@ -127,14 +104,8 @@ impl Context {
         self.reporter.emit(event);
     }
 
-    /// Whether Azure answers with these settings, before anything changes.
-    pub async fn check_azure(&self) -> Result<(), StepError> {
-        let compute = self.compute().await?;
-        compute.check_access().await.map_err(|e| StepError::new(e.to_string()))
-    }
-
     pub fn stamp(&self) -> String {
-        self.plan_digest.chars().take(16).collect()
+        self.store.stamp()
     }
 
     fn model_dir(&self) -> PathBuf {
@@ -154,108 +125,23 @@ impl Context {
     }
 
     pub(crate) fn pki(&self) -> Result<Arc<NewPki>, StepError> {
-        if let Some(p) = self.pki.lock().expect("pki lock").clone() {
-            return Ok(p);
-        }
-        match NewPki::load(&self.run.pki_dir())? {
-            Some(p) => {
-                let p = Arc::new(p);
-                *self.pki.lock().expect("pki lock") = Some(p.clone());
-                Ok(p)
-            }
-            None => Err(StepError::new("the new certificates have not been issued yet (issuePki has not run)")),
-        }
+        self.store.pki()
     }
 
     fn save_state(&self) -> Result<(), StepError> {
-        let state = self.state.lock().expect("state lock").clone();
-        self.run.save_state(&state).map_err(StepError::from)
+        self.store.save_state()
     }
 
-    /// The node's one multiplexed connection, opened on first use and reused. Each node has
-    /// its own lock, so a slow or unreachable node does not hold up the others.
-    pub async fn session(&self, name: &str) -> Result<Arc<NodeSession>, StepError> {
-        let slot = self.sessions.lock().expect("sessions lock").entry(name.to_string()).or_default().clone();
-        let mut slot = slot.lock().await;
-        if let Some(s) = slot.as_ref() {
-            return Ok(s.clone());
-        }
-        let via_jumpbox = self.topo.masters.first().map(|m| m.name.as_str()) != Some(name);
-        let s = Arc::new(self.fleet.connect(name, via_jumpbox).await?);
-        *slot = Some(s.clone());
-        Ok(s)
-    }
-
-    /// Forgets a node's connection (after a reboot, or when it broke).
-    async fn drop_session(&self, name: &str) {
-        let slot = self.sessions.lock().expect("sessions lock").get(name).cloned();
-        if let Some(slot) = slot {
-            *slot.lock().await = None;
-        }
-    }
-
-    /// Runs a program with a script on stdin (PowerShell on Windows nodes), with the same
-    /// time limit and single reconnect as [`Context::run_root`].
     pub async fn run_program(&self, name: &str, what: &str, program: &str, args: &[&str], stdin: &str) -> Result<String, StepError> {
-        let attempt = async {
-            let session = self.session(name).await?;
-            match session.run_program(what, program, args, stdin).await {
-                Err(RemoteError::Unreachable { .. }) => {
-                    self.drop_session(name).await;
-                    let session = self.session(name).await?;
-                    Ok(session.run_program(what, program, args, stdin).await?)
-                }
-                other => Ok(other?),
-            }
-        };
-        match tokio::time::timeout(Duration::from_secs(300), attempt).await {
-            Ok(r) => r,
-            Err(_) => Err(StepError::new(format!("{name}: `{what}` did not finish within 5 minutes"))),
-        }
+        self.conn.run_program(name, what, program, args, stdin).await
     }
 
-    /// Runs a root script on a node; a broken connection is reopened once. A script that runs
-    /// longer than five minutes is given up on (the step fails and says so).
     pub async fn run_root(&self, name: &str, what: &str, script: &str) -> Result<String, StepError> {
-        match tokio::time::timeout(Duration::from_secs(300), self.run_root_unbounded(name, what, script)).await {
-            Ok(r) => r,
-            Err(_) => Err(StepError::new(format!("{name}: `{what}` did not finish within 5 minutes"))),
-        }
-    }
-
-    async fn run_root_unbounded(&self, name: &str, what: &str, script: &str) -> Result<String, StepError> {
-        let session = self.session(name).await?;
-        match session.run_script_as_root(what, script).await {
-            Err(RemoteError::Unreachable { .. }) => {
-                self.drop_session(name).await;
-                let session = self.session(name).await?;
-                Ok(session.run_script_as_root(what, script).await?)
-            }
-            other => Ok(other?),
-        }
+        self.conn.run_root(name, what, script).await
     }
 
     pub async fn close_sessions(&self) {
-        let slots: Vec<_> = self.sessions.lock().expect("sessions lock").drain().map(|(_, s)| s).collect();
-        for slot in slots {
-            if let Some(s) = slot.lock().await.take() {
-                if let Ok(s) = Arc::try_unwrap(s) {
-                    s.close().await;
-                }
-            }
-        }
-    }
-
-    async fn compute(&self) -> Result<Arc<AzureCompute>, StepError> {
-        let settings = self.azure.clone();
-        self.compute
-            .get_or_init(|| async move {
-                let settings = settings.ok_or_else(|| "rebooting a VM needs the Azure settings (--subscription-id, --resource-group, credentials)".to_string())?;
-                AzureCompute::connect(settings).await.map(Arc::new).map_err(|e| e.to_string())
-            })
-            .await
-            .clone()
-            .map_err(StepError::new)
+        self.conn.close_sessions().await
     }
 
     /// Kubeconfigs to try, new credentials first.
@@ -270,7 +156,7 @@ impl Context {
         if candidates.is_empty() {
             return Err(StepError::new("no admin kubeconfig to reach the API with (kubeconfig/kubeconfig.<location>.json beside the API model)"));
         }
-        kops::KubeAccess::from_kubeconfigs(&candidates, self.apiserver.as_deref()).map_err(|e| StepError::new(e.to_string()))
+        kops::KubeAccess::from_kubeconfigs(&candidates, self.conn.apiserver.as_deref()).map_err(|e| StepError::new(e.to_string()))
     }
 
     pub(crate) async fn kube_client(&self) -> Result<kube::Client, StepError> {
@@ -395,7 +281,7 @@ impl EventSink for Context {
 pub async fn walk(ctx: Arc<Context>) -> WalkResult {
     ctx.timings.lock().expect("timings lock").set_steps(&step_phases(&ctx.graph));
     let settings = WalkSettings { parallelism: ctx.parallelism, stop: ctx.stop.clone() };
-    walker::walk(&ctx.graph, ctx.clone(), &ctx.journal, &*ctx, &settings).await
+    walker::walk(&ctx.graph, ctx.clone(), &ctx.store.journal, &*ctx, &settings).await
 }
 
 /// Runs one step; `Ok` carries an optional note for the journal.
@@ -411,34 +297,34 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
     }
     match step.operation {
         Operation::BackupApiModel => {
-            if let Some(dir) = ctx.state.lock().expect("state").backup_dir.clone() {
+            if let Some(dir) = ctx.store.state.lock().expect("state").backup_dir.clone() {
                 if dir.join("apimodel.json").is_file() {
                     return Ok(Some(format!("backup already in {}", dir.display())));
                 }
             }
             let dir = store::backup_api_model(&ctx.model_dir())?;
-            ctx.state.lock().expect("state").backup_dir = Some(dir.clone());
+            ctx.store.state.lock().expect("state").backup_dir = Some(dir.clone());
             ctx.save_state()?;
             Ok(Some(format!("backed up to {}", dir.display())))
         }
         Operation::IssuePki => {
-            if let Some(persisted) = NewPki::load(&ctx.run.pki_dir())? {
-                *ctx.pki.lock().expect("pki lock") = Some(Arc::new(persisted));
+            if let Some(persisted) = NewPki::load(&ctx.store.run.pki_dir())? {
+                ctx.store.set_pki(persisted);
                 return Ok(Some("reused the certificates issued by an earlier run of this plan".into()));
             }
             let ids = step.params.certificates.clone();
             let model = ctx.api_model()?;
-            let (topo, catalogue, profile, supplied) = (ctx.topo.clone(), ctx.catalogue.clone(), ctx.profile.clone(), ctx.supplied.clone());
+            let (topo, catalogue, profile, supplied) = (ctx.topo.clone(), ctx.catalogue.clone(), ctx.profile.clone(), ctx.store.supplied.clone());
             let pki = tokio::task::spawn_blocking(move || store::issue_pki(&ids, &topo, &catalogue, &model, &profile, supplied.as_deref()))
                 .await
                 .map_err(|e| StepError::new(format!("issuing panicked: {e}")))??;
-            pki.persist(&ctx.run.pki_dir())?;
+            pki.persist(&ctx.store.run.pki_dir())?;
             let n = pki.items.len();
-            *ctx.pki.lock().expect("pki lock") = Some(Arc::new(pki));
-            Ok(Some(format!("issued {n} certificates into {}", ctx.run.pki_dir().display())))
+            ctx.store.set_pki(pki);
+            Ok(Some(format!("issued {n} certificates into {}", ctx.store.run.pki_dir().display())))
         }
         Operation::PauseAutoscaler => {
-            if ctx.state.lock().expect("state").autoscaler_paused {
+            if ctx.store.state.lock().expect("state").autoscaler_paused {
                 return Ok(Some("already paused".into()));
             }
             let client = match ctx.kube_client().await {
@@ -451,7 +337,7 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
             };
             let before = kops::scale_autoscaler(&client, 0).await.map_err(|e| StepError::new(e.to_string()))?;
             {
-                let mut st = ctx.state.lock().expect("state");
+                let mut st = ctx.store.state.lock().expect("state");
                 st.autoscaler_replicas = before;
                 st.autoscaler_paused = true;
             }
@@ -463,19 +349,19 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
         }
         Operation::ResumeAutoscaler => {
             let (paused, replicas) = {
-                let st = ctx.state.lock().expect("state");
+                let st = ctx.store.state.lock().expect("state");
                 (st.autoscaler_paused, st.autoscaler_replicas)
             };
             let Some(replicas) = replicas.filter(|_| paused) else {
                 // A pause skipped under --force runs on the next run: so must its resume.
-                if ctx.journal.was_forced("pauseAutoscaler") {
+                if ctx.store.journal.was_forced("pauseAutoscaler") {
                     return Ok(Some(format!("{FORCED_NOTE}: cluster-autoscaler was not paused, the run that pauses it resumes it)")));
                 }
                 return Ok(Some("nothing to resume".into()));
             };
             let client = ctx.kube_client().await?;
             kops::scale_autoscaler(&client, replicas).await.map_err(|e| StepError::new(e.to_string()))?;
-            ctx.state.lock().expect("state").autoscaler_paused = false;
+            ctx.store.state.lock().expect("state").autoscaler_paused = false;
             ctx.save_state()?;
             Ok(Some(format!("scaled cluster-autoscaler back to {replicas}")))
         }
@@ -575,7 +461,7 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
         .await,
         Operation::RolloutWorkloads => {
             let stamp_time = {
-                let mut st = ctx.state.lock().expect("state");
+                let mut st = ctx.store.state.lock().expect("state");
                 st.rollout_stamp
                     .get_or_insert_with(|| time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339).unwrap_or_default())
                     .clone()
@@ -659,7 +545,7 @@ where
 }
 
 async fn reboot(ctx: &Context, name: &str) -> Result<Option<String>, StepError> {
-    let compute = ctx.compute().await?;
+    let compute = ctx.conn.compute().await?;
     let node = ctx.node(name)?;
     let timeout = ctx.profile.gates.timing(GateKind::NodesReady).timeout.as_std();
     let result = match node.availability {
@@ -675,7 +561,7 @@ async fn reboot(ctx: &Context, name: &str) -> Result<Option<String>, StepError> 
         }
     };
     result.map_err(|e| StepError::new(e.to_string()))?;
-    ctx.drop_session(name).await;
+    ctx.conn.drop_session(name).await;
     // Running in Azure's eyes is not yet reachable over SSH.
     let deadline = Instant::now() + timeout;
     loop {
@@ -685,7 +571,7 @@ async fn reboot(ctx: &Context, name: &str) -> Result<Option<String>, StepError> 
                 return Err(StepError { message: format!("{name} runs again but does not answer SSH"), observed: vec![e.message] })
             }
             Err(_) => {
-                ctx.drop_session(name).await;
+                ctx.conn.drop_session(name).await;
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
         }

@@ -2,6 +2,7 @@
 //! journals every finished step so a rerun resumes, holds a cluster-wide lock, and can roll
 //! a cluster back to the certificates it backed up.
 
+pub mod connections;
 pub mod executor;
 pub mod gates;
 pub mod journal;
@@ -10,6 +11,7 @@ pub mod node;
 pub mod preflight;
 pub mod prober;
 pub mod progress;
+pub mod run_store;
 pub mod stale;
 pub mod store;
 pub mod walker;

@@ -50,8 +50,8 @@ pub async fn release(ctx: &Context, first: &str, digest: &Sha256Digest) {
 /// one planned against, Azure answers when VMs will be restarted.
 pub async fn preflight(ctx: &Arc<Context>, plan: &PlanFile, cluster: &Discovered) -> miette::Result<()> {
     let inventory = read_nodes(ctx).await?;
-    let pki = NewPki::load(&ctx.run.pki_dir()).ok().flatten();
-    match flow::planner::recheck(plan, cluster, &ctx.topo, &inventory, pki.as_ref(), ctx.journal.is_done("updateApiModel")) {
+    let pki = NewPki::load(&ctx.store.run.pki_dir()).ok().flatten();
+    match flow::planner::recheck(plan, cluster, &ctx.topo, &inventory, pki.as_ref(), ctx.store.journal.is_done("updateApiModel")) {
         Ok(()) => {}
         Err(Staleness::ApiModelChanged { planned, now }) => {
             return Err(miette!(
@@ -81,8 +81,8 @@ pub async fn preflight(ctx: &Arc<Context>, plan: &PlanFile, cluster: &Discovered
         }
     }
     *ctx.master_kubeconfig_servers.lock().expect("servers lock") = servers;
-    if ctx.azure.is_some() {
-        ctx.check_azure().await.map_err(|e| miette!(help = "this plan restarts master VMs through Azure; check the Azure flags and the service principal", "Azure does not answer: {}", e.message))?;
+    if ctx.conn.azure.is_some() {
+        ctx.conn.check_azure().await.map_err(|e| miette!(help = "this plan restarts master VMs through Azure; check the Azure flags and the service principal", "Azure does not answer: {}", e.message))?;
     }
     Ok(())
 }

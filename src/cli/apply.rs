@@ -100,15 +100,15 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
     let mut ctx = Context::new(graph, topo, plan.profile.clone(), model.path().to_path_buf(), run, journal, reporter.clone(), fleet, digest.hex().to_string());
     ctx.parallelism = a.cluster.parallelism as usize;
     ctx.force = a.cluster.force;
-    ctx.apiserver = a.cluster.apiserver.clone();
-    ctx.azure = azure;
+    ctx.conn.apiserver = a.cluster.apiserver.clone();
+    ctx.conn.azure = azure;
     ctx.old_admin_kubeconfig = old_admin;
     ctx.api_model = Some(Arc::new(model.clone()));
     if let Some(recorded) = &plan.supplied_certificates {
         // A resumed run installs what the first run persisted; the file is needed only
         // until then.
-        if !NewPki::is_persisted(&ctx.run.pki_dir()) {
-            ctx.supplied = Some(Arc::new(flow::supplied::reload(recorded)?));
+        if !NewPki::is_persisted(&ctx.store.run.pki_dir()) {
+            ctx.store.supplied = Some(Arc::new(flow::supplied::reload(recorded)?));
         }
     }
 
@@ -147,11 +147,11 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         ctx.close_sessions().await;
         let summary = ctx.timings.lock().expect("timings lock").summary(total, down, probes, failures);
         ctx.emit(Event::ApplyFinished { ok, stopped_by: walked.interrupted.map(|s| s.name().to_string()), summary: summary.clone() });
-        let saved = plan_path.clone().unwrap_or_else(|| ctx.run.root.join("plan.yaml"));
+        let saved = plan_path.clone().unwrap_or_else(|| ctx.store.run.root.join("plan.yaml"));
         let args: Vec<String> = std::env::args().collect();
         if ok {
             say!("\nApply complete: {} steps done, {} already done.", walked.done, walked.skipped);
-            let forced: Vec<String> = ctx.graph.steps().filter(|s| ctx.journal.was_forced(&s.id)).map(|s| s.id.clone()).collect();
+            let forced: Vec<String> = ctx.graph.steps().filter(|s| ctx.store.journal.was_forced(&s.id)).map(|s| s.id.clone()).collect();
             if !forced.is_empty() {
                 let unforced: Vec<String> = args.into_iter().filter(|a| a != "--force").collect();
                 say!(
@@ -167,7 +167,7 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
             let go_on = format!(
                 "resume with `{}` (finished steps are skipped; journal {}), or return to the previous certificates with `{}`",
                 command_line("apply", &saved, &args),
-                ctx.journal.path().display(),
+                ctx.store.journal.path().display(),
                 command_line("rollback", &saved, &args)
             );
             let Some((id, e)) = walked.failed.first() else {
@@ -198,7 +198,7 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
 
 /// What an unfinished apply leaves paused, for its error message.
 fn autoscaler_note(ctx: &Context) -> String {
-    let st = ctx.state.lock().expect("state lock");
+    let st = ctx.store.state.lock().expect("state lock");
     match (st.autoscaler_paused, st.autoscaler_replicas) {
         (true, Some(n)) => format!(
             "\ncluster-autoscaler stays scaled to 0 until the apply completes (to run it meanwhile: kubectl -n kube-system scale deployment cluster-autoscaler --replicas={n})"
@@ -324,7 +324,7 @@ pub fn run_rollback(a: &RollbackArgs) -> miette::Result<Outcome> {
     let old_admin = std::fs::read_to_string(flow::discover::admin_kubeconfig_path(&local_backup, &topo.location)).ok();
     let empty = crate::plan::file::ActionGraph { steps: vec![], edges: vec![] };
     let mut ctx = Context::new(ActionGraph::from_saved(&empty).expect("empty graph"), topo.clone(), plan.profile.clone(), model.path().to_path_buf(), run, journal, reporter, fleet, stamp.clone());
-    ctx.apiserver = c.apiserver.clone();
+    ctx.conn.apiserver = c.apiserver.clone();
     ctx.old_admin_kubeconfig = old_admin;
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
     // A first Ctrl-C stops rollback between nodes, not in the middle of one.
@@ -465,8 +465,8 @@ async fn rollback_nodes(
         }
     }
     // A re-apply of a rolled-back plan must run again, not skip what its journal says it did.
-    let archived = ctx.run.root.join(format!("journal.rolled-back-{}.jsonl", time::OffsetDateTime::now_utc().unix_timestamp()));
-    std::fs::rename(ctx.run.journal_path(), &archived).into_diagnostic()?;
+    let archived = ctx.store.run.root.join(format!("journal.rolled-back-{}.jsonl", time::OffsetDateTime::now_utc().unix_timestamp()));
+    std::fs::rename(ctx.store.run.journal_path(), &archived).into_diagnostic()?;
 
     say!("waiting for every node to be Ready and kube-system to settle");
     let deadline = Instant::now() + ctx.profile.gates.timing(crate::model::profile::GateKind::NodesReady).timeout.as_std();
