@@ -216,3 +216,35 @@ fn a_planted_client_secret_is_found() {
     plan.seal();
     assert!(contains_secret(&plan.to_yaml().unwrap()));
 }
+
+/// A profile that requires a named approver: `apply PLAN` without `--approved-by` is refused
+/// before it reads the API model or contacts the cluster; with it, apply goes on (here to the
+/// API model, which does not exist).
+#[test]
+fn a_plan_whose_profile_requires_approval_is_not_applied_without_an_approver() {
+    let mut plan = sample_plan();
+    plan.profile.approval.required = true;
+    plan.profile_digest = plan.profile.digest();
+    plan.seal();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("change-42.plan.yaml");
+    plan.write_atomic(&path).unwrap();
+    let apply = |extra: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_certrotate"))
+            .args(["apply", path.to_str().unwrap(), "--api-model", "missing/apimodel.json"])
+            .args(extra)
+            .current_dir(dir.path())
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    };
+    let refused = apply(&[]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("requires a named approver") && stderr.contains("--approved-by NAME"), "{stderr}");
+    assert!(!stderr.contains("API model"), "refused before the API model is read: {stderr}");
+    let named = apply(&["--approved-by", "Jane Doe"]);
+    let stderr = String::from_utf8_lossy(&named.stderr);
+    assert_eq!(named.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("requires a named approver") && stderr.contains("cannot read the API model"), "{stderr}");
+}

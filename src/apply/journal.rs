@@ -1,7 +1,8 @@
 //! The journal: one JSON line per finished step, appended and synced as each step ends, in the
 //! plan's run directory beside the API model. A rerun of the same plan skips what the journal
 //! records, so after a failure or a kill apply continues where it stopped. It holds step ids,
-//! times and short notes only, never key material.
+//! times and short notes only, never key material. Beside the steps it records who approved
+//! each run that walked the plan (a line of its own, `{"approval": ...}`).
 
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -20,12 +21,40 @@ pub struct JournalEntry {
     pub note: Option<String>,
 }
 
+/// Who approved a run of the plan, how, and for which plan digest.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Approval {
+    pub approved_by: String,
+    pub how: ApprovalHow,
+    pub plan_digest: String,
+    #[serde(with = "time::serde::rfc3339")]
+    pub at: time::OffsetDateTime,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum ApprovalHow {
+    /// `yes` at apply's prompt.
+    Prompt,
+    /// `--auto-approve`: the approval was given elsewhere (a change ticket), named by `--approved-by`.
+    AutoApprove,
+    /// `apply PLAN`: the reviewed, saved plan is the approval, applied by this person.
+    SavedPlan,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ApprovalLine {
+    approval: Approval,
+}
+
 /// How a step skipped under `--force` begins its note.
 pub const FORCED_NOTE: &str = "skipped (--force";
 
 pub struct Journal {
     path: PathBuf,
     done: Mutex<BTreeMap<String, JournalEntry>>,
+    approvals: Mutex<Vec<Approval>>,
     /// Shared with the blocking-pool task that appends and syncs each line.
     file: Arc<Mutex<std::fs::File>>,
 }
@@ -36,10 +65,13 @@ impl Journal {
     pub fn open(path: &Path) -> std::io::Result<Journal> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut done = BTreeMap::new();
+        let mut approvals = Vec::new();
         let text = std::fs::read_to_string(path).unwrap_or_default();
         for line in text.lines() {
             if let Ok(entry) = serde_json::from_str::<JournalEntry>(line) {
                 done.insert(entry.step.clone(), entry);
+            } else if let Ok(line) = serde_json::from_str::<ApprovalLine>(line) {
+                approvals.push(line.approval);
             }
         }
         let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
@@ -47,7 +79,7 @@ impl Journal {
             // End the torn line so the next entry starts on a line of its own.
             file.write_all(b"\n")?;
         }
-        Ok(Journal { path: path.to_path_buf(), done: Mutex::new(done), file: Arc::new(Mutex::new(file)) })
+        Ok(Journal { path: path.to_path_buf(), done: Mutex::new(done), approvals: Mutex::new(approvals), file: Arc::new(Mutex::new(file)) })
     }
 
     pub fn path(&self) -> &Path {
@@ -71,6 +103,19 @@ impl Journal {
         self.done.lock().expect("journal lock").values().cloned().collect()
     }
 
+    /// Every approval recorded, oldest first.
+    pub fn approvals(&self) -> Vec<Approval> {
+        self.approvals.lock().expect("journal lock").clone()
+    }
+
+    /// Records who approved this run; the line is on disk when this returns.
+    pub async fn record_approval(&self, approval: Approval) -> std::io::Result<()> {
+        let line = serde_json::to_string(&ApprovalLine { approval: approval.clone() }).expect("approval serialises");
+        self.append(line).await?;
+        self.approvals.lock().expect("journal lock").push(approval);
+        Ok(())
+    }
+
     /// Records a finished step; the line is on disk when this returns.
     ///
     /// The write and fsync run on tokio's blocking pool: an fsync can take a long time on a
@@ -79,7 +124,12 @@ impl Journal {
     /// current-thread runtime.
     pub async fn record(&self, step: &str, secs: f64, note: Option<String>) -> std::io::Result<()> {
         let entry = JournalEntry { step: step.to_string(), at: time::OffsetDateTime::now_utc(), secs, note };
-        let mut line = serde_json::to_string(&entry).expect("entry serialises");
+        self.append(serde_json::to_string(&entry).expect("entry serialises")).await?;
+        self.done.lock().expect("journal lock").insert(entry.step.clone(), entry);
+        Ok(())
+    }
+
+    async fn append(&self, mut line: String) -> std::io::Result<()> {
         line.push('\n');
         let file = Arc::clone(&self.file);
         tokio::task::spawn_blocking(move || {
@@ -88,9 +138,7 @@ impl Journal {
             f.sync_data()
         })
         .await
-        .map_err(|e| std::io::Error::other(format!("the journal write did not finish: {e}")))??;
-        self.done.lock().expect("journal lock").insert(entry.step.clone(), entry);
-        Ok(())
+        .map_err(|e| std::io::Error::other(format!("the journal write did not finish: {e}")))?
     }
 }
 
@@ -118,6 +166,13 @@ mod tests {
         j.record("restartEtcd@m0", 3.0, None).await.unwrap();
         drop(j);
         assert!(Journal::open(&path).unwrap().is_done("restartEtcd@m0"), "an entry after a torn line is readable");
+        let j = Journal::open(&path).unwrap();
+        let approval = Approval { approved_by: "Jane Doe".into(), how: ApprovalHow::AutoApprove, plan_digest: "sha256:ab".into(), at: time::OffsetDateTime::UNIX_EPOCH };
+        j.record_approval(approval.clone()).await.unwrap();
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(j.approvals(), vec![approval], "approvals survive a reopen");
+        assert_eq!(j.done_count(), 3, "an approval is not a step");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
     }

@@ -9,7 +9,7 @@ use super::Outcome;
 use crate::apply::executor::{self, Context, StepError};
 use crate::apply::preflight::{preflight, release, take_lock};
 use crate::apply::prober::ApiProber;
-use crate::apply::journal::Journal;
+use crate::apply::journal::{Approval, ApprovalHow, Journal};
 use crate::apply::lock::LockHolder;
 use crate::apply::node;
 use crate::apply::progress::{Event, Mode, Reporter};
@@ -39,6 +39,7 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
     let (plan, cluster) = match &a.plan_file {
         Some(path) => {
             let plan = PlanFile::read(path)?;
+            approval_required(&plan, a.approved_by.as_deref())?;
             // A saved plan names its VM name suffix: the API model alone may not.
             let suffix = a.cluster.model.name_suffix.as_deref().unwrap_or(&plan.cluster.name_suffix);
             let cluster = discover_with_suffix(&a.cluster, Some(suffix))?;
@@ -50,6 +51,7 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
             if !made.has_changes {
                 return Ok(Outcome::Ok);
             }
+            approval_required(&made.plan, a.approved_by.as_deref())?;
             if !a.auto_approve && !ask_yes("\nDo you want to perform these actions?") {
                 say!("\nApply cancelled; nothing was changed.");
                 return Err(miette!("apply cancelled"));
@@ -112,6 +114,12 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         }
     }
 
+    let approval_how = match (&a.plan_file, a.auto_approve) {
+        (_, true) => ApprovalHow::AutoApprove,
+        (None, false) => ApprovalHow::Prompt,
+        (Some(_), false) => ApprovalHow::SavedPlan,
+    };
+    let approver = a.approved_by.clone().unwrap_or_else(operator_name);
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
     let plan_path = a.plan_file.clone();
     // From here on a first Ctrl-C stops at a safe point instead of exiting.
@@ -133,6 +141,12 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
             release(&ctx, &first, &digest).await;
             ctx.close_sessions().await;
             return Err(e);
+        }
+        let approval = Approval { approved_by: approver.clone(), how: approval_how, plan_digest: digest.to_string(), at: time::OffsetDateTime::now_utc() };
+        if let Err(e) = ctx.store.journal.record_approval(approval).await {
+            release(&ctx, &first, &digest).await;
+            ctx.close_sessions().await;
+            return Err(miette!("cannot record the approval in the journal {}: {e}; nothing was changed", ctx.store.journal.path().display()));
         }
         reporter.set_steps(&executor::step_phases(&ctx.graph));
         ctx.emit(Event::ApplyStarted { plan_digest: digest.to_string(), steps: ctx.graph.len(), already_done: already });
@@ -194,6 +208,31 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         }
     });
     result
+}
+
+/// Refuses an apply whose profile requires a named approver when none is named.
+fn approval_required(plan: &PlanFile, approved_by: Option<&str>) -> miette::Result<()> {
+    if !plan.profile.approval.required || approved_by.is_some_and(|n| !n.trim().is_empty()) {
+        return Ok(());
+    }
+    Err(miette!(
+        help = "name who approved the change with --approved-by NAME (recorded in the journal with the plan's digest)",
+        "profile {} requires a named approver (approval.required), and none was named; nothing was changed",
+        plan.profile.name
+    ))
+}
+
+/// The operator's login name, for an approval nobody named.
+fn operator_name() -> String {
+    ["LOGNAME", "USER"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| format!("uid {}", current_uid()))
+}
+
+fn current_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").map(|m| m.uid()).unwrap_or(u32::MAX)
 }
 
 /// What an unfinished apply leaves paused, for its error message.

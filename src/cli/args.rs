@@ -188,6 +188,10 @@ pub struct ApplyArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub auto_approve: bool,
+    /// Who approved this change, recorded in the run's journal with the plan's digest
+    /// (required when the plan's profile says `approval: {required: true}`).
+    #[arg(long, value_name = "NAME")]
+    pub approved_by: Option<String>,
     /// Break another apply's lock on the cluster (warns who held it).
     #[arg(long)]
     pub break_lock: bool,

@@ -91,6 +91,20 @@ pub struct Profile {
     /// How long apply waits at each validation gate, and how often it looks.
     #[serde(default)]
     pub gates: Gates,
+    /// Who must approve an apply of this profile's plans.
+    #[serde(default)]
+    pub approval: ApprovalPolicy,
+}
+
+/// Approval of an apply, recorded in the run's journal with the plan digest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ApprovalPolicy {
+    /// Every apply names its approver with `--approved-by NAME` (for production clusters
+    /// under change management); without it apply refuses before contacting the cluster.
+    /// Default false: the approver is whoever answered `yes`, or ran `apply PLAN`.
+    #[serde(default)]
+    pub required: bool,
 }
 
 mod defaults {

@@ -41,10 +41,27 @@ fn journal(lab: &Lab) -> Vec<(String, String)> {
     for run in runs.flatten() {
         for line in std::fs::read_to_string(run.path().join("journal.jsonl")).unwrap_or_default().lines() {
             let e: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
-            entries.push((e["step"].as_str().unwrap().to_string(), e["note"].as_str().unwrap_or("").to_string()));
+            if let Some(step) = e["step"].as_str() {
+                entries.push((step.to_string(), e["note"].as_str().unwrap_or("").to_string()));
+            }
         }
     }
     entries
+}
+
+/// Every approval line of every run of this cluster, in order.
+fn approvals(lab: &Lab) -> Vec<serde_json::Value> {
+    let mut found = Vec::new();
+    let Ok(runs) = std::fs::read_dir(model_dir(lab).join("_rotate_certs_output")) else { return found };
+    for run in runs.flatten() {
+        for line in std::fs::read_to_string(run.path().join("journal.jsonl")).unwrap_or_default().lines() {
+            let e: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            if !e["approval"].is_null() {
+                found.push(e["approval"].clone());
+            }
+        }
+    }
+    found
 }
 
 /// The last journal note of each step.
@@ -106,9 +123,10 @@ fn a_lock_of_another_machine_refuses_apply_and_break_lock_takes_it_over() {
     assert!(flat.contains("--break-lock"), "says how to break it: {flat}");
     assert_eq!(lock_file(&lab), other, "the other holder keeps its lock");
     assert_eq!(journal(&lab), vec![], "no step ran behind someone else's lock");
+    assert_eq!(approvals(&lab), Vec::<serde_json::Value>::new(), "a refused run records no approval");
     assert_eq!(certs(&lab), before, "no certificate changed behind someone else's lock");
 
-    let broke = run(&["apply", saved.to_str().unwrap(), "--break-lock"], &cluster_flags(&lab));
+    let broke = run(&["apply", saved.to_str().unwrap(), "--break-lock", "--approved-by", "Jane Doe"], &cluster_flags(&lab));
     assert_eq!(broke.status.code(), Some(0), "{}", text(&broke));
     let stderr = String::from_utf8_lossy(&broke.stderr);
     assert!(
@@ -124,6 +142,12 @@ fn a_lock_of_another_machine_refuses_apply_and_break_lock_takes_it_over() {
         assert!(done.contains_key(&format!("installCerts@{node}")), "installCerts@{node} in the journal: {done:#?}");
     }
     assert_eq!(lock_file(&lab), "absent", "the lock is released at the end");
+    let recorded = approvals(&lab);
+    assert_eq!(recorded.len(), 1, "{recorded:#?}");
+    assert_eq!(recorded[0]["approvedBy"], "Jane Doe");
+    assert_eq!(recorded[0]["how"], "savedPlan");
+    let digest = certrotate::plan::file::PlanFile::read(&saved).unwrap().digest.unwrap().to_string();
+    assert_eq!(recorded[0]["planDigest"], digest.as_str(), "the approval names the plan it approved");
     assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
     lab.down().unwrap();
 }
