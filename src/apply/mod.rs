@@ -8,6 +8,8 @@ pub mod journal;
 pub mod lock;
 pub mod node;
 pub mod progress;
+pub mod restore;
+pub mod rollback;
 pub mod stale;
 pub mod store;
 pub mod walker;
