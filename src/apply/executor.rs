@@ -495,9 +495,10 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
             Ok(Some(format!("cleaned up on {} nodes", nodes.len())))
         }
         Operation::Gate(kind) => crate::apply::gates::run_gate(ctx, step, kind).await,
-        Operation::VerifyBackup | Operation::RestoreCerts | Operation::RestoreFrontProxyInEtcd | Operation::RestoreApiModel => {
-            Err(StepError::new(format!("`{}` is a rollback step; an apply's plan does not hold it", step.operation)))
-        }
+        Operation::VerifyBackup => crate::apply::restore::verify_backup(ctx, step).await,
+        Operation::RestoreCerts => crate::apply::restore::restore_certs(ctx, step).await,
+        Operation::RestoreFrontProxyInEtcd => crate::apply::restore::restore_front_proxy_in_etcd(ctx, step).await,
+        Operation::RestoreApiModel => crate::apply::restore::restore_api_model(ctx, step),
     }
 }
 

@@ -12,6 +12,8 @@ pub mod preflight;
 pub mod prober;
 pub mod progress;
 pub mod run_store;
+pub mod restore;
+pub mod rollback;
 pub mod stale;
 pub mod store;
 pub mod walker;

@@ -6,4 +6,5 @@ pub mod diff;
 pub mod file;
 pub mod graph;
 pub mod render;
+pub mod rollback;
 pub mod step;

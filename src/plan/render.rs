@@ -338,6 +338,35 @@ pub fn human(view: &PlanView<'_>, colour: bool) -> String {
     out
 }
 
+/// The steps of a graph by phase, in the order they run, gates marked `◇` with their timeout
+/// and steps `done` says are finished marked so: what `rollback` shows before it asks.
+pub fn step_list(graph: &file::ActionGraph, done: &dyn Fn(&str) -> bool, colour: bool) -> String {
+    let paint = Paint { on: colour };
+    let mut out = String::new();
+    for phase in crate::plan::step::Phase::ALL {
+        let steps: Vec<&file::Step> = graph.steps.iter().filter(|s| s.phase == phase).collect();
+        if steps.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "  {}", paint.bold(&format!("# {}", phase.title())));
+        for s in steps {
+            let marker = match s.kind {
+                StepKind::Gate => "◇",
+                StepKind::Action => "-",
+            };
+            let mut line = format!("    {marker} {}: {}", s.id, s.description);
+            if let Some(g) = &s.gate {
+                let _ = write!(line, " (timeout {})", g.timeout);
+            }
+            if done(&s.id) {
+                line = paint.dim(&format!("{line} [done]"));
+            }
+            let _ = writeln!(out, "{line}");
+        }
+    }
+    out
+}
+
 /// What `--json` prints.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]

@@ -239,7 +239,8 @@ fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
     assert_no_secret(&lab, &[&out, &applied]);
 
-    // A Ctrl-C while the first agent is restored: that agent is finished, the next is not started.
+    // A Ctrl-C once the agents' restore has begun: the steps in flight finish and are
+    // journaled, nothing new starts, and the run says how to finish.
     let mut stopped = Command::new(certrotate_bin())
         .args(["rollback", "--auto-approve"])
         .args(cluster_flags(&lab))
@@ -249,27 +250,63 @@ fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(stopped.stdout.take().unwrap()).lines();
+    let mut lines = BufReader::new(stopped.stderr.take().unwrap()).lines();
     let mut seen = Vec::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
         seen.push(line.clone());
-        if line.starts_with("restoring k8s-agentpool1-") {
+        if line.contains("start  restoreCerts@k8s-agentpool1-") {
             send_signal_to_group(stopped.id(), libc::SIGINT);
             break;
         }
     }
     seen.extend(lines.map(|l| l.unwrap()));
     let stopped_out = stopped.wait_with_output().unwrap();
-    let stderr = String::from_utf8_lossy(&stopped_out.stderr).to_string();
-    let all = format!("{}\n{stderr}", seen.join("\n"));
+    let stdout = String::from_utf8_lossy(&stopped_out.stdout).to_string();
+    let all = format!("{stdout}\n{}", seen.join("\n"));
     assert_eq!(stopped_out.status.code(), Some(1), "{all}");
-    assert!(stderr.contains("SIGINT (Ctrl-C) received: rollback stops before the next node"), "acknowledged at once: {all}");
-    assert!(stderr.replace(['\n', '│', ' '], "").contains("rollbackstoppedbySIGINT(Ctrl-C):restored:"), "{all}");
-    assert_eq!(seen.iter().filter(|l| l.starts_with("restoring k8s-agentpool1-")).count(), 1, "no agent after the signal: {all}");
-    // Run again, it finishes.
+    // The graph is shown before it is walked.
+    assert!(stdout.contains("Rollback of plan") && stdout.contains("verifyBackup@") && stdout.contains("Rollback walks"), "the preview: {all}");
+    let warned = seen.iter().position(|l| l.contains("SIGINT (Ctrl-C) received: no new step starts")).unwrap_or_else(|| panic!("acknowledged at once: {all}"));
+    assert!(seen[warned..].iter().all(|l| !l.contains("start  ")), "no step starts after the signal: {all}");
+    let flat = seen.join("").replace(['\n', '│', ' '], "");
+    assert!(flat.contains("rollbackstoppedbySIGINT(Ctrl-C):"), "{all}");
+    // Mid-way: the masters and every agent restore that started are journaled, the API model is not restored.
+    let runs: Vec<_> = std::fs::read_dir(model_dir(&lab).join("_rotate_certs_output")).unwrap().flatten().map(|e| e.path()).collect();
+    assert_eq!(runs.len(), 1, "one applied plan: {runs:?}");
+    let rollback_journal = runs[0].join("rollback.jsonl");
+    let journaled: Vec<String> = std::fs::read_to_string(&rollback_journal)
+        .unwrap_or_else(|e| panic!("{}: {e}", rollback_journal.display()))
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_str().unwrap().to_string())
+        .collect();
+    let masters: Vec<String> = nodes(&lab).into_iter().filter(|n| n.starts_with("k8s-master-")).collect();
+    for m in &masters {
+        assert!(journaled.contains(&format!("restoreCerts@{m}")) && journaled.contains(&format!("restartControlPlane@{m}")), "{m} restored before the stop: {journaled:?}");
+    }
+    let agents_started: Vec<String> =
+        seen.iter().filter_map(|l| l.split("start  ").nth(1)).filter(|r| r.starts_with("restoreCerts@k8s-agentpool1-")).map(|r| r.split(' ').next().unwrap().to_string()).collect();
+    assert!(!agents_started.is_empty());
+    for a in &agents_started {
+        assert!(journaled.contains(a), "{a} was in flight at the stop: it finished and is journaled: {journaled:?}");
+    }
+    assert!(!journaled.iter().any(|s| s == "restoreApiModel" || s.starts_with("kubeSystemReady@")), "the stop came before the end: {journaled:?}");
+    assert_eq!(apimodel_ca(&lab), new_ca, "the API model is not restored yet");
+
+    // Run again: it skips what the first run journaled, says so, and finishes.
     let rolled = certrotate(&["rollback", "--auto-approve"], &lab);
     assert_eq!(rolled.status.code(), Some(0), "{}", text(&rolled));
+    let rolled_err = String::from_utf8_lossy(&rolled.stderr);
+    assert!(String::from_utf8_lossy(&rolled.stdout).contains("An earlier run did"), "the preview says what is done: {}", text(&rolled));
+    let is_gate = |id: &str| ["etcdHealthy@", "nodesReady@", "kubeSystemReady@", "controlPlanePodsReady@"].iter().any(|g| id.starts_with(g));
+    for id in journaled.iter().filter(|id| !is_gate(id)) {
+        assert!(rolled_err.contains(&format!("skip   {id} (already done (journal))")), "{id} is skipped: {rolled_err}");
+        assert!(!rolled_err.contains(&format!("start  {id} (")), "{id} does not run again: {rolled_err}");
+    }
+    assert!(rolled_err.contains("start  restoreApiModel ("), "{rolled_err}");
+    assert!(rolled_err.contains("done   kubeSystemReady@rollback"), "{rolled_err}");
+    // Both journals are archived: a re-apply of the plan runs in full, a later rollback starts afresh.
+    assert!(!rollback_journal.exists() && !runs[0].join("journal.jsonl").exists(), "journals archived");
     assert_eq!(apimodel_ca(&lab), old_ca, "the API model is back");
     for n in nodes(&lab) {
         assert_eq!(ssh(&lab, &n, "cat /etc/kubernetes/certs/ca.crt"), old_ca, "ca.crt on {n} is back");
