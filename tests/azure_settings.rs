@@ -47,7 +47,7 @@ fn an_azure_stack_adfs_api_model_resolves_to_the_hybrid_profile() {
     let model: serde_json::Value = serde_json::from_str(API_MODEL).unwrap();
     let settings = AzureSettings::resolve(&model, inputs()).unwrap();
     assert_eq!(settings.identity_system, IdentitySystem::Adfs);
-    assert_eq!(settings.tenant_id, "adfs");
+    assert_eq!(settings.tenant_id.as_deref(), Some("adfs"));
     assert_eq!(settings.compute_api_version.as_deref(), Some("2020-06-01"));
     assert_eq!(settings.resource_manager_endpoint.host_str(), Some("management.local.azurestack.external"));
     assert_eq!(settings.credentials.client_id(), "6a2d4c1e-0b9f-4e8d-a7c6-5b4a3f2e1d0c");
@@ -80,8 +80,9 @@ fn missing_pieces_are_named() {
 
     let mut model: serde_json::Value = serde_json::from_str(API_MODEL).unwrap();
     model["properties"]["customCloudProfile"]["identitySystem"] = "azure_ad".into();
-    let err = AzureSettings::resolve(&model, inputs()).unwrap_err();
-    assert!(err.to_string().contains("tenant"), "Azure AD needs a tenant: {err}");
+    // Azure AD without --tenant-id: the tenant is learnt from ARM's challenge when connecting.
+    let settings = AzureSettings::resolve(&model, inputs()).unwrap();
+    assert_eq!(settings.tenant_id, None, "no tenant is made up");
 }
 
 #[test]
@@ -131,7 +132,7 @@ fn a_loaded_api_model_and_command_line_flags_resolve_together() {
         AzureInputs { identity_system: Some(IdentitySystem::AzureAd), tenant_id: Some("t-1".into()), ..inputs() },
     )
     .unwrap();
-    assert_eq!((settings.identity_system, settings.tenant_id.as_str()), (IdentitySystem::AzureAd, "t-1"));
+    assert_eq!((settings.identity_system, settings.tenant_id.as_deref()), (IdentitySystem::AzureAd, Some("t-1")));
 }
 
 #[test]
@@ -153,4 +154,29 @@ fn the_client_secret_file_is_read_by_its_first_line() {
     std::fs::write(&file, "\n").unwrap();
     let err = cli.azure.to_inputs().unwrap_err();
     assert!(err.to_string().contains("empty"), "{err}");
+}
+
+/// On Azure (not Azure Stack Hub) aks-engine signs in without a service principal when none is
+/// given (DefaultAzureCredential: the Azure CLI's login, a managed identity). certrotate does
+/// not, and says what to pass instead.
+#[test]
+fn a_sign_in_certrotate_cannot_serve_is_refused_naming_what_to_use() {
+    let model = serde_json::json!({"location": "westeurope", "properties": {"servicePrincipalProfile": {"clientId": "a"}}});
+    let err = AzureSettings::resolve(&model, inputs()).unwrap_err();
+    let text = format!("{err}");
+    assert!(text.contains("Azure CLI") && text.contains("managed identity"), "{text}");
+    let help = miette::Diagnostic::help(&err).map(|h| h.to_string()).unwrap_or_default();
+    assert!(help.contains("--client-secret") && help.contains("client_certificate"), "{help}");
+}
+
+/// aks-engine's `--language` is accepted; certrotate speaks English only and refuses others.
+#[test]
+fn language_is_aks_engines_flag_and_english_only() {
+    use clap::Parser;
+    let parse = |lang: &str| {
+        certrotate::cli::args::Cli::try_parse_from(["certrotate", "plan", "--api-model", "m.json", "--language", lang])
+    };
+    assert!(parse("en-us").is_ok());
+    let err = parse("de-de").unwrap_err().to_string();
+    assert!(err.contains("English only") && err.contains("en-us"), "{err}");
 }

@@ -148,6 +148,20 @@ pub struct AzureArgs {
     /// CA bundle to trust for the stamp's endpoints (Azure Stack Hub's private root).
     #[arg(long, value_name = "FILE")]
     pub ca_bundle: Option<PathBuf>,
+    /// Language of the messages, as aks-engine's flag; certrotate writes English (en-us) only.
+    #[arg(long, default_value = "en-us", value_name = "LANG", value_parser = english_only)]
+    pub language: String,
+}
+
+/// aks-engine translates its messages (`--language`, default en-us); certrotate's are English,
+/// so another language is refused rather than silently ignored.
+fn english_only(value: &str) -> Result<String, String> {
+    let lower = value.to_ascii_lowercase();
+    if lower == "en" || lower.starts_with("en-") || lower.starts_with("en_") {
+        Ok(value.to_string())
+    } else {
+        Err(format!("certrotate writes its messages in English only; pass --language en-us or leave it out (was {value})"))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -246,6 +260,7 @@ impl AzureArgs {
     /// The Azure inputs these flags give; reads `--client-secret-file` (its first line).
     pub fn to_inputs(&self) -> Result<azure::AzureInputs, azure::AzureError> {
         let args = self;
+
         let client_secret = match (&args.client_secret, &args.client_secret_file) {
             (Some(secret), _) => Some(azure::ClientSecret::new(secret.clone())),
             (None, Some(path)) => {

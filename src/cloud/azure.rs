@@ -127,8 +127,9 @@ impl Default for RetrySettings {
 pub struct AzureSettings {
     pub resource_manager_endpoint: Url,
     pub identity_system: IdentitySystem,
-    /// Azure AD tenant; ignored with AD FS (whose tenant is always `adfs`).
-    pub tenant_id: String,
+    /// Azure AD tenant (`None`: learnt from ARM's challenge, as aks-engine does); with AD FS
+    /// always `adfs`.
+    pub tenant_id: Option<String>,
     pub subscription_id: String,
     pub resource_group: String,
     pub credentials: AzureCredentials,
@@ -265,10 +266,19 @@ impl AzureSettings {
                     .client_secret
                     .or_else(|| sp.and_then(|s| s.get("secret")).and_then(Value::as_str).filter(|s| !s.is_empty()).map(ClientSecret::new))
                     .ok_or_else(|| {
-                        AzureError::settings(
-                            "no client secret: neither --client-secret nor servicePrincipalProfile.secret in the API model",
-                            "pass --client-secret (or set it in the environment variable clap reads it from)",
-                        )
+                        if azure_stack {
+                            AzureError::settings(
+                                "no client secret: neither --client-secret nor servicePrincipalProfile.secret in the API model",
+                                "pass --client-secret (or set it in the environment variable clap reads it from)",
+                            )
+                        } else {
+                            // aks-engine signs in here with DefaultAzureCredential (environment,
+                            // managed identity, the Azure CLI's login), which certrotate does not.
+                            AzureError::settings(
+                                format!("no service principal credentials for {env}: aks-engine would fall back to the Azure CLI's login or a managed identity, which certrotate does not use"),
+                                "pass --client-id and --client-secret, or --auth-method client_certificate with --certificate-path and --private-key-path, of a service principal with rights on the resource group",
+                            )
+                        }
                     })?;
                 AzureCredentials::ClientSecret { client_id, secret }
             }
@@ -291,10 +301,8 @@ impl AzureSettings {
             }
         };
         let tenant_id = match identity_system {
-            IdentitySystem::Adfs => inputs.tenant_id.unwrap_or_else(|| "adfs".to_string()),
-            IdentitySystem::AzureAd => inputs.tenant_id.filter(|t| !t.is_empty()).ok_or_else(|| {
-                AzureError::settings("no tenant id", "pass --tenant-id with the Azure AD tenant of the service principal")
-            })?,
+            IdentitySystem::Adfs => Some(inputs.tenant_id.unwrap_or_else(|| "adfs".to_string())),
+            IdentitySystem::AzureAd => inputs.tenant_id.filter(|t| !t.is_empty()),
         };
         let subscription_id = inputs
             .subscription_id
@@ -524,7 +532,13 @@ impl AzureCompute {
         })?;
         let scope = format!("{}/.default", audience.trim_end_matches('/'));
 
-        let (authority, tenant) = authority_and_tenant(&settings, &endpoints.login_endpoint)?;
+        let tenant = match (&settings.identity_system, &settings.tenant_id) {
+            (IdentitySystem::AzureAd, None) => {
+                tenant_from_challenge(&http, &settings.resource_manager_endpoint, &settings.subscription_id).await?
+            }
+            (_, tenant) => tenant.clone().unwrap_or_else(|| "adfs".to_string()),
+        };
+        let (authority, tenant) = authority_and_tenant(&settings, &endpoints.login_endpoint, tenant)?;
         let transport: Arc<dyn HttpClient> =
             Arc::new(RetryingTransport { inner: http.clone(), retry: settings.retry.clone() });
         let token_url = authority
@@ -863,6 +877,44 @@ async fn discover_endpoints(http: &reqwest::Client, endpoint: &Url) -> Result<Cl
     Ok(CloudEndpoints { login_endpoint, audiences: document.authentication.audiences })
 }
 
+/// api-version of Get Subscription in the 2020-09-01 profile aks-engine uses on Azure Stack Hub.
+const SUBSCRIPTIONS_API_VERSION: &str = "2016-06-01";
+
+/// The subscription's Azure AD tenant, as aks-engine learns it (`armhelpers.GetTenantID`): an
+/// unauthenticated Get Subscription, which ARM answers with 401 and a `WWW-Authenticate`
+/// challenge whose `authorization_uri` ends in the tenant id.
+async fn tenant_from_challenge(http: &reqwest::Client, endpoint: &Url, subscription_id: &str) -> Result<String, AzureError> {
+    let url = format!(
+        "{}/subscriptions/{subscription_id}?api-version={SUBSCRIPTIONS_API_VERSION}",
+        endpoint.as_str().trim_end_matches('/')
+    );
+    let fail = |reason: String| {
+        AzureError::settings(
+            format!("cannot learn the Azure AD tenant from ARM's challenge at {url}: {reason}"),
+            "pass --tenant-id with the Azure AD tenant of the service principal",
+        )
+    };
+    let response = http.get(&url).send().await.map_err(|e| fail(reqwest_reason(&e)))?;
+    if response.status() != reqwest::StatusCode::UNAUTHORIZED {
+        return Err(fail(format!("expected HTTP 401, got {}", response.status())));
+    }
+    let header = response
+        .headers()
+        .get(reqwest::header::WWW_AUTHENTICATE)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| fail("the 401 has no WWW-Authenticate header".into()))?;
+    tenant_of_challenge(header).ok_or_else(|| fail(format!("no tenant id in WWW-Authenticate: {header}")))
+}
+
+/// The tenant at the end of a challenge's `authorization_uri`
+/// (`Bearer authorization_uri="https://login.windows.net/<tenant>", error=...`).
+fn tenant_of_challenge(header: &str) -> Option<String> {
+    static AUTHORIZATION_URI: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(r#"authorization_uri="[^"]*/([0-9A-Fa-f-]+)/?""#).expect("valid regex")
+    });
+    AUTHORIZATION_URI.captures(header).map(|c| c[1].to_ascii_lowercase())
+}
+
 /// reqwest's Display hides the cause (certificate errors, refused connections).
 fn reqwest_reason(error: &reqwest::Error) -> String {
     error_chain(error)
@@ -885,14 +937,14 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// The token authority and tenant. AD FS stamps advertise `https://adfs.<fqdn>/adfs` as the
 /// login endpoint; its tokens are at `https://adfs.<fqdn>/adfs/oauth2/...`, i.e. authority
 /// `https://adfs.<fqdn>/` with tenant `adfs`.
-fn authority_and_tenant(settings: &AzureSettings, login: &Url) -> Result<(Url, String), AzureError> {
+fn authority_and_tenant(settings: &AzureSettings, login: &Url, tenant: String) -> Result<(Url, String), AzureError> {
     match settings.identity_system {
         IdentitySystem::AzureAd => {
             let mut authority = login.clone();
             if !authority.path().ends_with('/') {
                 authority.set_path(&format!("{}/", authority.path()));
             }
-            Ok((authority, settings.tenant_id.clone()))
+            Ok((authority, tenant))
         }
         IdentitySystem::Adfs => {
             let path = login.path().trim_end_matches('/');
@@ -1240,10 +1292,29 @@ mod tests {
     fn adfs_authority_drops_the_adfs_segment() {
         let settings = AzureSettings::resolve(&stack_model("adfs", "client_secret"), inputs()).unwrap();
         let (authority, tenant) =
-            authority_and_tenant(&settings, &Url::parse("https://adfs.local.azurestack.external/adfs").unwrap()).unwrap();
+            authority_and_tenant(&settings, &Url::parse("https://adfs.local.azurestack.external/adfs").unwrap(), "adfs".into()).unwrap();
         assert_eq!(authority.as_str(), "https://adfs.local.azurestack.external/");
         assert_eq!(tenant, "adfs");
-        assert!(authority_and_tenant(&settings, &Url::parse("https://login.microsoftonline.com/").unwrap()).is_err());
+        assert!(authority_and_tenant(&settings, &Url::parse("https://login.microsoftonline.com/").unwrap(), "adfs".into()).is_err());
+    }
+
+    #[test]
+    fn the_tenant_is_read_from_arms_challenge_as_aks_engine_reads_it() {
+        // The example in aks-engine's armhelpers/tenantid.go, and ARM's reply on Azure Stack Hub.
+        let azure = r#"Bearer authorization_uri="https://login.windows.net/996fe9d1-6171-40aa-945b-4c64b63bf655", error="invalid_token", error_description="The authentication failed because of missing 'Authorization' header.""#;
+        assert_eq!(tenant_of_challenge(azure).as_deref(), Some("996fe9d1-6171-40aa-945b-4c64b63bf655"));
+        let trailing = r#"Bearer authorization_uri="https://login.microsoftonline.com/2E0A4D8B-1C3F-4B6A-9D7E-5F8A1B2C3D4E/", error="invalid_token""#;
+        assert_eq!(tenant_of_challenge(trailing).as_deref(), Some("2e0a4d8b-1c3f-4b6a-9d7e-5f8a1b2c3d4e"));
+        // AD FS names no tenant: its authority ends in /adfs.
+        assert_eq!(tenant_of_challenge(r#"Bearer authorization_uri="https://adfs.local.azurestack.external/adfs", error="invalid_token""#), None);
+        assert_eq!(tenant_of_challenge("Basic realm=\"x\""), None);
+    }
+
+    #[test]
+    fn without_a_tenant_flag_azure_ad_learns_it_later_and_adfs_is_adfs() {
+        let none = || AzureInputs { tenant_id: None, ..inputs() };
+        assert_eq!(AzureSettings::resolve(&stack_model("azure_ad", "client_secret"), none()).unwrap().tenant_id, None);
+        assert_eq!(AzureSettings::resolve(&stack_model("adfs", "client_secret"), none()).unwrap().tenant_id.as_deref(), Some("adfs"));
     }
 
     #[test]

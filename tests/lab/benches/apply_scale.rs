@@ -209,7 +209,7 @@ fn main() {
                 if profile == "rotate-all" {
                     apply
                         .args(["--resource-group", &env["LAB_RESOURCE_GROUP"], "--subscription-id", &env["LAB_SUBSCRIPTION_ID"]])
-                        .args(["--tenant-id", &env["LAB_TENANT_ID"], "--ca-bundle", &env["LAB_ARM_CA_BUNDLE"]]);
+                        .args(["--ca-bundle", &env["LAB_ARM_CA_BUNDLE"]]);
                 }
                 let stdout = dir.path().join("apply.jsonl");
                 let stderr = dir.path().join("apply.stderr");

@@ -110,6 +110,23 @@ impl Lab {
     }
 }
 
+/// The product document's command line has no tenant: aks-engine learns it from ARM's 401
+/// challenge to an unauthenticated Get Subscription, and so does certrotate.
+#[tokio::test]
+async fn without_a_tenant_the_client_learns_it_from_arms_challenge() {
+    let lab = start(IdentitySystem::AzureAd).await;
+    let inputs = AzureInputs { tenant_id: None, ..lab.inputs() };
+    let settings = Lab::fast(AzureSettings::resolve(&lab.api_model("client_secret"), inputs).unwrap());
+    let azure = AzureCompute::connect(settings).await.unwrap();
+    let tenant = &lab.server.config().tenant_id;
+    assert_eq!(azure.token_endpoint(), format!("{}{tenant}/oauth2/v2.0/token", lab.server.endpoint()));
+    azure.check_access().await.unwrap();
+    let calls = lab.server.calls().snapshot();
+    let asked = calls.iter().find(|c| c.path == format!("/subscriptions/{}", lab.server.config().subscription_id)).expect("Get Subscription asked");
+    assert_eq!((asked.status, asked.api_version.as_deref(), asked.client_id.as_deref()), (401, Some("2016-06-01"), None), "{asked:#?}");
+    assert_eq!(azure.power_state_vm(MASTER).await.unwrap(), PowerState::Running, "the token of the learnt tenant is accepted");
+}
+
 #[tokio::test]
 async fn client_secret_on_azure_ad_restarts_a_master_and_waits_for_running() {
     let lab = start(IdentitySystem::AzureAd).await;

@@ -238,6 +238,49 @@ async fn arm_refuses_bad_tokens_versions_and_names_with_its_error_json() {
     assert_eq!((status, body["error"].as_str()), (400, Some("invalid_resource")));
 }
 
+/// What the Microsoft authentication libraries do before and in a client-credentials grant:
+/// read the tenant's OpenID configuration, then ask with the OpenID Connect scopes beside the
+/// one `/.default` scope. Azure AD serves and accepts both; AD FS does not serve Azure AD's.
+#[tokio::test]
+async fn azure_ad_serves_openid_configuration_and_accepts_the_scopes_msal_adds() {
+    let lab = start(IdentitySystem::AzureAd).await;
+    let c = lab.server.config();
+    let (status, _, body, text) = lab.send(lab.http.get(lab.url(&format!("/{}/v2.0/.well-known/openid-configuration", c.tenant_id)))).await;
+    assert_eq!(status, 200, "{text}");
+    let token_endpoint = body["token_endpoint"].as_str().unwrap().to_string();
+    assert!(token_endpoint.ends_with(&format!("/{}/oauth2/v2.0/token", c.tenant_id)), "{text}");
+    let (status, _, body, _) = lab.send(lab.http.get(lab.url("/00000000-0000-0000-0000-000000000000/v2.0/.well-known/openid-configuration"))).await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_tenant")));
+
+    let path = url::Url::parse(&token_endpoint).unwrap().path().to_string();
+    let scope = format!("{}/.default openid offline_access profile", c.audiences[0].trim_end_matches('/'));
+    let (status, _, body, text) = lab
+        .send(lab.http.post(lab.url(&path)).form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", SECRET),
+            ("scope", scope.as_str()),
+        ]))
+        .await;
+    assert_eq!(status, 200, "{text}");
+    assert!(body["access_token"].as_str().is_some_and(|t| !t.is_empty()), "{text}");
+    // Two resources in one client-credentials request are still refused, as by Azure AD.
+    let two = format!("{}/.default https://vault.azure.net/.default", c.audiences[0].trim_end_matches('/'));
+    let (status, _, body, _) = lab
+        .send(lab.http.post(lab.url(&path)).form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", CLIENT_ID),
+            ("client_secret", SECRET),
+            ("scope", two.as_str()),
+        ]))
+        .await;
+    assert_eq!((status, body["error"].as_str()), (400, Some("invalid_scope")));
+
+    let adfs = start(IdentitySystem::Adfs).await;
+    let (status, _, _, _) = adfs.send(adfs.http.get(adfs.url("/adfs/v2.0/.well-known/openid-configuration"))).await;
+    assert_eq!(status, 400, "AD FS does not serve Azure AD's discovery document");
+}
+
 #[tokio::test]
 async fn restart_is_a_long_running_operation_that_takes_the_vm_down_and_back() {
     let lab = start(IdentitySystem::AzureAd).await;

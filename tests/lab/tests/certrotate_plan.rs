@@ -28,6 +28,8 @@ fn healthy_cluster_needs_nothing_from_renew_expiring_and_everything_from_rotate_
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(summary(&out).starts_with("No changes"), "{}", text(&out));
 
+    the_product_documents_command_line_plans_unchanged(&lab);
+
     let saved = dir.path().join("rotate-all.plan.yaml");
     let out = plan(&lab, "rotate-all", &["--out", saved.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -73,6 +75,32 @@ fn healthy_cluster_needs_nothing_from_renew_expiring_and_everything_from_rotate_
 
     a_stop_signal_ends_plan_at_once_closing_its_connections(&lab, &dir.path().join("tmp"));
     lab.down().unwrap();
+}
+
+/// The example command line of "Rotate certificates on Azure Stack Hub" (the product document
+/// operators start from), `aks-engine rotate-certs` replaced by `certrotate plan`: every flag
+/// it shows and no other (no tenant, no known_hosts, no apiserver address, no profile).
+fn the_product_documents_command_line_plans_unchanged(lab: &Lab) {
+    let env = lab.env();
+    let out = Command::new(certrotate_bin())
+        .arg("plan")
+        .args(["--location", &env["LAB_LOCATION"]])
+        .args(["--api-model", &env["LAB_API_MODEL"]])
+        .args(["--linux-ssh-private-key", &env["LAB_SSH_KEY"]])
+        .args(["--ssh-host", &env["LAB_SSH_HOST"]])
+        .args(["--resource-group", &env["LAB_RESOURCE_GROUP"]])
+        .args(["--client-id", &env["LAB_CLIENT_ID"]])
+        .args(["--client-secret", &env["LAB_CLIENT_SECRET"]])
+        .args(["--subscription-id", &env["LAB_SUBSCRIPTION_ID"]])
+        .args(["--azure-env", &env["LAB_AZURE_ENV"]])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(summary(&out).starts_with("No changes"), "the default profile (renew-expiring) finds nothing on a healthy cluster: {}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("trusted and recorded"), "first contact trusts and records the host keys: {stderr}");
+    assert!(!text(&out).contains(&env["LAB_CLIENT_SECRET"]), "the secret is never printed");
 }
 
 /// Ctrl-C while plan reads the nodes: plan changes nothing, so it exits at once, but first

@@ -312,9 +312,51 @@ async fn route(state: &Arc<ServerState>, req: &ArmRequest) -> Reply {
         [_, "oauth2", "v2.0", "token"] => {
             only(req, "POST", || oauth::token(state, req, &req.segments[0], oauth::Flavor::V2))
         }
+        [_, "v2.0", ".well-known", "openid-configuration"] => only(req, "GET", || openid_configuration(state, req)),
         ["subscriptions", ..] => compute::route(state, req, &lower).await,
         _ => Reply::arm_error(404, "NotFound", format!("The requested path '{}' was not found.", req.path)),
     }
+}
+
+/// Azure AD's OpenID Connect discovery document for a tenant, which the Microsoft
+/// authentication libraries read before their first token request
+/// (`https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration`).
+/// AD FS serves its own at `/adfs/.well-known/openid-configuration`, not this one.
+fn openid_configuration(state: &ServerState, req: &ArmRequest) -> Reply {
+    let tenant = &req.segments[0];
+    let known = state.config.identity_system == super::IdentitySystem::AzureAd
+        && (tenant.eq_ignore_ascii_case(&state.config.tenant_id) || ["common", "organizations"].contains(&tenant.to_ascii_lowercase().as_str()));
+    if !known {
+        return Reply::json(
+            400,
+            &serde_json::json!({
+                "error": "invalid_tenant",
+                "error_description": format!("AADSTS90002: Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID and are signing into the correct cloud."),
+                "error_codes": [90002],
+            }),
+        );
+    }
+    let base = format!("https://{}/{}", req.host, state.config.tenant_id);
+    Reply::json(
+        200,
+        &serde_json::json!({
+            "token_endpoint": format!("{base}/oauth2/v2.0/token"),
+            "token_endpoint_auth_methods_supported": ["client_secret_post", "private_key_jwt", "client_secret_basic"],
+            "jwks_uri": format!("https://{}/{}/discovery/v2.0/keys", req.host, state.config.tenant_id),
+            "response_modes_supported": ["query", "fragment", "form_post"],
+            "subject_types_supported": ["pairwise"],
+            "id_token_signing_alg_values_supported": ["RS256"],
+            "response_types_supported": ["code", "id_token", "code id_token", "id_token token"],
+            "scopes_supported": ["openid", "profile", "email", "offline_access"],
+            "issuer": format!("{base}/v2.0"),
+            "request_uri_parameter_supported": false,
+            "authorization_endpoint": format!("{base}/oauth2/v2.0/authorize"),
+            "device_authorization_endpoint": format!("{base}/oauth2/v2.0/devicecode"),
+            "end_session_endpoint": format!("{base}/oauth2/v2.0/logout"),
+            "tenant_region_scope": null,
+            "cloud_instance_name": req.host,
+        }),
+    )
 }
 
 fn only(req: &ArmRequest, method: &str, serve: impl FnOnce() -> Reply) -> Reply {

@@ -13,6 +13,8 @@ use base64::Engine;
 use serde_json::json;
 use time::OffsetDateTime;
 
+/// The OpenID Connect scopes MSAL sends with every token request.
+const OIDC_SCOPES: [&str; 3] = ["openid", "profile", "offline_access"];
 const JWT_BEARER: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 /// Clock skew tolerated on assertion times, as Azure AD tolerates it.
 const SKEW_SECS: i64 = 300;
@@ -254,7 +256,12 @@ fn requested_audience<'a>(state: &ServerState, flavor: Flavor, field: &dyn Fn(&s
     let requested = match (flavor, field("resource"), field("scope")) {
         (Flavor::V1, Some(resource), _) => resource.to_string(),
         (_, _, Some(scope)) => {
-            let scopes: Vec<&str> = scope.split(' ').filter(|s| !s.is_empty()).collect();
+            // The Microsoft authentication libraries add the OpenID Connect scopes to every
+            // request; Azure AD accepts them beside the one `/.default` scope of a
+            // client-credentials grant (Microsoft identity platform, "Scopes and permissions":
+            // openid, profile, offline_access).
+            let scopes: Vec<&str> =
+                scope.split(' ').filter(|s| !s.is_empty() && !OIDC_SCOPES.contains(s)).collect();
             let [single] = scopes.as_slice() else {
                 return Err(TokenError::new(400, "invalid_scope", 70011, format!("The provided value for the input parameter 'scope' is not valid: '{scope}'. Exactly one <resource>/.default scope is expected.")));
             };

@@ -71,7 +71,9 @@ pub fn api_flags(lab: &Lab) -> Vec<String> {
     f
 }
 
-/// The flags every cluster command needs, plus the Azure ones apply needs for VM reboots.
+/// The flags every cluster command needs, plus the Azure ones apply needs for VM reboots. No
+/// `--tenant-id`, as in the product document's command line: the tenant comes from ARM's
+/// challenge.
 pub fn cluster_flags(lab: &Lab) -> Vec<String> {
     let mut f = api_flags(lab);
     f.extend(flags(
@@ -79,7 +81,6 @@ pub fn cluster_flags(lab: &Lab) -> Vec<String> {
         &[
             ("--resource-group", "LAB_RESOURCE_GROUP"),
             ("--subscription-id", "LAB_SUBSCRIPTION_ID"),
-            ("--tenant-id", "LAB_TENANT_ID"),
             ("--ca-bundle", "LAB_ARM_CA_BUNDLE"),
         ],
     ));
