@@ -3,7 +3,7 @@
 //! needed; the client against a live stand-in is tested in tests/lab/tests/arm_client.rs).
 
 use certrotate::cloud::azure::{
-    AuthMethod, AzureCredentials, AzureError, AzureInputs, AzureSettings, CertificateCredential, ClientSecret,
+    AuthMethod, AzureCredentials, AzureError, AzureInputs, AzureSettings, ServicePrincipalCredential, ClientSecret, TokenTarget,
     IdentitySystem,
 };
 use certrotate::model::apimodel::ApiModel;
@@ -97,16 +97,16 @@ fn client_certificate_material_is_checked_before_use() {
     let http: Arc<dyn azure_core::HttpClient> = azure_core::new_http_client();
     let token_url = azure_core::Url::parse("https://login.example/tenant/oauth2/v2.0/token").unwrap();
 
-    let err = CertificateCredential::load(http.clone(), token_url.clone(), "app", &cert_path, &key_path).unwrap_err();
+    let err = ServicePrincipalCredential::load(http.clone(), token_url.clone(), "app", &cert_path, &key_path, TokenTarget::Scope).unwrap_err();
     assert!(matches!(err, AzureError::ClientCertificate { .. }), "{err:?}");
     assert!(err.to_string().contains("not an RSA key"), "{err}");
 
-    let err = CertificateCredential::load(http.clone(), token_url.clone(), "app", &key_path, &key_path).unwrap_err();
+    let err = ServicePrincipalCredential::load(http.clone(), token_url.clone(), "app", &key_path, &key_path, TokenTarget::Scope).unwrap_err();
     assert!(err.to_string().contains("no PEM certificate"), "{err}");
 
     let rsa_key = rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap();
     std::fs::write(&key_path, rsa_key.serialize_pem()).unwrap();
-    let credential = CertificateCredential::load(http, token_url, "app", &cert_path, &key_path).unwrap();
+    let credential = ServicePrincipalCredential::load(http, token_url, "app", &cert_path, &key_path, TokenTarget::Scope).unwrap();
     let shown = format!("{credential:?}");
     assert!(shown.contains("x5t") && !shown.contains("PRIVATE"), "{shown}");
 }

@@ -13,12 +13,17 @@
 //!   `api-version` to the one the stamp serves (2020-06-01 on Azure Stack Hub). Its restart
 //!   call returns the 202 without polling, so the long-running operation is polled here
 //!   through the same azure_core pipeline (`Azure-AsyncOperation`, else `Location`).
-//! - Client secrets go through `azure_identity::ClientSecretCredential`.
+//! - Client secrets on Azure AD go through `azure_identity::ClientSecretCredential`.
 //! - Client certificates cannot: azure_identity 0.21 builds that credential on OpenSSL and
 //!   PKCS#12 (its `client_certificate` feature), while certrotate is rustls-only and AKS
-//!   Engine hands out a PEM certificate and a PKCS#1 key. [`CertificateCredential`] sends the
-//!   same request azure_identity would (a `client_assertion` JWT, RS256, `x5t` thumbprint) and
-//!   signs it with rustls' aws-lc-rs signer.
+//!   Engine hands out a PEM certificate and a PKCS#1 key. [`ServicePrincipalCredential`] sends
+//!   the same request azure_identity would (a `client_assertion` JWT, RS256, `x5t` thumbprint)
+//!   and signs it with rustls' aws-lc-rs signer.
+//! - AD FS cannot either: it has no v2.0 token endpoint, and azure_identity speaks only v2.0.
+//!   [`ServicePrincipalCredential`] posts the v1 request AD FS serves
+//!   (`<authority>/adfs/oauth2/token`, `resource=<audience>`), with a secret or an assertion.
+//! - The Azure AD tenant, when not given, is learnt from ARM's 401 challenge, as aks-engine
+//!   learns it.
 //! - Retries: azure_core's exponential policy retries compute calls on 429 and 5xx and
 //!   honours `Retry-After`; token requests bypass that pipeline, so the transport given to the
 //!   credentials ([`RetryingTransport`]) retries them the same way.
@@ -541,19 +546,28 @@ impl AzureCompute {
         let (authority, tenant) = authority_and_tenant(&settings, &endpoints.login_endpoint, tenant)?;
         let transport: Arc<dyn HttpClient> =
             Arc::new(RetryingTransport { inner: http.clone(), retry: settings.retry.clone() });
-        let token_url = authority
-            .join(&format!("{tenant}/oauth2/v2.0/token"))
-            .map_err(|e| AzureError::Metadata { url: authority.to_string(), reason: format!("bad login endpoint: {e}") })?;
-        let credential: Arc<dyn TokenCredential> = match &settings.credentials {
-            AzureCredentials::ClientSecret { client_id, secret } => Arc::new(azure_identity::ClientSecretCredential::new(
+        // AD FS serves OAuth 2.0 tokens only at `/adfs/oauth2/token` with `resource=`: it has no
+        // v2.0 endpoint (the Azure SDK's Azure Stack AD FS issues, Azure/azure-sdk-for-js#11219),
+        // which is all azure_identity speaks, so AD FS gets the v1 request.
+        let (token_url, target) = match settings.identity_system {
+            IdentitySystem::AzureAd => (authority.join(&format!("{tenant}/oauth2/v2.0/token")), TokenTarget::Scope),
+            IdentitySystem::Adfs => (authority.join(&format!("{tenant}/oauth2/token")), TokenTarget::Resource),
+        };
+        let token_url =
+            token_url.map_err(|e| AzureError::Metadata { url: authority.to_string(), reason: format!("bad login endpoint: {e}") })?;
+        let credential: Arc<dyn TokenCredential> = match (&settings.credentials, target) {
+            (AzureCredentials::ClientSecret { client_id, secret }, TokenTarget::Scope) => Arc::new(azure_identity::ClientSecretCredential::new(
                 transport.clone(),
                 authority.clone(),
                 tenant.clone(),
                 client_id.clone(),
                 secret.expose().to_string(),
             )),
-            AzureCredentials::ClientCertificate { client_id, certificate_path, private_key_path } => Arc::new(
-                CertificateCredential::load(transport.clone(), token_url.clone(), client_id, certificate_path, private_key_path)?,
+            (AzureCredentials::ClientSecret { client_id, secret }, TokenTarget::Resource) => {
+                Arc::new(ServicePrincipalCredential::with_secret(transport.clone(), token_url.clone(), client_id, secret.clone(), target))
+            }
+            (AzureCredentials::ClientCertificate { client_id, certificate_path, private_key_path }, target) => Arc::new(
+                ServicePrincipalCredential::load(transport.clone(), token_url.clone(), client_id, certificate_path, private_key_path, target)?,
             ),
         };
 
@@ -1070,37 +1084,60 @@ fn backoff(retry: &RetrySettings, attempt: u32) -> Duration {
     retry.initial_delay.saturating_mul(2u32.saturating_pow(attempt.min(16))).min(retry.max_delay)
 }
 
-/// Client-certificate authentication, on the wire as azure_identity's
-/// `ClientCertificateCredential` does it: a JWT assertion (RS256, `x5t` = SHA-1 thumbprint of
-/// the certificate, `aud` = the token URL, `iss` = `sub` = the client id) posted with
-/// `client_credentials` to `<authority>/<tenant>/oauth2/v2.0/token`.
-pub struct CertificateCredential {
+/// How a token request names what the token is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenTarget {
+    /// Azure AD v2.0: `scope=<audience>/.default`.
+    Scope,
+    /// OAuth 2.0 v1 as AD FS serves it: `resource=<audience>`.
+    Resource,
+}
+
+/// How the service principal proves itself in a token request.
+enum Proof {
+    Secret(ClientSecret),
+    /// A JWT assertion (RS256, `x5t` = SHA-1 thumbprint of the certificate, `aud` = the token
+    /// URL, `iss` = `sub` = the client id), as azure_identity's `ClientCertificateCredential`
+    /// and ADAL make it.
+    Certificate { thumbprint_b64url: String, signing_key: Arc<dyn rustls::sign::SigningKey> },
+}
+
+/// A client-credentials grant posted by certrotate itself where azure_identity cannot: a
+/// certificate (azure_identity 0.21 has no certificate credential here) on Azure AD v2.0, and
+/// any credential on AD FS (`<authority>/adfs/oauth2/token`, `resource=`).
+pub struct ServicePrincipalCredential {
     http: Arc<dyn HttpClient>,
     token_url: Url,
     client_id: String,
-    thumbprint_b64url: String,
-    signing_key: Arc<dyn rustls::sign::SigningKey>,
+    proof: Proof,
+    target: TokenTarget,
     cache: tokio::sync::Mutex<Option<AccessToken>>,
 }
 
-impl fmt::Debug for CertificateCredential {
+impl fmt::Debug for ServicePrincipalCredential {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertificateCredential")
-            .field("token_url", &self.token_url.as_str())
-            .field("client_id", &self.client_id)
-            .field("x5t", &self.thumbprint_b64url)
-            .field("signing_key", &"<redacted>")
-            .finish()
+        let mut d = f.debug_struct("ServicePrincipalCredential");
+        d.field("token_url", &self.token_url.as_str()).field("client_id", &self.client_id).field("target", &self.target);
+        match &self.proof {
+            Proof::Secret(_) => d.field("secret", &"<redacted>"),
+            Proof::Certificate { thumbprint_b64url, .. } => d.field("x5t", thumbprint_b64url).field("signing_key", &"<redacted>"),
+        };
+        d.finish()
     }
 }
 
-impl CertificateCredential {
+impl ServicePrincipalCredential {
+    pub fn with_secret(http: Arc<dyn HttpClient>, token_url: Url, client_id: &str, secret: ClientSecret, target: TokenTarget) -> Self {
+        Self { http, token_url, client_id: client_id.to_string(), proof: Proof::Secret(secret), target, cache: tokio::sync::Mutex::new(None) }
+    }
+
     pub fn load(
         http: Arc<dyn HttpClient>,
         token_url: Url,
         client_id: &str,
         certificate_path: &Path,
         private_key_path: &Path,
+        target: TokenTarget,
     ) -> Result<Self, AzureError> {
         let cert_fail = |reason: String| AzureError::ClientCertificate { path: certificate_path.to_path_buf(), reason };
         let key_fail = |reason: String| AzureError::ClientCertificate { path: private_key_path.to_path_buf(), reason };
@@ -1124,15 +1161,15 @@ impl CertificateCredential {
             http,
             token_url,
             client_id: client_id.to_string(),
-            thumbprint_b64url: URL_SAFE_NO_PAD.encode(thumbprint),
-            signing_key,
+            proof: Proof::Certificate { thumbprint_b64url: URL_SAFE_NO_PAD.encode(thumbprint), signing_key },
+            target,
             cache: tokio::sync::Mutex::new(None),
         })
     }
 
-    fn assertion(&self) -> azure_core::Result<String> {
+    fn assertion(&self, thumbprint_b64url: &str, signing_key: &dyn rustls::sign::SigningKey) -> azure_core::Result<String> {
         let now = OffsetDateTime::now_utc().unix_timestamp();
-        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5t": self.thumbprint_b64url});
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "x5t": thumbprint_b64url});
         let claims = serde_json::json!({
             "aud": self.token_url.as_str(),
             "iss": self.client_id,
@@ -1143,8 +1180,7 @@ impl CertificateCredential {
         });
         let signing_input =
             format!("{}.{}", URL_SAFE_NO_PAD.encode(header.to_string()), URL_SAFE_NO_PAD.encode(claims.to_string()));
-        let signer = self
-            .signing_key
+        let signer = signing_key
             .choose_scheme(&[rustls::SignatureScheme::RSA_PKCS1_SHA256])
             .ok_or_else(|| azure_core::Error::message(ErrorKind::Credential, "the client key cannot sign RS256"))?;
         let signature = signer
@@ -1154,13 +1190,22 @@ impl CertificateCredential {
     }
 
     async fn request_token(&self, scope: &str) -> azure_core::Result<AccessToken> {
-        let body = url::form_urlencoded::Serializer::new(String::new())
-            .append_pair("client_id", &self.client_id)
-            .append_pair("scope", scope)
-            .append_pair("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
-            .append_pair("client_assertion", &self.assertion()?)
-            .append_pair("grant_type", "client_credentials")
-            .finish();
+        // The form builder is not Send; it ends before the request is awaited.
+        let body = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("client_id", &self.client_id);
+            match self.target {
+                TokenTarget::Scope => form.append_pair("scope", scope),
+                TokenTarget::Resource => form.append_pair("resource", scope.strip_suffix("/.default").unwrap_or(scope)),
+            };
+            match &self.proof {
+                Proof::Secret(secret) => form.append_pair("client_secret", secret.expose()),
+                Proof::Certificate { thumbprint_b64url, signing_key } => form
+                    .append_pair("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                    .append_pair("client_assertion", &self.assertion(thumbprint_b64url, signing_key.as_ref())?),
+            };
+            form.append_pair("grant_type", "client_credentials").finish()
+        };
         let mut request = Request::new(self.token_url.clone(), Method::Post);
         request.insert_header(headers::CONTENT_TYPE, "application/x-www-form-urlencoded");
         request.insert_header(headers::ACCEPT, "application/json");
@@ -1192,7 +1237,7 @@ impl CertificateCredential {
 }
 
 #[async_trait::async_trait]
-impl TokenCredential for CertificateCredential {
+impl TokenCredential for ServicePrincipalCredential {
     async fn get_token(&self, scopes: &[&str]) -> azure_core::Result<AccessToken> {
         let [scope] = scopes else {
             return Err(azure_core::Error::message(ErrorKind::Credential, "exactly one scope is supported"));

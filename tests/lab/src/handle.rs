@@ -121,6 +121,7 @@ impl Lab {
         let public_key = crate::nodefiles::write_operator_key(&layout)?;
         let identity = Identity::generate(&layout);
         crate::armhost::write_tls(&layout)?;
+        crate::armhost::write_client_certificate(&layout, &identity)?;
         outputs::write_model_skeleton(&layout, &identity, &public_key)?;
         let topology = crate::pki::topology_of(&layout, &outputs::apimodel_path(&layout))?;
         let pki = crate::pki::issue_cluster_pki(&layout, &certrotate::pki::catalogue::catalogue(&topology))?;

@@ -43,6 +43,13 @@ enum Command {
         /// NotReady after four missed reports.
         #[arg(long, value_parser = humantime::parse_duration, default_value = "2s")]
         heartbeat: Duration,
+        /// The stamp's identity provider: azure_ad or adfs.
+        #[arg(long, value_enum, default_value = "azure_ad")]
+        identity_system: IdentityArg,
+        /// How the service principal signs in: client_secret or client_certificate (lab.env
+        /// then names LAB_CLIENT_CERTIFICATE and LAB_CLIENT_PRIVATE_KEY).
+        #[arg(long, value_enum, default_value = "client_secret")]
+        auth_method: AuthArg,
         /// Print time and peak memory per phase.
         #[arg(long)]
         timings: bool,
@@ -254,15 +261,37 @@ fn node_ctl(socket: PathBuf, node: String, args: Vec<String>) -> ExitCode {
     }
 }
 
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum IdentityArg {
+    AzureAd,
+    Adfs,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum AuthArg {
+    ClientSecret,
+    ClientCertificate,
+}
+
 fn run(cli: Cli) -> Result<ExitCode, lab::error::LabError> {
     match cli.command {
-        Command::Up { masters, agents, expires_in, expired, dir, dns_prefix, location, reboot_delay, heartbeat, timings } => {
+        Command::Up { masters, agents, expires_in, expired, dir, dns_prefix, location, reboot_delay, heartbeat, identity_system, auth_method, timings } => {
             let expiry = match (expired, expires_in) {
                 (true, _) => Expiry::Expired,
                 (false, Some(d)) => Expiry::In(d.as_secs()),
                 (false, None) => Expiry::Default,
             };
-            let spec = LabSpec { masters, agents, expiry, dns_prefix, location, reboot_delay, heartbeat };
+            let identity_system = match identity_system {
+                IdentityArg::AzureAd => lab::spec::IdentitySystem::AzureAd,
+                IdentityArg::Adfs => lab::spec::IdentitySystem::Adfs,
+            };
+            let auth_method = match auth_method {
+                AuthArg::ClientSecret => lab::spec::AuthMethod::ClientSecret,
+                AuthArg::ClientCertificate => lab::spec::AuthMethod::ClientCertificate,
+            };
+            let spec = LabSpec { masters, agents, expiry, dns_prefix, location, reboot_delay, heartbeat, identity_system, auth_method };
             let mut lab = Lab::up(&dir, spec, UpOptions::default())?;
             let report = lab.report.clone();
             let env_path = lab::outputs::env_path(&lab.layout);

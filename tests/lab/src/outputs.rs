@@ -219,7 +219,7 @@ fn sh_quote(value: &str) -> String {
 /// Every LAB_* variable, in the order lab.env lists them.
 pub fn env_vars(layout: &Layout, identity: &Identity) -> Vec<(&'static str, String)> {
     let first = layout.first_master().ip;
-    vec![
+    let mut vars = vec![
         ("LAB_DIR", layout.dir.display().to_string()),
         ("LAB_API_MODEL", apimodel_path(layout).display().to_string()),
         ("LAB_SSH_HOST", first.to_string()),
@@ -230,7 +230,10 @@ pub fn env_vars(layout: &Layout, identity: &Identity) -> Vec<(&'static str, Stri
         ("LAB_LOCATION", layout.spec.location.clone()),
         ("LAB_SUBSCRIPTION_ID", identity.subscription_id.clone()),
         ("LAB_RESOURCE_GROUP", identity.resource_group.clone()),
-        ("LAB_TENANT_ID", identity.tenant_id.clone()),
+        ("LAB_TENANT_ID", match layout.spec.identity_system {
+            crate::arm::IdentitySystem::AzureAd => identity.tenant_id.clone(),
+            crate::arm::IdentitySystem::Adfs => "adfs".into(),
+        }),
         ("LAB_CLIENT_ID", identity.client_id.clone()),
         ("LAB_CLIENT_SECRET", identity.client_secret.clone()),
         ("LAB_AZURE_ENV", AZURE_ENV.to_string()),
@@ -241,7 +244,18 @@ pub fn env_vars(layout: &Layout, identity: &Identity) -> Vec<(&'static str, Stri
         ("LAB_APISERVER_NAME", layout.apiserver_fqdn()),
         ("LAB_NAME_SUFFIX", layout.name_suffix.clone()),
         ("LAB_DNS_PREFIX", layout.dns_prefix.clone()),
-    ]
+        ("LAB_IDENTITY_SYSTEM", match layout.spec.identity_system {
+            crate::arm::IdentitySystem::AzureAd => "azure_ad".into(),
+            crate::arm::IdentitySystem::Adfs => "adfs".into(),
+        }),
+        ("LAB_AUTH_METHOD", layout.spec.auth_method.as_str().into()),
+    ];
+    if layout.spec.auth_method == crate::spec::AuthMethod::ClientCertificate {
+        let (certificate, key) = crate::armhost::client_certificate_paths(layout, identity);
+        vars.push(("LAB_CLIENT_CERTIFICATE", certificate.display().to_string()));
+        vars.push(("LAB_CLIENT_PRIVATE_KEY", key.display().to_string()));
+    }
+    vars
 }
 
 /// Before issuance: azuredeploy.json and an apimodel.json without certificates, from which

@@ -4,6 +4,7 @@
 //! addresses from firstConsecutiveStaticIP (.5), agents `k8s-agentpool1-<nameSuffix>-<i>`.
 
 use crate::error::LabError;
+pub use crate::arm::IdentitySystem;
 use serde::{Deserialize, Serialize};
 use std::hash::Hasher;
 use std::net::Ipv4Addr;
@@ -50,6 +51,30 @@ pub struct LabSpec {
     /// A node goes NotReady after four missed beats, as with Kubernetes' 10 s and 40 s.
     #[serde(default = "default_heartbeat")]
     pub heartbeat: Duration,
+    /// The stamp's identity provider (the API model's `customCloudProfile.identitySystem`).
+    #[serde(default)]
+    pub identity_system: IdentitySystem,
+    /// How the service principal signs in (`customCloudProfile.authenticationMethod`).
+    #[serde(default)]
+    pub auth_method: AuthMethod,
+}
+
+/// The authentication methods aks-engine offers on Azure Stack Hub (`--auth-method`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMethod {
+    #[default]
+    ClientSecret,
+    ClientCertificate,
+}
+
+impl AuthMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthMethod::ClientSecret => "client_secret",
+            AuthMethod::ClientCertificate => "client_certificate",
+        }
+    }
 }
 
 fn default_heartbeat() -> Duration {
@@ -66,6 +91,8 @@ impl Default for LabSpec {
             location: "local".into(),
             reboot_delay: Duration::from_secs(2),
             heartbeat: default_heartbeat(),
+            identity_system: IdentitySystem::AzureAd,
+            auth_method: AuthMethod::ClientSecret,
         }
     }
 }

@@ -161,7 +161,8 @@ async fn client_secret_on_adfs_uses_the_adfs_token_path() {
     azure.check_access().await.unwrap();
     assert_eq!(azure.power_state_vm("k8s-master-41772389-2").await.unwrap(), PowerState::Running);
     let calls = lab.server.calls().snapshot();
-    assert!(calls.iter().any(|c| c.path == "/adfs/oauth2/v2.0/token" && c.status == 200), "{calls:#?}");
+    assert!(calls.iter().any(|c| c.path == "/adfs/oauth2/token" && c.status == 200), "AD FS's v1 endpoint: {calls:#?}");
+    assert!(calls.iter().all(|c| !c.path.contains("v2.0")), "nothing asks AD FS for its missing v2.0 endpoint: {calls:#?}");
 }
 
 #[tokio::test]
@@ -306,7 +307,7 @@ async fn without_the_stamp_root_the_endpoint_is_not_trusted() {
 async fn client_certificate_on_adfs_and_a_failed_restart_names_the_vm() {
     let lab = start(IdentitySystem::Adfs).await;
     let azure = AzureCompute::connect(lab.certificate_settings()).await.unwrap();
-    assert!(azure.token_endpoint().ends_with("/adfs/oauth2/v2.0/token"), "{}", azure.token_endpoint());
+    assert!(azure.token_endpoint().ends_with("/adfs/oauth2/token"), "{}", azure.token_endpoint());
     lab.vms.fail_restarts(Some("the host could not start the VM".into()));
     let err = azure.restart_vm("k8s-master-41772389-1").await.unwrap_err();
     assert!(matches!(err, AzureError::OperationFailed { .. }), "{err:?}");
@@ -316,5 +317,5 @@ async fn client_certificate_on_adfs_and_a_failed_restart_names_the_vm() {
     assert!(matches!(err, AzureError::Timeout { .. }), "{err:?}");
     assert!(err.to_string().contains("stopped"), "{err}");
     let calls = lab.server.calls().snapshot();
-    assert!(calls.iter().any(|c| c.path == "/adfs/oauth2/v2.0/token" && c.client_id.as_deref() == Some(CERT_APP) && c.status == 200));
+    assert!(calls.iter().any(|c| c.path == "/adfs/oauth2/token" && c.client_id.as_deref() == Some(CERT_APP) && c.status == 200), "{calls:#?}");
 }

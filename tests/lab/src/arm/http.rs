@@ -309,6 +309,10 @@ async fn route(state: &Arc<ServerState>, req: &ArmRequest) -> Reply {
     match lower.as_slice() {
         ["metadata", "endpoints"] => only(req, "GET", || metadata(state, req)),
         [_, "oauth2", "token"] => only(req, "POST", || oauth::token(state, req, &req.segments[0], oauth::Flavor::V1)),
+        // AD FS has no v2.0 endpoint: its web server answers 404, as stamps do for any path
+        // AD FS does not serve (Azure/azure-sdk-for-js#11219: "The v2.0 endpoint doesn't
+        // support Azure Stack ADFS Identity provider").
+        ["adfs", "oauth2", "v2.0", "token"] => adfs_not_found(),
         [_, "oauth2", "v2.0", "token"] => {
             only(req, "POST", || oauth::token(state, req, &req.segments[0], oauth::Flavor::V2))
         }
@@ -316,6 +320,14 @@ async fn route(state: &Arc<ServerState>, req: &ArmRequest) -> Reply {
         ["subscriptions", ..] => compute::route(state, req, &lower).await,
         _ => Reply::arm_error(404, "NotFound", format!("The requested path '{}' was not found.", req.path)),
     }
+}
+
+/// What the web server in front of AD FS answers for a path AD FS does not serve.
+fn adfs_not_found() -> Reply {
+    let mut reply = Reply::empty(404).header("content-type", "text/html");
+    reply.body = b"<h2>Not Found</h2><hr><p>HTTP Error 404. The requested resource is not found.</p>".to_vec();
+    reply.error_code = Some("NotFound".into());
+    reply
 }
 
 /// Azure AD's OpenID Connect discovery document for a tenant, which the Microsoft

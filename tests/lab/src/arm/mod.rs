@@ -5,8 +5,9 @@
 //! - the Azure Stack metadata document (`/metadata/endpoints`), naming the login endpoint and
 //!   the token audience;
 //! - an OAuth2 token endpoint in Azure AD shape (`/{tenant}/oauth2/token` with `resource=`,
-//!   `/{tenant}/oauth2/v2.0/token` with `scope=`) and AD FS shape (`/adfs/oauth2/token`),
-//!   for client secrets and client certificates (a signed `client_assertion` JWT);
+//!   `/{tenant}/oauth2/v2.0/token` with `scope=`) and AD FS shape (`/adfs/oauth2/token`
+//!   only: AD FS has no v2.0 endpoint, so `/adfs/oauth2/v2.0/token` is a 404), for client
+//!   secrets and client certificates (a signed `client_assertion` JWT);
 //! - Microsoft.Compute virtual machines and scale-set VMs: get (with `$expand=instanceView`),
 //!   instanceView and restart as a long-running operation polled through
 //!   `Azure-AsyncOperation` or `Location`.
@@ -65,9 +66,10 @@ pub const AZURE_STACK_COMPUTE_API_VERSIONS: &[&str] = &[
 ];
 
 /// Which identity provider the stamp is deployed with (the API model's `identitySystem`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdentitySystem {
+    #[default]
     AzureAd,
     Adfs,
 }
