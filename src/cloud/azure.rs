@@ -512,6 +512,8 @@ pub struct AzureCompute {
     compute: azure_mgmt_compute::Client,
     /// The same policies as the compute client's, to poll long-running operations.
     pipeline: azure_core::Pipeline,
+    /// The same without the compute api-version rewrite, for Microsoft.Resources.
+    resources_pipeline: azure_core::Pipeline,
 }
 
 impl fmt::Debug for AzureCompute {
@@ -579,6 +581,14 @@ impl AzureCompute {
                     .max_delay(settings.retry.max_delay)
                     .max_total_elapsed(settings.retry.max_elapsed),
             ));
+        // Microsoft.Resources calls keep their own api-version: the rewrite is for compute.
+        let resources_pipeline = azure_core::Pipeline::new(
+            Some(env!("CARGO_PKG_NAME")),
+            Some(env!("CARGO_PKG_VERSION")),
+            options.clone(),
+            Vec::new(),
+            Vec::new(),
+        );
         if let Some(version) = &settings.compute_api_version {
             options.per_call_policies_mut().push(Arc::new(ApiVersionPolicy { api_version: version.clone() }));
         }
@@ -595,7 +605,7 @@ impl AzureCompute {
             Vec::new(),
             Vec::new(),
         );
-        Ok(Self { settings, endpoints, token_endpoint: token_url.to_string(), scope, credential, compute, pipeline })
+        Ok(Self { settings, endpoints, token_endpoint: token_url.to_string(), scope, credential, compute, pipeline, resources_pipeline })
     }
 
     pub fn endpoints(&self) -> &CloudEndpoints {
@@ -607,9 +617,44 @@ impl AzureCompute {
         &self.token_endpoint
     }
 
-    /// Gets a token now, so that bad credentials fail before anything else happens.
+    /// Gets a token now, so that bad credentials fail before anything else happens, and checks
+    /// that the subscription is registered for Microsoft.Compute, as aks-engine does before it
+    /// starts (`EnsureProvidersRegistered`; certrotate does not register it: a check changes
+    /// nothing).
     pub async fn check_access(&self) -> Result<(), AzureError> {
-        self.token().await.map(|_| ())
+        let token = self.token().await?;
+        let url = format!(
+            "{}/subscriptions/{}/providers/Microsoft.Compute?api-version={RESOURCES_API_VERSION}",
+            self.settings.resource_manager_endpoint.as_str().trim_end_matches('/'),
+            self.settings.subscription_id
+        );
+        let fail = |reason: String| {
+            AzureError::settings(
+                format!("cannot read the subscription's Microsoft.Compute provider: {reason}"),
+                "check --subscription-id and that the service principal may read the subscription",
+            )
+        };
+        let mut request = Request::new(Url::parse(&url).map_err(|e| fail(e.to_string()))?, Method::Get);
+        request.insert_header(headers::AUTHORIZATION, format!("Bearer {}", token.secret()));
+        let response = self.resources_pipeline.send(&Context::new(), &mut request).await.map_err(|e| fail(self.scrub(&e.to_string())))?;
+        let (status, _, body) = response.deconstruct();
+        let body = body.collect().await.map_err(|e| fail(e.to_string()))?;
+        let document: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        if !status.is_success() {
+            let message = document.pointer("/error/message").and_then(Value::as_str).unwrap_or("");
+            return Err(fail(format!("HTTP {status}: {}", self.scrub(message))));
+        }
+        match document.get("registrationState").and_then(Value::as_str) {
+            Some("Registered") => Ok(()),
+            state => Err(AzureError::settings(
+                format!(
+                    "subscription {} is not registered for Microsoft.Compute (registrationState {}); VMs cannot be restarted",
+                    self.settings.subscription_id,
+                    state.unwrap_or("missing")
+                ),
+                "register it (`az provider register --namespace Microsoft.Compute`, or the stamp's portal), then run again",
+            )),
+        }
     }
 
     async fn token(&self) -> Result<Secret, AzureError> {
@@ -890,6 +935,9 @@ async fn discover_endpoints(http: &reqwest::Client, endpoint: &Url) -> Result<Cl
         .map_err(|e| fail(format!("loginEndpoint {} is not a URL: {e}", document.authentication.login_endpoint)))?;
     Ok(CloudEndpoints { login_endpoint, audiences: document.authentication.audiences })
 }
+
+/// api-version of Microsoft.Resources in the 2020-09-01 hybrid profile aks-engine uses.
+const RESOURCES_API_VERSION: &str = "2019-10-01";
 
 /// api-version of Get Subscription in the 2020-09-01 profile aks-engine uses on Azure Stack Hub.
 const SUBSCRIPTIONS_API_VERSION: &str = "2016-06-01";

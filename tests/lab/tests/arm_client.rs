@@ -31,6 +31,10 @@ struct Lab {
 }
 
 async fn start(identity: IdentitySystem) -> Lab {
+    start_with(identity, &[]).await
+}
+
+async fn start_with(identity: IdentitySystem, unregistered_providers: &[&str]) -> Lab {
     let dir = tempfile::tempdir().unwrap();
     let tls = write_arm_tls(&dir.path().join("arm")).unwrap();
     let cert = issue_client_certificate(&dir.path().join("spn"), CERT_APP).unwrap();
@@ -48,6 +52,7 @@ async fn start(identity: IdentitySystem) -> Lab {
         computer_name_prefix: SCALE_SET.into(),
         instance_ids: vec!["0".into(), "1".into(), "2".into()],
     }];
+    config.unregistered_providers = unregistered_providers.iter().map(|p| p.to_string()).collect();
     let vms = SimulatedVms::new(RestartTimings::default());
     let server = ArmServer::start(config, Arc::new(vms.clone())).await.unwrap();
     Lab { dir, tls, cert, server, vms }
@@ -125,6 +130,23 @@ async fn without_a_tenant_the_client_learns_it_from_arms_challenge() {
     let asked = calls.iter().find(|c| c.path == format!("/subscriptions/{}", lab.server.config().subscription_id)).expect("Get Subscription asked");
     assert_eq!((asked.status, asked.api_version.as_deref(), asked.client_id.as_deref()), (401, Some("2016-06-01"), None), "{asked:#?}");
     assert_eq!(azure.power_state_vm(MASTER).await.unwrap(), PowerState::Running, "the token of the learnt tenant is accepted");
+}
+
+/// aks-engine checks the subscription's resource providers before it starts; certrotate checks
+/// Microsoft.Compute in its Azure preflight (and registers nothing: a check changes nothing).
+#[tokio::test]
+async fn a_subscription_not_registered_for_compute_is_refused_before_anything_is_restarted() {
+    let lab = start_with(IdentitySystem::AzureAd, &["Microsoft.Compute"]).await;
+    let azure = AzureCompute::connect(lab.secret_settings()).await.unwrap();
+    let err = azure.check_access().await.unwrap_err();
+    assert!(err.to_string().contains("not registered for Microsoft.Compute"), "{err}");
+    let calls = lab.server.calls().snapshot();
+    let provider = calls.iter().find(|c| c.path.ends_with("/providers/Microsoft.Compute")).expect("the provider was read");
+    assert_eq!((provider.status, provider.api_version.as_deref()), (200, Some("2019-10-01")), "{provider:#?}");
+    assert!(calls.iter().all(|c| !c.path.ends_with("/restart")), "nothing restarted");
+
+    let registered = start(IdentitySystem::AzureAd).await;
+    AzureCompute::connect(registered.secret_settings()).await.unwrap().check_access().await.unwrap();
 }
 
 #[tokio::test]

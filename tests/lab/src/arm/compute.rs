@@ -108,6 +108,15 @@ async fn route_authenticated(state: &Arc<ServerState>, req: &ArmRequest, lower: 
             }
             operation_status(state, req, &seg[5], &seg[7])
         }
+        ["subscriptions", _, "providers"] | ["subscriptions", _, "providers", _] => {
+            if let Err(reply) = check_subscription(state, &seg[1]) {
+                return reply;
+            }
+            if !req.method.eq_ignore_ascii_case("GET") {
+                return method_not_allowed(req);
+            }
+            providers(state, req, seg.get(3).map(String::as_str))
+        }
         ["subscriptions", _, "resourcegroups", _, "providers", "microsoft.compute", "virtualmachines", _, rest @ ..] => {
             if let Err(reply) = check_api_version(state, req, "virtualMachines") {
                 return reply;
@@ -200,6 +209,43 @@ fn authenticate(state: &ServerState, req: &ArmRequest) -> Result<String, Reply> 
         ));
     }
     Ok(jwt.claim_str("appid").unwrap_or_default().to_string())
+}
+
+/// Providers - List and Get of Microsoft.Resources, as aks-engine's `EnsureProvidersRegistered`
+/// reads them: namespace and registration state of each provider of the subscription.
+fn providers(state: &ServerState, req: &ArmRequest, one: Option<&str>) -> Reply {
+    let version = req.api_version().unwrap_or_default();
+    if state.config.azure_stack && !super::AZURE_STACK_RESOURCES_API_VERSIONS.contains(&version) {
+        return Reply::arm_error(
+            400,
+            "InvalidApiVersionParameter",
+            format!(
+                "The api-version '{version}' is invalid. The supported versions are '{}'.",
+                super::AZURE_STACK_RESOURCES_API_VERSIONS.join(",")
+            ),
+        );
+    }
+    let subscription = &state.config.subscription_id;
+    let provider = |namespace: &str| {
+        let registered = !state.config.unregistered_providers.iter().any(|p| p.eq_ignore_ascii_case(namespace));
+        json!({
+            "id": format!("/subscriptions/{subscription}/providers/{namespace}"),
+            "namespace": namespace,
+            "registrationState": if registered { "Registered" } else { "NotRegistered" },
+            "resourceTypes": [],
+        })
+    };
+    match one {
+        None => Reply::json(200, &json!({"value": super::RESOURCE_PROVIDERS.iter().map(|p| provider(p)).collect::<Vec<_>>()})),
+        Some(name) => match super::RESOURCE_PROVIDERS.iter().find(|p| p.eq_ignore_ascii_case(name)) {
+            Some(namespace) => Reply::json(200, &provider(namespace)),
+            None => Reply::arm_error(
+                404,
+                "InvalidResourceNamespace",
+                format!("The resource namespace '{name}' is invalid."),
+            ),
+        },
+    }
 }
 
 fn check_api_version(state: &ServerState, req: &ArmRequest, resource_type: &str) -> Result<(), Reply> {

@@ -141,7 +141,19 @@ pub struct ArmConfig {
     /// log over the same HTTPS endpoint. Absent: those paths answer 404.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_token: Option<SecretString>,
+    /// Resource providers the subscription is not registered for (every one in
+    /// [`RESOURCE_PROVIDERS`] is registered otherwise).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unregistered_providers: Vec<String>,
 }
+
+/// The resource providers an Azure Stack Hub subscription offers (the ones aks-engine needs
+/// among them: `armhelpers.RequiredResourceProviders`).
+pub const RESOURCE_PROVIDERS: [&str; 4] = ["Microsoft.Compute", "Microsoft.Network", "Microsoft.Storage", "Microsoft.KeyVault"];
+
+/// Microsoft.Resources api-versions an Azure Stack Hub stamp serves (profile 2020-09-01-hybrid
+/// has 2019-10-01; older profiles 2018-05-01 and 2016-06-01).
+pub const AZURE_STACK_RESOURCES_API_VERSIONS: [&str; 4] = ["2016-02-01", "2016-06-01", "2018-05-01", "2019-10-01"];
 
 impl ArmConfig {
     /// A configuration for an Azure Stack Hub stamp with AD FS or Azure AD, one client-secret
@@ -174,6 +186,7 @@ impl ArmConfig {
             operation_retry_after_secs: 1,
             token_lifetime_secs: 3599,
             admin_token: None,
+            unregistered_providers: Vec::new(),
         }
     }
 }
