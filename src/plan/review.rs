@@ -49,7 +49,7 @@ pub fn html(plan: &PlanFile, plan_file: &Path) -> String {
     )
 }
 
-/// The plan's action graph drawn as SVG (actions as boxes, gates as filled circles: layout-rs
+/// The plan's action graph drawn as SVG (actions as boxes, gates as filled ovals: layout-rs
 /// has no diamond), or None for a plan without steps.
 pub fn graph_svg(graph: &crate::plan::file::ActionGraph) -> Option<String> {
     if graph.steps.is_empty() {
@@ -228,7 +228,7 @@ fn steps_section(out: &mut String, plan: &PlanFile, picture: GraphPicture) {
             if let Some(svg) = graph_svg(&plan.graph) {
                 use base64::Engine as _;
                 let data = base64::engine::general_purpose::STANDARD.encode(svg);
-                let _ = writeln!(out, "![The plan's action graph: boxes are actions, filled circles gates](data:image/svg+xml;base64,{data})\n");
+                let _ = writeln!(out, "![The plan's action graph: boxes are actions, yellow ovals gates](data:image/svg+xml;base64,{data})\n");
             }
         }
         GraphPicture::Placeholder => {
@@ -238,6 +238,8 @@ fn steps_section(out: &mut String, plan: &PlanFile, picture: GraphPicture) {
     let _ = writeln!(out, "| # | Phase | Step | What | Gate |\n|---|---|---|---|---|");
     for (i, s) in steps.iter().enumerate() {
         let gate = match &s.gate {
+            // A gate's description is usually its check: say it once.
+            Some(g) if g.checks == s.description => format!("timeout {}; if it fails: {}", g.timeout, text(&g.on_failure)),
             Some(g) => format!("checks {}; timeout {}; if it fails: {}", text(&g.checks), g.timeout, text(&g.on_failure)),
             None => String::new(),
         };
@@ -320,14 +322,11 @@ fn rollback_section(out: &mut String, plan: &PlanFile, plan_file: &Path) {
         }
     }
     let local = steps_of(plan, Operation::BackupApiModel).find_map(|s| s.params.local_backup.clone());
-    let _ = writeln!(
-        out,
-        "Before changing a node, apply backs it up{}. If the change must be undone, this puts the backed-up certificates back:\n",
-        match &local {
-            Some(dir) => format!(", and the API model and its kubeconfig to {} beside it first", code(&format!("{dir}<time>/"))),
-            None => String::new(),
-        }
-    );
+    let first = match &local {
+        Some(dir) => format!("Apply first copies the API model and its kubeconfig to {} beside it; it backs up each node's certificates (below) before it changes them.", code(&format!("{dir}<time>/"))),
+        None => "Apply backs up each node's certificates (below) before it changes them.".to_string(),
+    };
+    let _ = writeln!(out, "{first} If the change must be undone, this puts the backed-up certificates back:\n");
     fenced(out, "sh", &format!("{}\n", command(plan, plan_file, "rollback", false)));
     let has = |op: Operation| steps_of(plan, op).next().is_some();
     let mut restored = vec!["`/etc/kubernetes/certs` (the rotated directory is kept beside it)", "the admin kubeconfig and kubelet's client certificate"];
