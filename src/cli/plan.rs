@@ -59,16 +59,16 @@ pub fn make_plan(args: &ClusterArgs) -> miette::Result<(Discovered, MadePlan)> {
 pub fn run_show(a: &ShowArgs) -> miette::Result<Outcome> {
     let plan = PlanFile::read(&a.plan_file)?;
     let view = PlanView::from_plan_file(&plan);
-    match a.format {
-        ShowFormat::Markdown => {
-            print!("{}", review::markdown_for_file(&plan, &a.plan_file));
-            return Ok(Outcome::Ok);
-        }
-        ShowFormat::Html => {
-            print!("{}", review::html(&plan, &a.plan_file));
-            return Ok(Outcome::Ok);
-        }
-        ShowFormat::Text => {}
+    let document = match a.format {
+        ShowFormat::Markdown => Some(review::markdown_for_file(&plan, &a.plan_file)),
+        ShowFormat::Html => Some(review::html(&plan, &a.plan_file)),
+        ShowFormat::Text => None,
+    };
+    if let Some(document) = document {
+        use std::io::Write as _;
+        // Piped into `head` or a closed pager, a failed write is the reader's choice, not a panic.
+        let _ = std::io::stdout().write_all(document.as_bytes());
+        return Ok(Outcome::Ok);
     }
     if a.json {
         println!("{}", render::json(&view).into_diagnostic()?);
