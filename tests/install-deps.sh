@@ -13,6 +13,8 @@ command -v sudo >/dev/null 2>&1 || need+=(sudo)
 # Debian's kubernetes-client ships kubectl; some images already carry a kubectl of their own,
 # which the package would conflict with.
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)
+# The review document's browser test (tests/review_browser.rs) opens the HTML in headless Chromium.
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
   echo "install-deps: installing ${need[*]}"
   apt-get update -qq

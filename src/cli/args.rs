@@ -217,8 +217,19 @@ pub struct ApplyArgs {
 #[derive(Debug, Args)]
 pub struct ShowArgs {
     pub plan_file: PathBuf,
-    #[arg(long)]
+    #[arg(long, conflicts_with = "format")]
     pub json: bool,
+    /// `text` for the terminal; `markdown` or `html` for a review document to attach to a
+    /// change ticket (the HTML is one self-contained page).
+    #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
+    pub format: ShowFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShowFormat {
+    Text,
+    Markdown,
+    Html,
 }
 
 #[derive(Debug, Args)]

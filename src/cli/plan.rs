@@ -1,13 +1,14 @@
 //! `plan`, `show` and `graph`: refresh the cluster, diff it against the profile, build the
 //! action graph, render it, and save it as a sealed plan file; render saved plans offline.
 
-use super::args::{ClusterArgs, GraphArgs, PlanArgs, ShowArgs};
+use super::args::{ClusterArgs, GraphArgs, PlanArgs, ShowArgs, ShowFormat};
 use super::status::{discover, read_cluster};
 use super::Outcome;
 use crate::flow::{self, discover::Discovered, planner::{MadePlan, PlanInputs}};
 use crate::model::profile::Profile;
 use crate::plan::file::PlanFile;
 use crate::plan::render::{self, PlanView};
+use crate::plan::review;
 use is_terminal::IsTerminal;
 use miette::{miette, IntoDiagnostic};
 
@@ -58,6 +59,17 @@ pub fn make_plan(args: &ClusterArgs) -> miette::Result<(Discovered, MadePlan)> {
 pub fn run_show(a: &ShowArgs) -> miette::Result<Outcome> {
     let plan = PlanFile::read(&a.plan_file)?;
     let view = PlanView::from_plan_file(&plan);
+    let document = match a.format {
+        ShowFormat::Markdown => Some(review::markdown_for_file(&plan, &a.plan_file)),
+        ShowFormat::Html => Some(review::html(&plan, &a.plan_file)),
+        ShowFormat::Text => None,
+    };
+    if let Some(document) = document {
+        use std::io::Write as _;
+        // Piped into `head` or a closed pager, a failed write is the reader's choice, not a panic.
+        let _ = std::io::stdout().write_all(document.as_bytes());
+        return Ok(Outcome::Ok);
+    }
     if a.json {
         println!("{}", render::json(&view).into_diagnostic()?);
     } else {

@@ -6,5 +6,6 @@ pub mod diff;
 pub mod file;
 pub mod graph;
 pub mod render;
+pub mod review;
 pub mod rollback;
 pub mod step;

@@ -199,7 +199,7 @@ fn attribute(out: &mut String, paint: &Paint, name: &str, before: Option<&AttrVa
     }
 }
 
-fn target_heading(target: &ChangeTarget) -> String {
+pub fn target_heading(target: &ChangeTarget) -> String {
     match target {
         ChangeTarget::Node { name, role: NodeRole::Master } => format!("{name} (master)"),
         ChangeTarget::Node { name, role: NodeRole::Agent } => format!("{name} (agent)"),
@@ -238,8 +238,16 @@ fn change_block(out: &mut String, paint: &Paint, change: &CertificateChange) {
     }
 }
 
+/// One certificate's change as `human` shows it (marker, location, reasons, attribute
+/// diffs), without colour: what the review document quotes per node.
+pub fn change_text(change: &CertificateChange) -> String {
+    let mut out = String::new();
+    change_block(&mut out, &Paint { on: false }, change);
+    out
+}
+
 /// The explanation as a sentence: capitalised, without a trailing full stop (added by the caller).
-fn sentence(text: &str) -> String {
+pub fn sentence(text: &str) -> String {
     let text = text.trim().trim_end_matches('.');
     let mut chars = text.chars();
     match chars.next() {
@@ -248,7 +256,8 @@ fn sentence(text: &str) -> String {
     }
 }
 
-fn downtime_label(d: &ApiDowntime) -> String {
+/// `none`, `rolling (...)` or `outage, up to 15m`: how the summary line names the downtime.
+pub fn downtime_label(d: &ApiDowntime) -> String {
     match (d.kind, d.estimate) {
         (DowntimeKind::None, _) => "none".into(),
         (DowntimeKind::Rolling, _) => "rolling (individual requests may fail)".into(),
