@@ -260,6 +260,8 @@ fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let lab = up_expiring(dir.path(), Expiry::Default);
     let old_ca = apimodel_ca(&lab);
+    let serving = |lab: &Lab| -> Vec<String> { nodes(lab).iter().map(|n| ssh(lab, n, "sudo sha256sum /etc/kubernetes/certs/kubeletserver.crt")).collect() };
+    let serving_before = serving(&lab);
     let saved = dir.path().join("all.plan.yaml");
     let out = plan(&lab, "rotate-all", &saved);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -274,6 +276,12 @@ fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
     // A new CA in the API model, and on every node.
     let new_ca = apimodel_ca(&lab);
     assert_ne!(new_ca, old_ca, "rotate-all replaces the cluster CA");
+    // As aks-engine rotate-certs issues them: RSA 4096 for the certificateProfile, the
+    // front-proxy pair RSA 2048; the kubelet serving certificates untouched.
+    let bits = |path: &str| ssh(&lab, &nodes(&lab)[0], &format!("sudo openssl x509 -in {path} -noout -text | grep -o 'Public-Key: ([0-9]* bit)'"));
+    assert_eq!(bits("/etc/kubernetes/certs/apiserver.crt").trim(), "Public-Key: (4096 bit)");
+    assert_eq!(bits("/etc/kubernetes/certs/proxy.crt").trim(), "Public-Key: (2048 bit)");
+    assert_eq!(serving(&lab), serving_before, "rotate-all leaves the kubelet serving certificates alone");
     for n in nodes(&lab) {
         assert_eq!(ssh(&lab, &n, "cat /etc/kubernetes/certs/ca.crt"), new_ca, "ca.crt on {n}");
         assert!(ssh(&lab, &n, "sudo ls /etc/kubernetes/certs.bak").contains("ca.crt"), "backup on {n}");
