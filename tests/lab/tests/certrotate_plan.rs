@@ -28,6 +28,16 @@ fn healthy_cluster_needs_nothing_from_renew_expiring_and_everything_from_rotate_
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(summary(&out).starts_with("No changes"), "{}", text(&out));
 
+    // Without azuredeploy.json the name suffix is AKS Engine's for the lab's dnsPrefix, and
+    // the nodes' host names (the lab names its VMs as AKS Engine does) agree with it.
+    let deploy = std::path::PathBuf::from(&lab.env()["LAB_API_MODEL"]).with_file_name("azuredeploy.json");
+    let aside = deploy.with_extension("json.aside");
+    std::fs::rename(&deploy, &aside).unwrap();
+    let out = plan(&lab, "renew-expiring", &[]);
+    std::fs::rename(&aside, &deploy).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(summary(&out).starts_with("No changes"), "{}", text(&out));
+
     let saved = dir.path().join("rotate-all.plan.yaml");
     let out = plan(&lab, "rotate-all", &["--out", saved.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
