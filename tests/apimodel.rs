@@ -66,7 +66,9 @@ fn replacing_certificate_profile_keeps_everything_else() {
 fn bundled_example_validates_without_findings() {
     let m = ApiModel::load(&fixture_dir().join("apimodel.json")).unwrap();
     let topo = Topology::derive(&m, None).unwrap();
-    assert_eq!(topo.name_suffix, "40912345");
+    assert_eq!(topo.name_suffix, "17329654");
+    // aks-engine writes GetClusterID() as azuredeploy.json's nameSuffix.
+    assert_eq!(topo.name_suffix, certrotate::model::cluster_id::cluster_id(m.dns_prefix()));
     let audit = certrotate::pki::audit::audit_certificate_profile(&m, &catalogue(&topo), time::OffsetDateTime::now_utc()).unwrap();
     assert_eq!(audit.findings, vec![], "a cluster definition issued to AKS Engine's recipe must give no finding");
     assert_eq!(audit.certificates.len(), 9);
@@ -165,10 +167,19 @@ fn certificate_signed_by_another_ca() {
 }
 
 #[test]
-fn missing_name_suffix_source() {
-    let (code, err) = validate_mutated(|d| std::fs::remove_file(d.join("azuredeploy.json")).unwrap());
-    assert_eq!(code, 1);
-    insta::assert_snapshot!(err);
+fn name_suffix_without_azuredeploy_is_computed_from_the_dns_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("apimodel.json"), fixture_text()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_certrotate"))
+        .args(["validate", "--api-model", "apimodel.json"])
+        .current_dir(dir.path())
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    // AKS Engine's GetClusterID("kubelab"), the value its azuredeploy.json carries.
+    assert!(stdout.contains("name suffix 17329654 from dnsPrefix \"kubelab\""), "{stdout}");
 }
 
 #[test]

@@ -24,7 +24,7 @@ const API_MODEL: &str = r#"{
 #[test]
 fn subjects_sans_and_usages_match_aks_engine() {
     let model = ApiModel::parse(SourceFile::from_text("apimodel.json", API_MODEL)).unwrap();
-    let topo = Topology::derive_with_suffix(&model, "40912345").unwrap();
+    let topo = Topology::derive_with_suffix(&model, "11161905").unwrap();
     let cat = catalogue(&topo);
     let by = |k: CertKind| cat.iter().find(|e| e.kind == k).unwrap_or_else(|| panic!("{k:?} missing"));
 
@@ -82,7 +82,7 @@ fn subjects_sans_and_usages_match_aks_engine() {
     assert_eq!((proxy.common_name.as_str(), proxy.organization.as_deref()), ("aggregator", Some("system:masters")));
     assert_eq!(proxy.issuer, IssuerRef::FrontProxyCa);
 
-    let paths: Vec<&str> = cat.iter().filter(|e| e.holders.contains(&"k8s-master-40912345-1".to_string())).map(|e| e.cert_file.path.as_str()).collect();
+    let paths: Vec<&str> = cat.iter().filter(|e| e.holders.contains(&"k8s-master-11161905-1".to_string())).map(|e| e.cert_file.path.as_str()).collect();
     assert_eq!(
         paths,
         [

@@ -44,7 +44,19 @@ fn shipped_profiles_say_what_their_names_promise() {
     assert_eq!(all.front_proxy.ca, CaPolicy::Always);
     assert_eq!(all.leaves, LeafPolicy::Always);
     assert_eq!(all.masters.strategy, MasterStrategy::AllAtOnce);
-    assert_eq!(all.certificates_in_scope(), CertId::ALL.to_vec());
+    // aks-engine rotate-certs' figures: SetDefaultCerts with DefaultPkiKeySize 4096 and
+    // ValidityDuration 30 x 365 days for the CA and every leaf; generate-proxy-certs.sh's
+    // RSA 2048 and 262824 days for the front-proxy pair; kubelet serving certificates untouched.
+    let aks_engine_leaves: Vec<CertId> = CertId::ALL.into_iter().filter(|id| *id != CertId::KubeletServer).collect();
+    assert_eq!(all.certificates_in_scope(), aks_engine_leaves);
+    for id in [CertId::Ca, CertId::Apiserver, CertId::Client, CertId::Kubeconfig, CertId::EtcdServer, CertId::EtcdClient, CertId::EtcdPeer] {
+        assert_eq!(all.key_for(id), KeySpec::Rsa4096, "{id}");
+        assert_eq!(all.validity_for(id), Duration::days(30 * 365), "{id}");
+    }
+    for id in [CertId::ProxyCa, CertId::Proxy] {
+        assert_eq!(all.key_for(id), KeySpec::Rsa2048, "{id}");
+        assert_eq!(all.validity_for(id), Duration::days(262_824), "{id}");
+    }
 
     let renew = Profile::load("renew-expiring").unwrap();
     assert_eq!(renew.ca, CaPolicy::Keep);
@@ -75,6 +87,10 @@ fn a_minimal_profile_takes_the_documented_defaults() {
     assert_eq!(profile.validity.leaf, Duration::years(2));
     assert_eq!(profile.key.leaf_key(), KeySpec::Rsa2048);
     assert_eq!(profile.key.ca_key(), KeySpec::Rsa4096);
+    // Without frontProxy.keySize the front-proxy CA and client take key.caSize and key.size.
+    assert_eq!(profile.front_proxy.key_size, None);
+    assert_eq!(profile.key_for(CertId::ProxyCa), KeySpec::Rsa4096);
+    assert_eq!(profile.key_for(CertId::Proxy), KeySpec::Rsa2048);
     assert_eq!(profile.ca, CaPolicy::Keep);
     assert_eq!(profile.scope, Scope::All);
     assert_eq!(profile.masters.strategy, MasterStrategy::Rolling);

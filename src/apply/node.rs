@@ -55,6 +55,9 @@ impl NodeFile {
     }
 }
 
+/// Sets up `log` and `fail` for a step's script. aks-engine rotate-certs appended each step's
+/// output to the log; certrotate appends one line per step: when the script exits, its
+/// outcome (`ok`, or `failed (exit N)`) and what it noted, so the log reads as the run did.
 fn prelude(stamp: &str, step: &str) -> String {
     format!(
         r#"set -eu
@@ -62,8 +65,10 @@ umask 077
 STAMP={stamp}
 STEP={step}
 mkdir -p /var/log/azure
-log() {{ printf '%s certrotate[%s] %s: %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$STAMP" "$STEP" "$*" >> {log}; }}
+NOTES=$(mktemp)
+log() {{ printf '%s\n' "$*" >> "$NOTES"; }}
 fail() {{ log "FAILED: $*"; echo "$*" >&2; exit 1; }}
+trap 'rc=$?; if [ "$rc" = 0 ]; then OUTCOME=ok; else OUTCOME="failed (exit $rc)"; fi; printf "%s certrotate[%s] %s: %s: %s\n" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$STAMP" "$STEP" "$OUTCOME" "$(paste -sd";" "$NOTES" | sed "s/;/; /g")" >> {log}; rm -f "$NOTES"' EXIT
 "#,
         stamp = sh_quote(stamp),
         step = sh_quote(step),
@@ -74,7 +79,11 @@ fail() {{ log "FAILED: $*"; echo "$*" >&2; exit 1; }}
 /// Copies every file the node will need into the staging directory in one go, checks each
 /// against its SHA-256, and marks the directory complete. Skips when already complete.
 pub fn stage_script(stamp: &str, files: &[NodeFile]) -> String {
-    let mut s = prelude(stamp, "distributeCerts");
+    prelude(stamp, "distributeCerts") + &stage_body(stamp, files)
+}
+
+fn stage_body(stamp: &str, files: &[NodeFile]) -> String {
+    let mut s = String::new();
     let dir = staging_dir(stamp);
     let manifest: String = files.iter().map(|f| format!("{}  {}\n", f.sha256(), f.staged_name())).collect();
     let manifest_digest = hex::encode(Sha256::digest(manifest.as_bytes()));
@@ -103,7 +112,11 @@ pub fn stage_script(stamp: &str, files: &[NodeFile]) -> String {
 /// pem to certs.bak.extra), verifies the copy, and records the plan's stamp. A backup made for
 /// another plan is moved aside with a time suffix, never deleted.
 pub fn backup_script(stamp: &str, admin_kubeconfig: Option<&str>) -> String {
-    let mut s = prelude(stamp, "backupNodeCerts");
+    prelude(stamp, "backupNodeCerts") + &backup_body(admin_kubeconfig)
+}
+
+fn backup_body(admin_kubeconfig: Option<&str>) -> String {
+    let mut s = String::new();
     s.push_str(&format!(
         r#"B={b}; X={x}; C={c}
 if [ -d "$B" ] && [ -f "$X/stamp" ] && [ "$(cat "$X/stamp")" = "$STAMP" ]; then log 'backup already made for this plan'; echo SKIP; exit 0; fi
@@ -137,9 +150,10 @@ mkdir -m 0700 "$X.tmp"
 /// The node's backup, then its staging, in one remote command (one round trip instead of
 /// two). Each runs in its own subshell with its own `set -eu`, so the backup's early
 /// `exit 0` when it is already made does not skip the staging, and a failed backup stops
-/// the script before anything is staged. Prints the backup's line, then the staging's.
+/// the script before anything is staged. Prints the backup's line, then the staging's. One
+/// plan step, so one line in the node's log.
 pub fn backup_and_stage_script(stamp: &str, admin_kubeconfig: Option<&str>, files: &[NodeFile]) -> String {
-    format!("set -eu\n(\n{}\n)\n(\n{}\n)\n", backup_script(stamp, admin_kubeconfig), stage_script(stamp, files))
+    format!("{}(\n{}\n)\n(\n{}\n)\n", prelude(stamp, "distributeCerts"), backup_body(admin_kubeconfig), stage_body(stamp, files))
 }
 
 /// Installs staged files atomically (a temp file beside the target, then rename) with their
@@ -442,6 +456,9 @@ mod tests {
         assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
         assert!(!std::path::Path::new(&format!("{r}{}", staging_dir("s1"))).exists(), "staged although the backup failed");
         assert!(!std::path::Path::new(&format!("{r}{}.tmp", staging_dir("s1"))).exists());
+        let log = std::fs::read_to_string(format!("{r}/var/log/azure/rotate-certs.log")).unwrap();
+        assert_eq!(log.lines().count(), 1, "{log}");
+        assert!(log.contains("certrotate[s1] distributeCerts: failed (exit 1): FAILED: ") && log.contains("does not exist"), "{log}");
     }
 
     /// Runs the scripts against a scratch tree with sh, as root would, using a fake
@@ -482,6 +499,10 @@ mod tests {
         assert_eq!(std::fs::read_to_string(format!("{r}/etc/kubernetes/certs.bak/ca.crt")).unwrap(), "old ca\n");
         let log = std::fs::read_to_string(format!("{r}/var/log/azure/rotate-certs.log")).unwrap();
         assert!(log.contains("installed") && !log.contains("new ca"), "{log}");
+        // One line per script run, naming its step and outcome.
+        let steps: Vec<&str> = log.lines().map(|l| l.split_whitespace().nth(2).unwrap_or("")).collect();
+        assert_eq!(steps, ["distributeCerts:", "distributeCerts:", "distributeCerts:", "backupNodeCerts:", "installCerts:", "installCerts:"], "{log}");
+        assert!(log.lines().all(|l| l.starts_with("20") && l.contains("certrotate[s1]") && l.contains(": ok")), "{log}");
         assert_eq!(run(restore_script("s1", None)).trim(), "OK");
         assert_eq!(std::fs::read_to_string(format!("{r}/etc/kubernetes/certs/ca.crt")).unwrap(), "old ca\n");
         // A backup made for another plan is kept aside, not overwritten.

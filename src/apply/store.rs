@@ -7,7 +7,7 @@
 //! it back instead of issuing again, so every node ends up with the same material.
 
 use crate::model::apimodel::{write_atomic, ApiModel, CertificateProfile};
-use crate::model::profile::Profile;
+use crate::model::profile::{CertId, Profile};
 use crate::model::topology::Topology;
 use crate::pki::catalogue::{self, ApiModelField, CertEntry, CertKind};
 use crate::pki::inspect;
@@ -282,12 +282,17 @@ pub fn issue_pki(
     let supplied_leaf = |e: &CertEntry| supplied.zip(e.apimodel_field.as_ref()).and_then(|(cp, field)| pair_of(field.read(cp)));
     // All keys first, in parallel: issued one by one below, they were generated serially.
     let mut keys = {
-        let ca_keys = usize::from(wanted("ca") && supplied_ca.is_none()) + usize::from(wanted("proxy-ca") || wanted("proxy"));
-        let mut specs = vec![profile.key.ca_key(); ca_keys];
+        let mut specs = Vec::new();
+        if wanted("ca") && supplied_ca.is_none() {
+            specs.push(profile.key_for(CertId::Ca));
+        }
+        if wanted("proxy-ca") || wanted("proxy") {
+            specs.push(profile.key_for(CertId::ProxyCa));
+        }
         for id in ids.iter().filter(|i| *i != "ca" && *i != "proxy-ca") {
             let e = entry(id)?;
             if !(e.kind == CertKind::Apiserver && !wanted("ca")) && supplied_leaf(&e).is_none() {
-                specs.push(profile.key.leaf_key());
+                specs.push(if e.kind == CertKind::Proxy { profile.key_for(CertId::Proxy) } else { profile.key.leaf_key() });
             }
         }
         issue::KeyPool::generate(&specs).map_err(failed("the new keys"))?
@@ -318,7 +323,7 @@ pub fn issue_pki(
 
     let mut proxy_ca_cert_pem = None;
     let proxy_ca = if wanted("proxy-ca") || wanted("proxy") {
-        let t = entry("proxy-ca")?.template(profile.key.ca_key(), not_before, until(profile.validity.front_proxy_ca));
+        let t = entry("proxy-ca")?.template(profile.key_for(CertId::ProxyCa), not_before, until(profile.validity.front_proxy_ca));
         let pair = keys.take(t.key).and_then(|k| issue::issue_ca_with_key(&t, &k)).map_err(failed("the front-proxy CA"))?;
         proxy_ca_cert_pem = Some(pair.cert_pem.clone());
         items.insert("proxy-ca".to_string(), pair.clone());
@@ -342,7 +347,7 @@ pub fn issue_pki(
                 keys.take(t.key).and_then(|k| issue::issue_ca_with_key(&t, &k)).map_err(failed(id))?
             }
             CertKind::Proxy => {
-                let t = e.template(profile.key.leaf_key(), not_before, until(profile.validity.front_proxy_client));
+                let t = e.template(profile.key_for(CertId::Proxy), not_before, until(profile.validity.front_proxy_client));
                 keys.take(t.key).and_then(|k| proxy_ca.as_ref().expect("made above").issue_with_key(&t, &k)).map_err(failed(id))?
             }
             _ => {

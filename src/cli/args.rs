@@ -60,7 +60,8 @@ pub struct ModelArgs {
     #[arg(long, value_name = "FILE")]
     pub certificate_profile: Option<PathBuf>,
 
-    /// The 8-digit VM name suffix, when azuredeploy.json is not beside the API model.
+    /// The 8-digit VM name suffix. Default: azuredeploy.json's beside the API model, else the
+    /// one AKS Engine computes from the dnsPrefix.
     #[arg(long, value_name = "DIGITS")]
     pub name_suffix: Option<String>,
 }

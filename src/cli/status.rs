@@ -88,7 +88,7 @@ pub fn read_cluster(args: &ClusterArgs, cluster: &Discovered) -> miette::Result<
             RefreshError::Unreachable(_) => {
                 "check that --ssh-host reaches the nodes and the key is the admin user's; use --skip-unreachable to go on without nodes that are down"
             }
-            RefreshError::NameSuffix(_) => "the VM name suffix does not match the nodes: check azuredeploy.json or --name-suffix",
+            RefreshError::NameSuffix(_) => "the VM name suffix does not match the nodes: check azuredeploy.json, --name-suffix or the API model's dnsPrefix",
         };
         miette!(help = help, "{e}")
     })?;

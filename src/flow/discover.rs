@@ -17,7 +17,8 @@ pub struct Discovered {
 }
 
 /// Loads the API model and derives its topology. The name suffix comes from `name_suffix`
-/// when given, else from azuredeploy.json beside the API model.
+/// when given, else from azuredeploy.json beside the API model, else from the dnsPrefix as
+/// AKS Engine computes it.
 pub fn discover(api_model: &Path, name_suffix: Option<&str>) -> Result<Discovered, InputError> {
     let model = ApiModel::load(api_model)?;
     let topology = Topology::derive(&model, name_suffix)?;

@@ -2,6 +2,7 @@
 //! the topology derived from it, and the desired profile.
 
 pub mod apimodel;
+pub mod cluster_id;
 pub mod inventory;
 pub mod profile;
 pub mod topology;

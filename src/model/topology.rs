@@ -1,12 +1,15 @@
 //! The cluster's shape derived from the API model: node names, roles and addresses, the
 //! apiserver FQDN, the jumpbox port, and the addresses every certificate must name.
 //!
-//! VM names carry an 8-digit `nameSuffix` that is not in apimodel.json. It is read, never
-//! guessed: from the `nameSuffix` parameter of azuredeploy.json beside the API model, from
-//! `--name-suffix`, or from node host names seen later; sources that disagree are an error.
+//! VM names carry an 8-digit `nameSuffix` that is not in apimodel.json. It is taken from
+//! `--name-suffix` or the `nameSuffix` parameter of azuredeploy.json beside the API model;
+//! with neither, it is computed from the dnsPrefix as AKS Engine computes it
+//! (model/cluster_id.rs). Node host names read later cross-check it; sources that disagree
+//! are an error.
 
 use crate::diag::{InputError, SourceFile};
 use crate::model::apimodel::ApiModel;
+use crate::model::cluster_id::cluster_id;
 use serde::{Deserialize, Serialize};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
@@ -375,8 +378,8 @@ fn windows_node_name(name_suffix: &str, pool_index: usize, i: usize) -> String {
 }
 
 /// Finds the name suffix: `--name-suffix`, and azuredeploy.json's `nameSuffix` parameter
-/// default beside the API model. Both present and different is an error; neither is an
-/// error that says where to find it.
+/// default beside the API model. Both present and different is an error; with neither, the
+/// suffix AKS Engine computes from the dnsPrefix.
 pub fn resolve_name_suffix(model: &ApiModel, flag: Option<&str>) -> Result<NameSuffixSource, InputError> {
     let deploy_path = model.dir().join("azuredeploy.json");
     let from_deploy = read_name_suffix_from_azuredeploy(&deploy_path)?;
@@ -401,15 +404,12 @@ pub fn resolve_name_suffix(model: &ApiModel, flag: Option<&str>) -> Result<NameS
         }
         (Some(f), _) => Ok(NameSuffixSource { value: f.to_string(), from: "--name-suffix".into() }),
         (None, Some((d, _))) => Ok(d),
-        (None, None) => Err(InputError::plain(
-            model.path(),
-            format!(
-                "cannot tell the VM name suffix: {} is missing and --name-suffix was not given",
-                deploy_path.display()
-            ),
-            "keep azuredeploy.json beside apimodel.json (aks-engine writes both into _output/<dnsPrefix>/), \
-             or pass --name-suffix with the 8 digits from a node name such as k8s-master-12345678-0",
-        )),
+        // AKS Engine never stores the suffix in apimodel.json: its own commands recompute it
+        // from the dnsPrefix, and so does certrotate; refresh checks it against host names.
+        (None, None) => Ok(NameSuffixSource {
+            value: cluster_id(model.dns_prefix()),
+            from: format!("dnsPrefix {:?} (no azuredeploy.json beside the API model)", model.dns_prefix()),
+        }),
     }
 }
 
@@ -533,8 +533,11 @@ mod tests {
         let err = resolve_name_suffix(&m, Some("12345678")).unwrap_err();
         assert!(err.message.contains("12345678") && err.message.contains("87654321"), "{}", err.message);
         std::fs::remove_file(dir.path().join("azuredeploy.json")).unwrap();
-        let err = resolve_name_suffix(&m, None).unwrap_err();
-        assert!(err.help.unwrap().contains("--name-suffix"));
+        // Without azuredeploy.json: AKS Engine's suffix for dnsPrefix "kube-lab", or the flag.
+        let derived = resolve_name_suffix(&m, None).unwrap();
+        assert_eq!(derived.value, "84869199");
+        assert!(derived.from.contains("kube-lab"), "{}", derived.from);
+        assert_eq!(resolve_name_suffix(&m, Some("12345678")).unwrap().value, "12345678");
     }
 
     #[test]

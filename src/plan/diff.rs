@@ -14,9 +14,10 @@
 //! nodes hold outside the catalogue.
 
 use crate::model::inventory::{Inventory, NodeInventory, ObservedContent, ObservedFile};
-use crate::model::profile::{CaPolicy, CertId, KeyAlgorithm, LeafPolicy, Profile};
+use crate::model::profile::{CaPolicy, CertId, LeafPolicy, Profile};
 use crate::model::topology::{Node, Role, Topology};
 use crate::pki::audit;
+use crate::pki::KeySpec;
 use crate::pki::catalogue::{self, holds_key, ApiModelField, CertEntry, CertKind, FileSpec, IssuerRef, CERT_DIR};
 use crate::pki::inspect::{self, CertFacts};
 use crate::plan::file::{
@@ -244,6 +245,14 @@ fn subject_of(entry: &CertEntry) -> String {
     }
 }
 
+fn rsa_bits(spec: KeySpec) -> u32 {
+    match spec {
+        KeySpec::Rsa3072 => 3072,
+        KeySpec::Rsa4096 => 4096,
+        KeySpec::Rsa2048 | KeySpec::EcdsaP256 => 2048,
+    }
+}
+
 fn key_text(spec: crate::pki::KeySpec) -> String {
     match spec {
         crate::pki::KeySpec::Rsa2048 => "RSA 2048".into(),
@@ -361,9 +370,9 @@ fn own_reasons(
     }
     if !is_authority(entry.kind) {
         let want = profile.key_for(cert_id(entry.kind));
-        let weaker_or_other = match profile.key.algorithm {
-            KeyAlgorithm::Rsa => facts.key_algorithm != "RSA" || facts.key_bits < profile.key.size.bits(),
-            KeyAlgorithm::EcdsaP256 => facts.key_algorithm != "ECDSA P-256",
+        let weaker_or_other = match want {
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => facts.key_algorithm != "RSA" || facts.key_bits < rsa_bits(want),
+            KeySpec::EcdsaP256 => facts.key_algorithm != "ECDSA P-256",
         };
         if weaker_or_other {
             out.push(reason(

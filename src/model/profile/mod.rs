@@ -216,8 +216,9 @@ impl Profile {
 
     /// The key to issue for a certificate of kind `id`.
     pub fn key_for(&self, id: CertId) -> KeySpec {
-        match id {
-            CertId::Ca | CertId::ProxyCa => self.key.ca_key(),
+        match (id, self.front_proxy.key_size) {
+            (CertId::ProxyCa | CertId::Proxy, Some(size)) => self.key.with_size(size),
+            (CertId::Ca | CertId::ProxyCa, _) => self.key.ca_key(),
             _ => self.key.leaf_key(),
         }
     }

@@ -103,6 +103,11 @@ impl KeyPolicy {
     pub fn ca_key(&self) -> KeySpec {
         self.algorithm.spec(self.ca_size)
     }
+
+    /// This algorithm with an RSA modulus of `size` (ECDSA keys have one size).
+    pub fn with_size(&self, size: RsaKeySize) -> KeySpec {
+        self.algorithm.spec(size)
+    }
 }
 
 /// Public-key algorithm of newly issued keys.
@@ -328,11 +333,15 @@ pub struct FrontProxyPolicy {
     /// `false` takes it out of scope even when `scope` is `all`.
     #[serde(default = "defaults::yes")]
     pub client: bool,
+    /// RSA modulus size of the front-proxy CA and client keys. Default: `key.caSize` for the
+    /// CA and `key.size` for the client. AKS Engine's generate-proxy-certs.sh makes both 2048.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_size: Option<RsaKeySize>,
 }
 
 impl Default for FrontProxyPolicy {
     fn default() -> Self {
-        Self { ca: CaPolicy::Keep, client: true }
+        Self { ca: CaPolicy::Keep, client: true, key_size: None }
     }
 }
 

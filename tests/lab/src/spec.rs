@@ -167,11 +167,10 @@ pub fn fnv64a(bytes: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// AKS Engine's nameSuffix shape: 8 digits derived from the dnsPrefix. AKS Engine draws it
-/// from Go's math/rand seeded with FNV-64a(dnsPrefix); the lab keeps the seed but not Go's
-/// generator, so it is stable per prefix without pretending to match a real cluster.
+/// AKS Engine's nameSuffix for a dnsPrefix (`GetClusterID`, certrotate's model::cluster_id),
+/// so the lab's VMs are named as AKS Engine names them.
 pub fn name_suffix_for(dns_prefix: &str) -> String {
-    format!("{}", fnv64a(dns_prefix.as_bytes()) % 90_000_000 + 10_000_000)
+    certrotate::model::cluster_id::cluster_id(dns_prefix)
 }
 
 impl Layout {
@@ -338,10 +337,10 @@ mod tests {
     fn names_and_addresses_follow_aks_engine() {
         let spec = LabSpec { masters: 3, agents: 2, dns_prefix: Some("mycluster".into()), ..Default::default() };
         let layout = Layout::derive(Path::new("/tmp/some-lab"), spec, |_| false).unwrap();
-        let suffix = &layout.name_suffix;
-        assert_eq!(suffix.len(), 8);
-        assert_eq!(layout.nodes[0].name, format!("k8s-master-{suffix}-0"));
-        assert_eq!(layout.nodes[3].name, format!("k8s-agentpool1-{suffix}-0"));
+        // AKS Engine's GetClusterID("mycluster"), printed by Go's hash/fnv and math/rand.
+        assert_eq!(layout.name_suffix, "11161905");
+        assert_eq!(layout.nodes[0].name, "k8s-master-11161905-0");
+        assert_eq!(layout.nodes[3].name, "k8s-agentpool1-11161905-0");
         assert_eq!(layout.nodes[0].ip.octets()[3], 5);
         assert_eq!(layout.nodes[2].ip.octets()[3], 7);
         assert_eq!(layout.ilb_ip().octets()[3], 15);

@@ -166,6 +166,61 @@ fn assert_no_secret(lab: &Lab, outputs: &[&Output]) {
     }
 }
 
+/// Each node's /var/log/azure/rotate-certs.log, as aks-engine rotate-certs kept it: one line
+/// per step of the run that acted on that node (its journal entries, placed by the saved
+/// plan), naming the step and its outcome, and no key material.
+fn assert_node_logs_have_one_line_per_step(lab: &Lab, saved: &Path) {
+    use certrotate::plan::step::Operation;
+    let source = certrotate::diag::SourceFile::read(saved, "plan").unwrap();
+    let plan = certrotate::plan::file::PlanFile::from_source(&source).unwrap();
+    let runs: Vec<_> = std::fs::read_dir(model_dir(lab).join("_rotate_certs_output")).unwrap().flatten().collect();
+    assert_eq!(runs.len(), 1, "one apply ran");
+    let journal = std::fs::read_to_string(runs[0].path().join("journal.jsonl")).unwrap();
+    let done: Vec<(String, String)> = journal
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|e| Some((e["step"].as_str()?.to_string(), e["note"].as_str().unwrap_or("").to_string())))
+        .collect();
+    // The operations that run a script on the node they target (gates only probe; Kubernetes
+    // API steps run on the operator's side); cleanup runs on every node that was staged.
+    let on_node = [
+        Operation::DistributeCerts,
+        Operation::BackupNodeCerts,
+        Operation::InstallCerts,
+        Operation::InstallAdminKubeconfig,
+        Operation::RemoveKubeletClientCurrent,
+        Operation::RestartEtcd,
+        Operation::RestartControlPlane,
+        Operation::RestartApiserver,
+        Operation::RestartKubelet,
+        Operation::PutFrontProxyInEtcd,
+        Operation::InstallFrontProxy,
+    ];
+    let staged: Vec<String> = plan.graph.steps.iter().filter(|s| s.operation == Operation::DistributeCerts).filter_map(|s| s.target.clone()).collect();
+    for node in nodes(lab) {
+        let mut expected = Vec::new();
+        for (id, note) in &done {
+            let step = plan.graph.steps.iter().find(|s| &s.id == id).unwrap_or_else(|| panic!("journal step {id} is in the plan"));
+            let acted_here = (step.target.as_deref() == Some(node.as_str()) && on_node.contains(&step.operation) && note != "admin kubeconfig unchanged")
+                || (step.operation == Operation::Cleanup && staged.contains(&node));
+            if acted_here {
+                expected.push(step.operation.as_str().to_string());
+            }
+        }
+        let log = ssh(lab, &node, "sudo cat /var/log/azure/rotate-certs.log");
+        let logged: Vec<String> = log.lines().map(|l| l.split_whitespace().nth(2).unwrap_or("").trim_end_matches(':').to_string()).collect();
+        expected.sort();
+        let mut sorted = logged.clone();
+        sorted.sort();
+        assert!(!expected.is_empty(), "apply acted on {node}");
+        assert_eq!(sorted, expected, "{node}: one line per step that ran there:\n{log}");
+        for line in log.lines() {
+            assert!(line.contains(": ok"), "{node}: every step succeeded: {line}");
+            assert!(!line.contains("PRIVATE KEY") && !line.contains("BEGIN") && !line.contains("LS0t"), "{node}: key material in the log: {line}");
+        }
+    }
+}
+
 #[test]
 fn renew_expiring_keeps_the_api_up_and_leaves_nothing_to_do() {
     let dir = tempfile::tempdir().unwrap();
@@ -178,6 +233,7 @@ fn renew_expiring_keeps_the_api_up_and_leaves_nothing_to_do() {
     let applied = certrotate(&["apply", saved.to_str().unwrap()], &lab);
     let (probes, failures) = prober.stop();
     assert_eq!(applied.status.code(), Some(0), "{}", text(&applied));
+    assert_node_logs_have_one_line_per_step(&lab, &saved);
     assert!(probes >= 20, "the prober ran throughout ({probes} probes)");
     assert_eq!(failures, 0, "/readyz failed {failures} of {probes} times during a rolling renewal");
     // apply's own prober asks the kubeconfig's server. On a cluster that is the load
@@ -204,6 +260,8 @@ fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
     let dir = tempfile::tempdir().unwrap();
     let lab = up_expiring(dir.path(), Expiry::Default);
     let old_ca = apimodel_ca(&lab);
+    let serving = |lab: &Lab| -> Vec<String> { nodes(lab).iter().map(|n| ssh(lab, n, "sudo sha256sum /etc/kubernetes/certs/kubeletserver.crt")).collect() };
+    let serving_before = serving(&lab);
     let saved = dir.path().join("all.plan.yaml");
     let out = plan(&lab, "rotate-all", &saved);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -218,6 +276,12 @@ fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
     // A new CA in the API model, and on every node.
     let new_ca = apimodel_ca(&lab);
     assert_ne!(new_ca, old_ca, "rotate-all replaces the cluster CA");
+    // As aks-engine rotate-certs issues them: RSA 4096 for the certificateProfile, the
+    // front-proxy pair RSA 2048; the kubelet serving certificates untouched.
+    let bits = |path: &str| ssh(&lab, &nodes(&lab)[0], &format!("sudo openssl x509 -in {path} -noout -text | grep -o 'Public-Key: ([0-9]* bit)'"));
+    assert_eq!(bits("/etc/kubernetes/certs/apiserver.crt").trim(), "Public-Key: (4096 bit)");
+    assert_eq!(bits("/etc/kubernetes/certs/proxy.crt").trim(), "Public-Key: (2048 bit)");
+    assert_eq!(serving(&lab), serving_before, "rotate-all leaves the kubelet serving certificates alone");
     for n in nodes(&lab) {
         assert_eq!(ssh(&lab, &n, "cat /etc/kubernetes/certs/ca.crt"), new_ca, "ca.crt on {n}");
         assert!(ssh(&lab, &n, "sudo ls /etc/kubernetes/certs.bak").contains("ca.crt"), "backup on {n}");
