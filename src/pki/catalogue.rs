@@ -321,7 +321,9 @@ pub fn catalogue(topo: &Topology) -> Vec<CertEntry> {
         dns_sans: vec![],
         ip_sans: vec![],
         is_ca: false,
-        extended_usages: vec![ExtendedUsage::ClientAuth],
+        // generateproxycerts.sh signs it with `openssl x509 -req` and no extension file: X.509
+        // v1, no extensions, so no EKU (Go's x509 then allows any usage).
+        extended_usages: vec![],
         issuer: IssuerRef::FrontProxyCa,
         cert_file: cert_file("proxy.crt"),
         key_file: Some(key_file("proxy.key", "root")),

@@ -9,7 +9,7 @@
 
 use crate::model::inventory::{EtcdProxyState, NodeInventory, ObservedContent, ObservedFile, ObservedKubeconfig};
 use crate::pki::catalogue::{self, CertEntry, CERT_DIR, ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY, ETCD_PROXY_PREFIX};
-use crate::pki::inspect;
+use crate::pki::{inspect, proxycerts};
 use crate::model::topology::{Node, Role};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -65,6 +65,9 @@ c={cert_dir_rel}
 # started with: the one in certs.bak, where apply backs the directory up (apply::node::BACKUP).
 # Then members trusting different CAs have no quorum, so those reads are serializable: the
 # member answers from its own store.
+nl='
+'
+{aks_read}
 etcd_get() {{ ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert="$1/ca.crt" --cert="$2/etcdclient.crt" --key="$2/etcdclient.key" --command-timeout=5s get {prefix} --prefix ${{3-}} 2>/dev/null; }}
 if [ -r "$c/etcdclient.key" ] && command -v etcdctl >/dev/null 2>&1; then
   out=$(etcd_get "$c" "$c") || {{ [ -r "$c.bak/etcdclient.key" ] && {{ out=$(etcd_get "$c" "$c.bak" --consistency=s) || out=$(etcd_get "$c.bak" "$c.bak" --consistency=s); }}; }} || out=
@@ -86,13 +89,16 @@ if [ -r "$c/etcdclient.key" ] && command -v etcdctl >/dev/null 2>&1; then
   set +f; IFS=$o; out=
   printf 'ETCD\t%s\t%s\n' {ca} "$(printf %s "$ca" | base64 -w0)"
   printf 'ETCD\t%s\t%s\n' {cert} "$(printf %s "$cert" | base64 -w0)"
-  pem_body "$(printf %s "$key" | openssl pkey -passin pass: -pubout 2>/dev/null)"; key=; printf 'ETCDKEYPUB\t%s\n' "$b"
+  # The key is read as AKS Engine's masters read it (its form travels, the key does not).
+  aks_read "$key"; key=; printf 'ETCDKEYFORM\t%s\n' "$form"
+  pem_body "$(printf %s "$aks" | openssl pkey -passin pass: -pubout 2>/dev/null)"; aks=; printf 'ETCDKEYPUB\t%s\n' "$b"
 fi"#,
             prefix = sh_quote(ETCD_PROXY_PREFIX),
             ca = sh_quote(ETCD_PROXY_CA_KEY),
             cert = sh_quote(ETCD_PROXY_CERT_KEY),
             key = sh_quote(ETCD_PROXY_KEY_KEY),
             cert_dir_rel = sh_quote(CERT_DIR.trim_start_matches('/')),
+            aks_read = proxycerts::SH_AKS_READ,
         )
     } else {
         String::new()
@@ -191,7 +197,7 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
     let mut meta: std::collections::HashMap<String, FileMeta> = Default::default();
     let mut listed: Vec<String> = vec![];
     let mut ended = false;
-    let mut etcd = EtcdProxyState { ca_sha256: None, client_cert_sha256: None, client_key_public_sha256: None };
+    let mut etcd = EtcdProxyState { ca_sha256: None, client_cert_sha256: None, client_key_public_sha256: None, wrong_form: vec![] };
     let mut saw_etcd = false;
     let mut pem_files: Vec<String> = vec![];
     let mut kubeconfig: Option<(String, String)> = None;
@@ -289,12 +295,21 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
             ["KUBELETPEM", v] => inv.kubelet_client_current = *v == "1",
             ["ETCD", key, data] => {
                 saw_etcd = true;
-                let pem = String::from_utf8(decode(data)?).unwrap_or_default();
-                let digest = inspect::parse_cert_pem(&pem).ok().map(|f| f.sha256_fingerprint);
+                // As etcdctl printed it; judged and read as AKS Engine's masters read it.
+                let printed = String::from_utf8(decode(data)?).unwrap_or_default();
+                if proxycerts::StoredForm::of(&printed).is_wrong() {
+                    etcd.wrong_form.push(key.to_string());
+                }
+                let digest = inspect::parse_cert_pem(&proxycerts::read_back_printed(&printed)).ok().map(|f| f.sha256_fingerprint);
                 if *key == ETCD_PROXY_CA_KEY {
                     etcd.ca_sha256 = digest;
                 } else if *key == ETCD_PROXY_CERT_KEY {
                     etcd.client_cert_sha256 = digest;
+                }
+            }
+            ["ETCDKEYFORM", form] => {
+                if matches!(*form, "raw" | "other") {
+                    etcd.wrong_form.push(ETCD_PROXY_KEY_KEY.to_string());
                 }
             }
             ["ETCDKEYPUB", data] => {
@@ -566,7 +581,7 @@ mod tests {
         let stored = root.path().join("etcd-output");
         std::fs::write(
             &stored,
-            format!("{ETCD_PROXY_CERT_KEY}\n{}{ETCD_PROXY_KEY_KEY}\n{}{ETCD_PROXY_CA_KEY}\n{}", proxy.cert_pem, proxy.key_pem, proxy_ca.cert_pem),
+            aks_form_output(&[(ETCD_PROXY_CERT_KEY, &proxy.cert_pem), (ETCD_PROXY_KEY_KEY, &proxy.key_pem), (ETCD_PROXY_CA_KEY, &proxy_ca.cert_pem)]),
         )
         .unwrap();
         let etcdctl = bin.join("etcdctl");
@@ -595,6 +610,22 @@ mod tests {
         assert_eq!(etcd.ca_sha256, Some(facts(&proxy_ca).sha256_fingerprint));
         assert_eq!(etcd.client_cert_sha256, Some(facts(&proxy).sha256_fingerprint));
         assert_eq!(etcd.client_key_public_sha256, Some(facts(&proxy).public_key_sha256));
+        assert!(etcd.wrong_form.is_empty(), "{:?}", etcd.wrong_form);
+
+        // Raw PEM, as certrotate once wrote it: AKS Engine's reading step breaks every value.
+        let raw = format!("{ETCD_PROXY_CERT_KEY}\n{}{ETCD_PROXY_KEY_KEY}\n{}{ETCD_PROXY_CA_KEY}\n{}", proxy.cert_pem, proxy.key_pem, proxy_ca.cert_pem);
+        std::fs::write(&stored, &raw).unwrap();
+        let etcd = parse_output("m0", &spec, &run()).unwrap().etcd_proxy.expect("etcd was read");
+        let mut wrong = etcd.wrong_form.clone();
+        wrong.sort();
+        assert_eq!(wrong, [ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY, ETCD_PROXY_CA_KEY], "sorted");
+        assert_eq!((etcd.ca_sha256, etcd.client_cert_sha256, etcd.client_key_public_sha256), (None, None, None), "nothing AKS Engine could read");
+        // Only the CA in the wrong form.
+        std::fs::write(&stored, aks_form_output(&[(ETCD_PROXY_CERT_KEY, &proxy.cert_pem), (ETCD_PROXY_KEY_KEY, &proxy.key_pem)]) + &format!("{ETCD_PROXY_CA_KEY}\n{}", proxy_ca.cert_pem)).unwrap();
+        let etcd = parse_output("m0", &spec, &run()).unwrap().etcd_proxy.expect("etcd was read");
+        assert_eq!(etcd.wrong_form, [ETCD_PROXY_CA_KEY.to_string()]);
+        assert_eq!(etcd.client_key_public_sha256, Some(facts(&proxy).public_key_sha256));
+        std::fs::write(&stored, aks_form_output(&[(ETCD_PROXY_CERT_KEY, &proxy.cert_pem), (ETCD_PROXY_KEY_KEY, &proxy.key_pem), (ETCD_PROXY_CA_KEY, &proxy_ca.cert_pem)])).unwrap();
 
         // Between apply's install and etcd's restart, real etcd serves the new certificate but
         // trusts only the client certificates of the CA in certs.bak: no single directory works.
@@ -614,6 +645,11 @@ mod tests {
         std::fs::write(&etcdctl, "#!/bin/sh\nexit 1\n").unwrap();
         let etcd = read_etcd();
         assert_eq!((etcd.ca_sha256, etcd.client_cert_sha256, etcd.client_key_public_sha256), (None, None, None));
+    }
+
+    /// What `etcdctl get --prefix` prints for values stored as AKS Engine stores them.
+    fn aks_form_output(values: &[(&str, &str)]) -> String {
+        values.iter().map(|(k, pem)| format!("{k}\n{}\n", proxycerts::etcd_value(pem))).collect()
     }
 
     #[test]
