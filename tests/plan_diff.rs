@@ -29,11 +29,12 @@ fn change<'a>(d: &'a Diff, node: &str, id: CertId, location_suffix: &str) -> &'a
 }
 
 /// Copies of the certificates signed by the cluster CA, wherever they live, for `m` masters
-/// and `a` agents: on nodes apiserver m, client m+a, kubeconfig m, etcdserver m, etcdclient m,
-/// one etcdpeer per master m; the admin kubeconfig on each master m; in the API model
-/// apiserver, client, kubeconfig, etcdserver, etcdclient and m peers.
+/// and `a` agents: on nodes apiserver m, client m+a, etcdserver m, etcdclient m, one
+/// etcdpeer per master m; the kubeconfig certificate inline in the admin kubeconfig on each
+/// master m (AKS Engine writes no kubectlClient.crt); in the API model apiserver, client,
+/// kubeconfig, etcdserver, etcdclient and m peers.
 fn cluster_ca_leaf_copies(m: u32, a: u32) -> u32 {
-    (m + (m + a) + m + m + m + m) + m + (5 + m)
+    (m + (m + a) + m + m + m) + m + (5 + m)
 }
 
 /// The cluster CA itself: ca.crt on every node and caCertificate in the API model.

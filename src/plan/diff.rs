@@ -1153,20 +1153,22 @@ impl<'a> CertificateDiff<'a> {
             let Some(inv) = self.cluster.inventory_of(&copy.node.name) else { continue };
             let path = format!("/home/{}/.kube/config", self.cluster.input.topology.admin_username);
             let Some(kc) = inv.kubeconfigs.iter().find(|k| k.path == path) else { continue };
-            if let (Some((facts, _)), Some(embedded)) = (copy.cert_facts(), kc.client_certificate.as_deref()) {
+            // The certificate is read from this kubeconfig (the copy); its key sits beside it.
+            if let (Some((facts, _)), Some(embedded)) = (copy.cert_facts(), kc.client_key.as_deref()) {
                 if let Some(sha) = embedded.strip_prefix("embedded:") {
-                    if sha != facts.sha256_fingerprint {
+                    if sha != facts.public_key_sha256 {
                         findings.push(finding(
                             Severity::Warning,
-                            "kubeconfig-differs",
+                            "kubeconfig-key-mismatch",
                             Some(&copy.node.name),
                             Some(&path),
-                            format!("{path} embeds a client certificate other than kubectlClient.crt"),
+                            format!("{path} embeds a client key that does not belong to its client certificate"),
                         ));
                     }
                 }
             }
-            if action != ChangeAction::Noop || ca_changes {
+            // The copy's own row already stands for the kubeconfig when its certificate changes.
+            if action == ChangeAction::Noop && ca_changes {
                 let a = if action == ChangeAction::Noop { ChangeAction::Replace } else { action };
                 let why = if ca_changes { "embeds the cluster CA, which is being replaced" } else { "embeds the kubeconfig certificate, which is reissued" };
                 rows.node_changes.entry(copy.node.name.clone()).or_default().push(CertificateChange {

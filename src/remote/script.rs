@@ -27,7 +27,8 @@ pub struct NodeReadSpec {
 impl NodeReadSpec {
     pub fn for_node(node: &Node, catalogue: &[CertEntry], admin_username: &str) -> Self {
         let mut spec = NodeReadSpec { cert_paths: vec![], key_paths: vec![], kubeconfig_paths: vec![], read_etcd_proxy: false };
-        for e in catalogue.iter().filter(|e| e.holders.contains(&node.name)) {
+        // The admin kubeconfig's certificate is read from the kubeconfig itself, below.
+        for e in catalogue.iter().filter(|e| e.holders.contains(&node.name) && !e.in_admin_kubeconfig()) {
             spec.cert_paths.push(e.cert_file.path.clone());
             if catalogue::holds_key(e, node) {
                 if let Some(k) = &e.key_file {
@@ -37,7 +38,7 @@ impl NodeReadSpec {
         }
         spec.kubeconfig_paths.push(catalogue::KUBELET_KUBECONFIG.to_string());
         if node.role == Role::Master {
-            spec.kubeconfig_paths.push(format!("/home/{admin_username}/.kube/config"));
+            spec.kubeconfig_paths.push(catalogue::admin_kubeconfig_path(admin_username));
             spec.read_etcd_proxy = true;
         }
         spec
@@ -280,6 +281,18 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
                 };
                 let m = meta.get(&started).cloned().unwrap_or_default();
                 inv.kubeconfigs.push(parse_kubeconfig(path, &m.owner, m.mode, &text));
+                // The admin kubeconfig carries the kubeconfig certificate inline (AKS Engine
+                // writes it nowhere else on a node): it is observed there, as a certificate.
+                if path.starts_with("/home/") && path.ends_with("/.kube/config") {
+                    if let Some(pem) = embedded_client_certificate(&text) {
+                        let content = match inspect::parse_cert_pem(&pem) {
+                            Ok(facts) => ObservedContent::Certificate { facts: Box::new(facts), pem: pem.clone() },
+                            Err(e) => ObservedContent::Unparseable { error: format!("client-certificate-data: {e}") },
+                        };
+                        let FileMeta { owner, group, mode, .. } = m;
+                        inv.files.push(ObservedFile { path: path.to_string(), owner, group, mode, sha256: hex::encode(Sha256::digest(pem.as_bytes())), content });
+                    }
+                }
             }
             ["KCFGKEYPUB", path, data] => {
                 let der = decode(data)?;
@@ -358,6 +371,14 @@ struct FileMeta {
 fn observed(meta: &std::collections::HashMap<String, FileMeta>, path: &str, content: ObservedContent) -> ObservedFile {
     let FileMeta { owner, group, mode, sha256, .. } = meta.get(path).cloned().unwrap_or_default();
     ObservedFile { path: path.to_string(), owner, group, mode, sha256, content }
+}
+
+/// The PEM of the first user's inline client certificate, when it has one.
+pub fn embedded_client_certificate(text: &str) -> Option<String> {
+    let doc = serde_yaml::from_str::<serde_yaml::Value>(text).ok()?;
+    let data = doc.get("users")?.as_sequence()?.first()?.get("user")?.get("client-certificate-data")?.as_str()?.to_string();
+    let pem = base64::engine::general_purpose::STANDARD.decode(data.trim()).ok()?;
+    Some(String::from_utf8_lossy(&pem).into_owned())
 }
 
 /// Reads what a kubeconfig's current user and cluster refer to. Inline data becomes
@@ -650,6 +671,39 @@ mod tests {
     /// What `etcdctl get --prefix` prints for values stored as AKS Engine stores them.
     fn aks_form_output(values: &[(&str, &str)]) -> String {
         values.iter().map(|(k, pem)| format!("{k}\n{}\n", proxycerts::etcd_value(pem))).collect()
+    }
+
+    /// The kubeconfig certificate is observed inline in the admin kubeconfig, where AKS
+    /// Engine puts it, and nowhere else: no kubectlClient.crt is read.
+    #[test]
+    fn kubeconfig_certificate_is_read_from_the_admin_kubeconfig() {
+        let ca = pair("ca", None);
+        let client = pair("client", Some(&ca));
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let admin = "/home/azureuser/.kube/config";
+        let out = format!(
+            "HOST\tm0\nFILE\t{admin}\tazureuser\tazureuser\t600\t10\nKCFG\t{admin}\nKCFGLINE\tusers:\nKCFGLINE\t- name: a\nKCFGLINE\t  user:\n\
+             KCFGLINE\t    client-certificate-data: {}\nKCFGLINE\t    client-key-data: REDACTED\nKCFGEND\t{admin}\nEND\n",
+            b64.encode(&client.cert_pem)
+        );
+        let spec = NodeReadSpec { cert_paths: vec![], key_paths: vec![], kubeconfig_paths: vec![admin.into()], read_etcd_proxy: false };
+        let inv = parse_output("m0", &spec, &out).unwrap();
+        let f = inv.file(admin).expect("observed as a certificate");
+        assert_eq!((f.owner.as_str(), f.mode), ("azureuser", 0o600));
+        match &f.content {
+            ObservedContent::Certificate { facts, .. } => assert_eq!(facts.sha256_fingerprint, inspect::parse_cert_pem(&client.cert_pem).unwrap().sha256_fingerprint),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.sha256, hex::encode(Sha256::digest(client.cert_pem.as_bytes())));
+        // The read spec of a master names no kubectlClient file.
+        let json = r#"{"apiVersion":"vlabs","location":"local","properties":{
+            "masterProfile":{"count":1,"dnsPrefix":"kube-lab","firstConsecutiveStaticIP":"10.255.255.5"},
+            "linuxProfile":{"adminUsername":"azureuser"}}}"#;
+        let m = crate::model::apimodel::ApiModel::parse(crate::diag::SourceFile::from_text("apimodel.json", json)).unwrap();
+        let topo = crate::model::topology::Topology::derive_with_suffix(&m, "12345678").unwrap();
+        let spec = NodeReadSpec::for_node(&topo.masters[0], &catalogue::catalogue(&topo), "azureuser");
+        assert!(!spec.cert_paths.iter().chain(&spec.key_paths).any(|p| p.contains("kubectlClient") || p.contains(".kube")), "{spec:?}");
+        assert!(spec.kubeconfig_paths.contains(&admin.to_string()));
     }
 
     #[test]
