@@ -81,6 +81,12 @@ fn subjects_sans_and_usages_match_aks_engine() {
     let proxy = by(CertKind::Proxy);
     assert_eq!((proxy.common_name.as_str(), proxy.organization.as_deref()), ("aggregator", Some("system:masters")));
     assert_eq!(proxy.issuer, IssuerRef::FrontProxyCa);
+    // generateproxycerts.sh: `openssl x509 -req` without an extension file, so no EKU.
+    assert!(proxy.extended_usages.is_empty() && !proxy.is_ca);
+    // AKS Engine writes the kubeconfig certificate only inline in the admin kubeconfig.
+    let kubeconfig = by(CertKind::Kubeconfig);
+    assert!(kubeconfig.in_admin_kubeconfig() && kubeconfig.key_file.is_none());
+    assert_eq!((kubeconfig.cert_file.owner.as_str(), kubeconfig.cert_file.mode), ("azureuser", 0o600));
 
     let paths: Vec<&str> = cat.iter().filter(|e| e.holders.contains(&"k8s-master-11161905-1".to_string())).map(|e| e.cert_file.path.as_str()).collect();
     assert_eq!(
@@ -89,7 +95,7 @@ fn subjects_sans_and_usages_match_aks_engine() {
             "/etc/kubernetes/certs/ca.crt",
             "/etc/kubernetes/certs/apiserver.crt",
             "/etc/kubernetes/certs/client.crt",
-            "/etc/kubernetes/certs/kubectlClient.crt",
+            "/home/azureuser/.kube/config",
             "/etc/kubernetes/certs/etcdserver.crt",
             "/etc/kubernetes/certs/etcdclient.crt",
             "/etc/kubernetes/certs/etcdpeer1.crt",

@@ -29,11 +29,12 @@ fn change<'a>(d: &'a Diff, node: &str, id: CertId, location_suffix: &str) -> &'a
 }
 
 /// Copies of the certificates signed by the cluster CA, wherever they live, for `m` masters
-/// and `a` agents: on nodes apiserver m, client m+a, kubeconfig m, etcdserver m, etcdclient m,
-/// one etcdpeer per master m; the admin kubeconfig on each master m; in the API model
-/// apiserver, client, kubeconfig, etcdserver, etcdclient and m peers.
+/// and `a` agents: on nodes apiserver m, client m+a, etcdserver m, etcdclient m, one
+/// etcdpeer per master m; the kubeconfig certificate inline in the admin kubeconfig on each
+/// master m (AKS Engine writes no kubectlClient.crt); in the API model apiserver, client,
+/// kubeconfig, etcdserver, etcdclient and m peers.
 fn cluster_ca_leaf_copies(m: u32, a: u32) -> u32 {
-    (m + (m + a) + m + m + m + m) + m + (5 + m)
+    (m + (m + a) + m + m + m) + m + (5 + m)
 }
 
 /// The cluster CA itself: ca.crt on every node and caCertificate in the API model.
@@ -349,6 +350,25 @@ fn drift_front_proxy_files_differ_from_etcd() {
     assert!(has_finding(&d, "front-proxy-etcd-differs", Some(&m2)), "{:?}", d.findings);
 }
 
+/// A /proxycerts value stored as raw PEM (no leading space) is a finding on the certificate
+/// it holds, and the plan reissues the front-proxy client, whose put rewrites every value in
+/// AKS Engine's form; values in AKS Engine's form raise nothing.
+#[test]
+fn front_proxy_value_in_the_wrong_form_is_found_and_repaired() {
+    use certrotate::pki::catalogue::ETCD_PROXY_CA_KEY;
+    let healthy = cluster(3, 2, Age::Healthy).diff(&shipped("renew-expiring"));
+    assert!(!healthy.findings.iter().any(|f| f.code.starts_with("front-proxy")), "{:?}", healthy.findings);
+    assert!(!healthy.has_changes());
+    let mut c = cluster(3, 2, Age::Healthy);
+    c.node_mut(&c.master(0)).etcd_proxy.as_mut().unwrap().wrong_form = vec![ETCD_PROXY_CA_KEY.into()];
+    let d = c.diff(&shipped("renew-expiring"));
+    let f = d.findings.iter().find(|f| f.code == "front-proxy-etcd-form").unwrap_or_else(|| panic!("{:?}", d.findings));
+    assert_eq!(f.path.as_deref(), Some(ETCD_PROXY_CA_KEY));
+    assert_eq!(d.decision("proxy").unwrap().action, ChangeAction::Reissue);
+    assert_eq!(d.decision("proxy-ca").unwrap().action, ChangeAction::Noop, "the CA is kept; its value is rewritten in place");
+    assert!(d.front_proxy_changes(), "the plan writes /proxycerts");
+}
+
 #[test]
 fn drift_between_nodes_reissues_the_shared_certificate() {
     let mut c = cluster(3, 2, Age::Healthy);
@@ -467,7 +487,7 @@ fn garbled_refresh_data_gives_findings_not_panics() {
         *public_key_sha256 = "ab".into();
     }
     c.node_mut(&a0).files.clear();
-    c.node_mut(&m1).etcd_proxy = Some(certrotate::model::inventory::EtcdProxyState { ca_sha256: Some("zz".into()), client_cert_sha256: None, client_key_public_sha256: None });
+    c.node_mut(&m1).etcd_proxy = Some(certrotate::model::inventory::EtcdProxyState { ca_sha256: Some("zz".into()), client_cert_sha256: None, client_key_public_sha256: None, wrong_form: vec![] });
     c.apimodel.clear();
     for name in ["rotate-all", "renew-expiring", "rotate-ca"] {
         let p = shipped(name);

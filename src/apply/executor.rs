@@ -199,6 +199,11 @@ impl Context {
     fn files_of(&self, id: &str, node: &Node) -> Result<Vec<NodeFile>, StepError> {
         let pki = self.pki()?;
         let pair = pki.get(id).ok_or_else(|| StepError::new(format!("`{id}` was not issued")))?;
+        let entry = catalogue::entry_of_plan_id(&self.catalogue, &self.topo, id).map_err(StepError::new)?;
+        if entry.in_admin_kubeconfig() {
+            // Written inline into the admin kubeconfig by installAdminKubeconfig, as AKS Engine does.
+            return Ok(vec![]);
+        }
         let files = catalogue::files_on_node(&self.catalogue, &self.topo, id, node)
             .map_err(StepError::new)?
             .ok_or_else(|| StepError::new(format!("the plan puts `{id}` on {}, which does not hold it", node.name)))?;

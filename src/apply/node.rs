@@ -234,19 +234,27 @@ fn etcdctl(endpoints: &str) -> String {
     )
 }
 
-/// Writes the staged front-proxy material into etcd (`/proxycerts/*`) and reads it back.
+/// Writes the staged front-proxy material into etcd (`/proxycerts/*`) in AKS Engine's form
+/// (`pki::proxycerts`: one space, then the PEM) and reads it back. The value goes through
+/// etcdctl's stdin, never its command line, where any user on the node could read the key.
+/// Keys without new material (the CA when only the client is reissued) are rewritten in that
+/// form where they hold a raw PEM, so that every value a master AKS Engine provisions reads
+/// is one it can use.
 pub fn etcd_put_script(stamp: &str, puts: &[(&str, &NodeFile)]) -> String {
+    use crate::pki::catalogue::{ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY};
     let mut s = prelude(stamp, "putFrontProxyInEtcd");
     s.push_str(&format!("D={}\n[ -f \"$D/.complete\" ] || fail 'the staged files are missing'\n", sh_quote(&staging_dir(stamp))));
     let e = etcdctl("https://127.0.0.1:2379");
     // etcd's values are backed up before the first put, beside this plan's node backup, so
-    // rollback restores what etcd held even where it differed from the files on disk.
+    // rollback restores what etcd held (byte for byte, in whatever form) even where it
+    // differed from the files on disk.
     s.push_str(&format!(
         "X={x}\n[ -f \"$X/stamp\" ] && [ \"$(cat \"$X/stamp\")\" = \"$STAMP\" ] || fail 'no backup for this plan on this node; refusing to change etcd'\n\
          if [ ! -f \"$X/etcd-proxycerts/.saved\" ]; then\n  mkdir -p \"$X/etcd-proxycerts.tmp\"\n",
         x = sh_quote(BACKUP_EXTRA)
     ));
-    for (key, _) in puts {
+    let all = [ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY];
+    for key in all {
         let name = key.rsplit('/').next().unwrap_or(key);
         s.push_str(&format!(
             "  {e} get {k} --print-value-only | head -c -1 > \"$X/etcd-proxycerts.tmp/\"{n} || fail 'cannot read {key} from etcd to back it up'\n",
@@ -256,13 +264,22 @@ pub fn etcd_put_script(stamp: &str, puts: &[(&str, &NodeFile)]) -> String {
     }
     s.push_str("  touch \"$X/etcd-proxycerts.tmp/.saved\"\n  rm -rf \"$X/etcd-proxycerts\"\n  mv \"$X/etcd-proxycerts.tmp\" \"$X/etcd-proxycerts\"\n  log 'backed up /proxycerts from etcd'\nfi\n");
     for (key, file) in puts {
+        let value = crate::pki::proxycerts::etcd_value(&String::from_utf8_lossy(&file.content));
         s.push_str(&format!(
-            "{e} put {k} < \"$D/\"{n} >/dev/null || fail 'etcdctl put {key} failed'\n\
+            "v=$(cat \"$D/\"{n}) || fail 'cannot read the staged {n}'\n\
+             printf ' %s' \"$v\" | {e} put {k} >/dev/null || fail 'etcdctl put {key} failed'; v=\n\
              [ \"$({e} get {k} --print-value-only | head -c -1 | sha256sum | cut -d' ' -f1)\" = {sha} ] || fail 'etcd does not return the new value of {key}'\n\
              log 'wrote {key} in etcd'\n",
             k = sh_quote(key),
             n = sh_quote(&file.staged_name()),
-            sha = file.sha256()
+            sha = hex::encode(Sha256::digest(value.as_bytes()))
+        ));
+    }
+    for key in all.iter().filter(|k| !puts.iter().any(|(p, _)| p == *k)) {
+        s.push_str(&format!(
+            "v=$({e} get {k} --print-value-only) || fail 'cannot read {key} from etcd'\n\
+             case $v in '-----BEGIN '*) printf ' %s' \"$v\" | {e} put {k} >/dev/null || fail 'etcdctl put {key} failed'; log 'rewrote {key} in etcd in the form AKS Engine reads' ;; esac; v=\n",
+            k = sh_quote(key),
         ));
     }
     s.push_str("echo OK\n");
@@ -391,7 +408,8 @@ pub fn backup_stamp_script() -> String {
     format!("set -u\nif [ -d {b} ] && [ -f {x}/stamp ]; then printf 'BACKUP %s\\n' \"$(cat {x}/stamp)\"; else echo NONE; fi\n", b = sh_quote(BACKUP), x = sh_quote(BACKUP_EXTRA))
 }
 
-/// Rollback of the front-proxy material in etcd from the restored files.
+/// Rollback of the front-proxy material in etcd: the values saved before the apply, byte for
+/// byte, else the restored files in AKS Engine's form.
 pub fn etcd_restore_proxy_script(stamp: &str) -> String {
     let mut s = prelude(stamp, "rollback");
     let e = etcdctl("https://127.0.0.1:2379");
@@ -404,7 +422,7 @@ pub fn etcd_restore_proxy_script(stamp: &str) -> String {
         s.push_str(&format!(
             "S={x}/etcd-proxycerts/{saved}\n\
              if [ -f {x}/etcd-proxycerts/.saved ] && [ -s \"$S\" ]; then {e} put {k} < \"$S\" >/dev/null || fail 'etcdctl put {key} failed'; log 'restored {key} in etcd from its backup'\n\
-             elif [ -f {c}/{file} ]; then {e} put {k} < {c}/{file} >/dev/null || fail 'etcdctl put {key} failed'; log 'restored {key} in etcd from {file}'; fi\n",
+             elif [ -f {c}/{file} ]; then v=$(cat {c}/{file}) && printf ' %s' \"$v\" | {e} put {k} >/dev/null || fail 'etcdctl put {key} failed'; v=; log 'restored {key} in etcd from {file}'; fi\n",
             c = CERT_DIR,
             x = sh_quote(BACKUP_EXTRA),
             k = sh_quote(key)
@@ -509,5 +527,63 @@ mod tests {
         run(backup_script("s2", None));
         let kept = std::fs::read_dir(format!("{r}/etc/kubernetes")).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().starts_with("certs.bak.2")).count();
         assert!(kept >= 1, "the earlier backup was moved aside");
+    }
+
+    /// putFrontProxyInEtcd stores AKS Engine's form byte for byte (through a stand-in etcdctl
+    /// on PATH that keeps each value in a file), repairs a raw CA it has no new material for,
+    /// and rollback puts back what etcd held before.
+    #[test]
+    fn etcd_values_are_written_in_aks_engine_form_and_restored_as_they_were() {
+        use crate::pki::catalogue::{ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY};
+        use crate::pki::proxycerts;
+        use std::os::unix::fs::PermissionsExt;
+        let root = tempfile::tempdir().unwrap();
+        let r = root.path().display().to_string();
+        let store = format!("{r}/etcd");
+        std::fs::create_dir_all(&store).unwrap();
+        std::fs::create_dir_all(format!("{r}/bin")).unwrap();
+        // `put K` reads the value from stdin; `get K --print-value-only` prints it and a newline.
+        let etcdctl = format!(
+            "#!/bin/sh\nfor a; do case $a in put|get) op=$a ;; /proxycerts/*) k=$(printf %s \"$a\" | tr / _) ;; esac; done\n\
+             case $op in put) cat > {store}/$k ;; get) if [ -f {store}/$k ]; then cat {store}/$k; echo; fi ;; esac\n"
+        );
+        std::fs::write(format!("{r}/bin/etcdctl"), etcdctl).unwrap();
+        std::fs::set_permissions(format!("{r}/bin/etcdctl"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let value_of = |key: &str| std::fs::read_to_string(format!("{store}/{}", key.replace('/', "_"))).unwrap();
+        let set = |key: &str, v: &str| std::fs::write(format!("{store}/{}", key.replace('/', "_")), v).unwrap();
+        let old_ca = "-----BEGIN CERTIFICATE-----\nOLDCA\n-----END CERTIFICATE-----\n";
+        let old_cert = " -----BEGIN CERTIFICATE-----\nOLDCERT\n-----END CERTIFICATE-----";
+        set(ETCD_PROXY_CA_KEY, old_ca);
+        set(ETCD_PROXY_CERT_KEY, old_cert);
+        let run = |script: String| {
+            let script = script.replace("/etc/kubernetes", &format!("{r}/etc/kubernetes")).replace("/var/log/azure", &format!("{r}/var/log/azure"));
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(script)
+                .env("PATH", format!("{r}/bin:{}", std::env::var("PATH").unwrap()))
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        };
+        let staged = format!("{r}{}", staging_dir("s1"));
+        std::fs::create_dir_all(&staged).unwrap();
+        std::fs::write(format!("{staged}/.complete"), "x").unwrap();
+        std::fs::create_dir_all(format!("{r}{BACKUP_EXTRA}")).unwrap();
+        std::fs::write(format!("{r}{BACKUP_EXTRA}/stamp"), "s1").unwrap();
+        let cert = file("/etc/kubernetes/certs/proxy.crt", "-----BEGIN CERTIFICATE-----\nNEW\n-----END CERTIFICATE-----\n");
+        let key = file("/etc/kubernetes/certs/proxy.key", "-----BEGIN PRIVATE KEY-----\nKEY\n-----END PRIVATE KEY-----\n");
+        for f in [&cert, &key] {
+            std::fs::write(format!("{staged}/{}", f.staged_name()), &f.content).unwrap();
+        }
+        let script = etcd_put_script("s1", &[(ETCD_PROXY_CERT_KEY, &cert), (ETCD_PROXY_KEY_KEY, &key)]);
+        assert!(!script.contains("KEY\n") && !script.contains("PRIVATE"), "the key is read on the node, never sent in the script");
+        run(script);
+        assert_eq!(value_of(ETCD_PROXY_CERT_KEY), " -----BEGIN CERTIFICATE-----\nNEW\n-----END CERTIFICATE-----");
+        assert_eq!(value_of(ETCD_PROXY_KEY_KEY), proxycerts::etcd_value(std::str::from_utf8(&key.content).unwrap()));
+        assert_eq!(value_of(ETCD_PROXY_CA_KEY), proxycerts::etcd_value(old_ca), "the raw CA is rewritten in AKS Engine's form");
+        assert_eq!(proxycerts::read_back(&value_of(ETCD_PROXY_CA_KEY)), old_ca);
+        run(etcd_restore_proxy_script("s1"));
+        assert_eq!(value_of(ETCD_PROXY_CA_KEY), old_ca, "rollback restores what etcd held, byte for byte");
+        assert_eq!(value_of(ETCD_PROXY_CERT_KEY), old_cert);
     }
 }

@@ -144,6 +144,14 @@ pub fn applied_material(topo: &Topology, cat: &[CertEntry], pki: &NewPki) -> App
     };
     for node in topo.nodes() {
         for (id, pair) in &pki.items {
+            // The kubeconfig certificate goes inline into the admin kubeconfig, where refresh
+            // observes it by the digest of its PEM.
+            if catalogue::entry_of_plan_id(cat, topo, id).is_ok_and(|e| e.in_admin_kubeconfig() && e.holders.contains(&node.name)) {
+                if let Some(item) = cert_item(&pair.cert_pem) {
+                    out.insert((node.name.clone(), catalogue::admin_kubeconfig_path(&topo.admin_username)), item);
+                }
+                continue;
+            }
             let Ok(Some(files)) = catalogue::files_on_node(cat, topo, id, node) else { continue };
             if let Some(item) = cert_item(&pair.cert_pem) {
                 out.insert((node.name.clone(), files.cert.path.clone()), item);

@@ -103,6 +103,11 @@ pub struct EtcdProxyState {
     pub client_cert_sha256: Option<String>,
     /// Public-key fingerprint of proxy-client-key-file.
     pub client_key_public_sha256: Option<String>,
+    /// Keys whose value is not in AKS Engine's form (one leading space, see
+    /// `pki::proxycerts`): a master AKS Engine provisions could not read them. The digests
+    /// above are of the values as AKS Engine reads them back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub wrong_form: Vec<String>,
 }
 
 impl NodeInventory {

@@ -229,9 +229,12 @@ pub fn catalogue(topo: &Topology) -> Vec<CertEntry> {
             apimodel_field: pair("clientCertificate", "clientPrivateKey"),
             etcd_keys: vec![],
         },
+        // AKS Engine writes this certificate only inline, as client-certificate-data of the
+        // admin kubeconfig (cse_config.sh configureAdminKubeconfig: owner the admin user, 0600)
+        // and in apimodel.json; masters have no kubectlClient.crt or .key.
         CertEntry {
             kind: CertKind::Kubeconfig,
-            description: "admin kubeconfig identity (kubectlClient.crt, ~/.kube/config on masters)".into(),
+            description: "admin kubeconfig identity (inline in ~/.kube/config on masters and in apimodel.json)".into(),
             common_name: "client".into(),
             organization: Some("system:masters".into()),
             dns_sans: vec![],
@@ -239,8 +242,14 @@ pub fn catalogue(topo: &Topology) -> Vec<CertEntry> {
             is_ca: false,
             extended_usages: vec![ExtendedUsage::ClientAuth],
             issuer: IssuerRef::ClusterCa,
-            cert_file: cert_file("kubectlClient.crt"),
-            key_file: Some(key_file("kubectlClient.key", "root")),
+            cert_file: FileSpec {
+                path: admin_kubeconfig_path(&topo.admin_username),
+                owner: topo.admin_username.clone(),
+                group: topo.admin_username.clone(),
+                mode: 0o600,
+            },
+            // The key is inline beside it (client-key-data); it is not a file of its own.
+            key_file: None,
             holders: masters.clone(),
             apimodel_field: pair("kubeConfigCertificate", "kubeConfigPrivateKey"),
             etcd_keys: vec![],
@@ -321,7 +330,9 @@ pub fn catalogue(topo: &Topology) -> Vec<CertEntry> {
         dns_sans: vec![],
         ip_sans: vec![],
         is_ca: false,
-        extended_usages: vec![ExtendedUsage::ClientAuth],
+        // generateproxycerts.sh signs it with `openssl x509 -req` and no extension file: X.509
+        // v1, no extensions, so no EKU (Go's x509 then allows any usage).
+        extended_usages: vec![],
         issuer: IssuerRef::FrontProxyCa,
         cert_file: cert_file("proxy.crt"),
         key_file: Some(key_file("proxy.key", "root")),
@@ -354,6 +365,19 @@ pub fn kubelet_server_entry(node: &Node) -> CertEntry {
         holders: vec![node.name.clone()],
         apimodel_field: None,
         etcd_keys: vec![],
+    }
+}
+
+/// The admin kubeconfig on masters, where AKS Engine puts the kubeconfig certificate inline.
+pub fn admin_kubeconfig_path(admin_username: &str) -> String {
+    format!("/home/{admin_username}/.kube/config")
+}
+
+impl CertEntry {
+    /// Whether the certificate lives inline in the admin kubeconfig rather than in files of
+    /// its own: refresh reads it from there and apply writes it there, never as files.
+    pub fn in_admin_kubeconfig(&self) -> bool {
+        self.kind == CertKind::Kubeconfig
     }
 }
 
@@ -395,10 +419,10 @@ pub struct FilesOnNode {
 
 /// The files plan certificate `id` puts on `node`, for apply (what to install) and for the
 /// staleness check (what an earlier run of the plan installed) alike. `Ok(None)` when the
-/// node does not hold the certificate.
+/// node does not hold the certificate, or holds it only inline in the admin kubeconfig.
 pub fn files_on_node(catalogue: &[CertEntry], topo: &Topology, id: &str, node: &Node) -> Result<Option<FilesOnNode>, String> {
     let entry = entry_of_plan_id(catalogue, topo, id)?;
-    if !entry.holders.contains(&node.name) {
+    if !entry.holders.contains(&node.name) || entry.in_admin_kubeconfig() {
         return Ok(None);
     }
     let key = entry.key_file.clone().filter(|_| holds_key(&entry, node));

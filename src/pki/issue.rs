@@ -9,6 +9,13 @@
 //! leave this module as PKCS#1 PEM laid out byte for byte as Go's `pem.Encode` does, because
 //! AKS Engine can only read PKCS#1 RSA keys back from `apimodel.json`.
 //!
+//! One exception, the front-proxy client: AKS Engine makes it with `openssl x509 -req` in
+//! generateproxycerts.sh, an X.509 v1 certificate without any extension. A leaf whose template
+//! asks for no extended usage and no SAN is issued that way here: no key usage, no basic
+//! constraints, no key identifiers. rcgen always writes version 3, which with no extensions
+//! carries nothing a v1 certificate does not, so kube-apiserver and aggregated API servers
+//! (Go's crypto/x509) treat the two alike; the plan says so where it issues one.
+//!
 //! Key generation (RSA above all) dominates the cost of a rotation's PKI, so [`issue_all`]
 //! and [`generate_keys`] spread it over the machine's cores.
 
@@ -290,8 +297,9 @@ impl CertificateAuthority {
         }
         check_key_matches_spec(template, key)?;
         let mut params = certificate_params(template)?;
-        // Go copies the parent's SubjectKeyId into AuthorityKeyId only when the parent has one.
-        params.use_authority_key_identifier_extension = self.has_subject_key_id;
+        // Go copies the parent's SubjectKeyId into AuthorityKeyId only when the parent has one;
+        // openssl x509 -req without an extension file writes none.
+        params.use_authority_key_identifier_extension = self.has_subject_key_id && !without_extensions(template);
         let certificate =
             params.signed_by(&key.key_pair, &self.issuer).map_err(|e| signing_error(template, e))?;
 
@@ -370,6 +378,10 @@ fn certificate_params(template: &CertTemplate) -> Result<CertificateParams, Issu
     } else {
         params.is_ca = IsCa::ExplicitNoCa;
     }
+    if without_extensions(template) {
+        params.key_usages.clear();
+        params.is_ca = IsCa::NoCa;
+    }
     params.extended_key_usages = template
         .extended_usages
         .iter()
@@ -379,6 +391,12 @@ fn certificate_params(template: &CertTemplate) -> Result<CertificateParams, Issu
         })
         .collect();
     Ok(params)
+}
+
+/// Whether a template is issued without any extension, as openssl makes AKS Engine's
+/// front-proxy client (see the module's notes): a leaf with no usage and no SAN to state.
+pub fn without_extensions(template: &CertTemplate) -> bool {
+    !template.is_ca && template.extended_usages.is_empty() && template.dns_sans.is_empty() && template.ip_sans.is_empty()
 }
 
 /// Go's encoding/asn1 writes a string as PrintableString when it can, else as UTF8String.
@@ -702,5 +720,27 @@ mod tests {
         let ca = issue_ca(&template("ca", KeySpec::EcdsaP256, true)).unwrap();
         let leaf = issue_leaf(&template("leaf", KeySpec::EcdsaP256, false), &ca).unwrap();
         assert!(matches!(CertificateAuthority::load(&leaf), Err(IssueError::NotACa { .. })));
+    }
+
+    /// The front-proxy client as the catalogue describes it comes out with no extension at
+    /// all, as openssl x509 -req makes AKS Engine's; any leaf with a usage keeps AKS Engine's
+    /// Go layout.
+    #[test]
+    fn a_leaf_without_usages_or_sans_has_no_extensions() {
+        let ca = issue_ca(&template("proxyClientCA", KeySpec::EcdsaP256, true)).unwrap();
+        let mut proxy = template("aggregator", KeySpec::EcdsaP256, false);
+        proxy.organization = Some("system:masters".into());
+        assert!(without_extensions(&proxy));
+        let issued = issue_leaf(&proxy, &ca).unwrap();
+        let der = crate::pki::encoding::single_certificate_der(&issued.cert_pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(cert.extensions().is_empty(), "{:?}", cert.extensions());
+        let mut client = proxy.clone();
+        client.extended_usages = vec![ExtendedUsage::ClientAuth];
+        assert!(!without_extensions(&client));
+        let issued = issue_leaf(&client, &ca).unwrap();
+        let der = crate::pki::encoding::single_certificate_der(&issued.cert_pem).unwrap();
+        let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();
+        assert!(cert.key_usage().unwrap().is_some() && cert.basic_constraints().unwrap().is_some());
     }
 }

@@ -7,6 +7,7 @@ pub mod catalogue;
 pub mod encoding;
 pub mod inspect;
 pub mod issue;
+pub mod proxycerts;
 
 use serde::{Deserialize, Serialize};
 use std::net::IpAddr;

@@ -739,8 +739,12 @@ impl<'a> CertificateDiff<'a> {
             per_copy.push(self.copy_reasons(copy, reference_fp.as_deref(), findings, &mut rows.expired));
         }
         let apimodel_copy = self.apimodel_copy(findings);
+        if let Some(form) = self.etcd_form(findings) {
+            per_copy.push(form);
+        }
         let verdict = self.decide(&per_copy, apimodel_copy.as_ref());
         self.out_of_scope_finding(&verdict, findings);
+        self.front_proxy_issuance_finding(&verdict, findings);
         let known = self.known_after(verdict.action);
         self.node_rows(&verdict, &per_copy, &known, rows);
         if self.entry.kind == CertKind::Kubeconfig {
@@ -1158,20 +1162,22 @@ impl<'a> CertificateDiff<'a> {
             let Some(inv) = self.cluster.inventory_of(&copy.node.name) else { continue };
             let path = format!("/home/{}/.kube/config", self.cluster.input.topology.admin_username);
             let Some(kc) = inv.kubeconfigs.iter().find(|k| k.path == path) else { continue };
-            if let (Some((facts, _)), Some(embedded)) = (copy.cert_facts(), kc.client_certificate.as_deref()) {
+            // The certificate is read from this kubeconfig (the copy); its key sits beside it.
+            if let (Some((facts, _)), Some(embedded)) = (copy.cert_facts(), kc.client_key.as_deref()) {
                 if let Some(sha) = embedded.strip_prefix("embedded:") {
-                    if sha != facts.sha256_fingerprint {
+                    if sha != facts.public_key_sha256 {
                         findings.push(finding(
                             Severity::Warning,
-                            "kubeconfig-differs",
+                            "kubeconfig-key-mismatch",
                             Some(&copy.node.name),
                             Some(&path),
-                            format!("{path} embeds a client certificate other than kubectlClient.crt"),
+                            format!("{path} embeds a client key that does not belong to its client certificate"),
                         ));
                     }
                 }
             }
-            if action != ChangeAction::Noop || ca_changes {
+            // The copy's own row already stands for the kubeconfig when its certificate changes.
+            if action == ChangeAction::Noop && ca_changes {
                 let a = if action == ChangeAction::Noop { ChangeAction::Replace } else { action };
                 let why = if ca_changes { "embeds the cluster CA, which is being replaced" } else { "embeds the kubeconfig certificate, which is reissued" };
                 rows.node_changes.entry(copy.node.name.clone()).or_default().push(CertificateChange {
@@ -1202,6 +1208,72 @@ impl<'a> CertificateDiff<'a> {
             before: copy.facts.map(|f| attributes(f, issuer_fp)).unwrap_or_default(),
             after: self.after(a, known),
         });
+    }
+
+    /// Where the plan issues a front-proxy certificate, how it differs from the one AKS
+    /// Engine's generateproxycerts.sh makes (openssl: RSA 2048, 262824 days, the client an
+    /// X.509 v1 certificate with serial 02 and no extensions), and why.
+    fn front_proxy_issuance_finding(&self, verdict: &Verdict, findings: &mut Vec<Finding>) {
+        use crate::model::profile::AKS_ENGINE_FRONT_PROXY_DAYS;
+        let kind = self.entry.kind;
+        if !matches!(kind, CertKind::Proxy | CertKind::ProxyCa) || verdict.action == ChangeAction::Noop || self.supplied_here.is_some() {
+            return;
+        }
+        let profile = self.profile();
+        let id = cert_id(kind);
+        let mut differences = Vec::new();
+        let validity = profile.validity_for(id);
+        let aks_validity = crate::model::profile::Duration::days(AKS_ENGINE_FRONT_PROXY_DAYS);
+        if validity != aks_validity {
+            differences.push(format!("valid {validity} as the profile asks, where AKS Engine gives {AKS_ENGINE_FRONT_PROXY_DAYS} days"));
+        }
+        let key = profile.key_for(id);
+        if key != crate::pki::KeySpec::Rsa2048 {
+            differences.push(format!("a {} key as the profile asks, where AKS Engine's openssl genrsa makes RSA 2048", key_text(key)));
+        }
+        if kind == CertKind::Proxy {
+            differences.push(
+                "X.509 v3 without extensions, where openssl x509 -req makes v1 (rcgen writes only v3; without extensions both \
+                 say the same to kube-apiserver and aggregated API servers)"
+                    .into(),
+            );
+            differences.push("a random serial, where AKS Engine always uses 02 (serials must differ under a CA that is kept)".into());
+        }
+        findings.push(finding(
+            Severity::Info,
+            "front-proxy-differs-from-aks-engine",
+            None,
+            Some(&self.entry.cert_file.path),
+            format!("the new {} is {}", self.entry.id(), differences.join("; ")),
+        ));
+    }
+
+    /// Values under /proxycerts that are not in AKS Engine's form (`pki::proxycerts`): a
+    /// finding for each, on the certificate it holds, and a reason on the front-proxy client,
+    /// whose reissue rewrites all three values (putFrontProxyInEtcd repairs the CA in place
+    /// when it is kept).
+    fn etcd_form(&self, findings: &mut Vec<Finding>) -> Option<CopyReasons> {
+        let state = self.cluster.nodes.iter().filter(|(n, _)| n.role == Role::Master).find_map(|(_, inv)| inv.etcd_proxy.as_ref())?;
+        for key in state.wrong_form.iter().filter(|k| self.entry.etcd_keys.contains(k)) {
+            findings.push(finding(
+                Severity::Error,
+                "front-proxy-etcd-form",
+                None,
+                Some(key),
+                format!(
+                    "{key} is stored without AKS Engine's leading space: a master AKS Engine provisions or upgrades reads it back \
+                     (sed '1s/\\s//') as a PEM it cannot load"
+                ),
+            ));
+        }
+        if self.entry.kind != CertKind::Proxy || state.wrong_form.is_empty() {
+            return None;
+        }
+        let reason = reason(
+            ReasonCode::Missing,
+            format!("{} not stored in the form AKS Engine reads back; rewritten in it", state.wrong_form.join(", ")),
+        );
+        Some(CopyReasons { reasons: vec![reason], missing: false })
     }
 
     /// Front-proxy material in etcd: compared with the files on every master, and one row

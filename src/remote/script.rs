@@ -9,7 +9,7 @@
 
 use crate::model::inventory::{EtcdProxyState, NodeInventory, ObservedContent, ObservedFile, ObservedKubeconfig};
 use crate::pki::catalogue::{self, CertEntry, CERT_DIR, ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY, ETCD_PROXY_PREFIX};
-use crate::pki::inspect;
+use crate::pki::{inspect, proxycerts};
 use crate::model::topology::{Node, Role};
 use base64::Engine as _;
 use sha2::{Digest, Sha256};
@@ -27,7 +27,8 @@ pub struct NodeReadSpec {
 impl NodeReadSpec {
     pub fn for_node(node: &Node, catalogue: &[CertEntry], admin_username: &str) -> Self {
         let mut spec = NodeReadSpec { cert_paths: vec![], key_paths: vec![], kubeconfig_paths: vec![], read_etcd_proxy: false };
-        for e in catalogue.iter().filter(|e| e.holders.contains(&node.name)) {
+        // The admin kubeconfig's certificate is read from the kubeconfig itself, below.
+        for e in catalogue.iter().filter(|e| e.holders.contains(&node.name) && !e.in_admin_kubeconfig()) {
             spec.cert_paths.push(e.cert_file.path.clone());
             if catalogue::holds_key(e, node) {
                 if let Some(k) = &e.key_file {
@@ -37,7 +38,7 @@ impl NodeReadSpec {
         }
         spec.kubeconfig_paths.push(catalogue::KUBELET_KUBECONFIG.to_string());
         if node.role == Role::Master {
-            spec.kubeconfig_paths.push(format!("/home/{admin_username}/.kube/config"));
+            spec.kubeconfig_paths.push(catalogue::admin_kubeconfig_path(admin_username));
             spec.read_etcd_proxy = true;
         }
         spec
@@ -65,6 +66,9 @@ c={cert_dir_rel}
 # started with: the one in certs.bak, where apply backs the directory up (apply::node::BACKUP).
 # Then members trusting different CAs have no quorum, so those reads are serializable: the
 # member answers from its own store.
+nl='
+'
+{aks_read}
 etcd_get() {{ ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert="$1/ca.crt" --cert="$2/etcdclient.crt" --key="$2/etcdclient.key" --command-timeout=5s get {prefix} --prefix ${{3-}} 2>/dev/null; }}
 if [ -r "$c/etcdclient.key" ] && command -v etcdctl >/dev/null 2>&1; then
   out=$(etcd_get "$c" "$c") || {{ [ -r "$c.bak/etcdclient.key" ] && {{ out=$(etcd_get "$c" "$c.bak" --consistency=s) || out=$(etcd_get "$c.bak" "$c.bak" --consistency=s); }}; }} || out=
@@ -86,13 +90,16 @@ if [ -r "$c/etcdclient.key" ] && command -v etcdctl >/dev/null 2>&1; then
   set +f; IFS=$o; out=
   printf 'ETCD\t%s\t%s\n' {ca} "$(printf %s "$ca" | base64 -w0)"
   printf 'ETCD\t%s\t%s\n' {cert} "$(printf %s "$cert" | base64 -w0)"
-  pem_body "$(printf %s "$key" | openssl pkey -passin pass: -pubout 2>/dev/null)"; key=; printf 'ETCDKEYPUB\t%s\n' "$b"
+  # The key is read as AKS Engine's masters read it (its form travels, the key does not).
+  aks_read "$key"; key=; printf 'ETCDKEYFORM\t%s\n' "$form"
+  pem_body "$(printf %s "$aks" | openssl pkey -passin pass: -pubout 2>/dev/null)"; aks=; printf 'ETCDKEYPUB\t%s\n' "$b"
 fi"#,
             prefix = sh_quote(ETCD_PROXY_PREFIX),
             ca = sh_quote(ETCD_PROXY_CA_KEY),
             cert = sh_quote(ETCD_PROXY_CERT_KEY),
             key = sh_quote(ETCD_PROXY_KEY_KEY),
             cert_dir_rel = sh_quote(CERT_DIR.trim_start_matches('/')),
+            aks_read = proxycerts::SH_AKS_READ,
         )
     } else {
         String::new()
@@ -191,7 +198,7 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
     let mut meta: std::collections::HashMap<String, FileMeta> = Default::default();
     let mut listed: Vec<String> = vec![];
     let mut ended = false;
-    let mut etcd = EtcdProxyState { ca_sha256: None, client_cert_sha256: None, client_key_public_sha256: None };
+    let mut etcd = EtcdProxyState { ca_sha256: None, client_cert_sha256: None, client_key_public_sha256: None, wrong_form: vec![] };
     let mut saw_etcd = false;
     let mut pem_files: Vec<String> = vec![];
     let mut kubeconfig: Option<(String, String)> = None;
@@ -274,6 +281,18 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
                 };
                 let m = meta.get(&started).cloned().unwrap_or_default();
                 inv.kubeconfigs.push(parse_kubeconfig(path, &m.owner, m.mode, &text));
+                // The admin kubeconfig carries the kubeconfig certificate inline (AKS Engine
+                // writes it nowhere else on a node): it is observed there, as a certificate.
+                if path.starts_with("/home/") && path.ends_with("/.kube/config") {
+                    if let Some(pem) = embedded_client_certificate(&text) {
+                        let content = match inspect::parse_cert_pem(&pem) {
+                            Ok(facts) => ObservedContent::Certificate { facts: Box::new(facts), pem: pem.clone() },
+                            Err(e) => ObservedContent::Unparseable { error: format!("client-certificate-data: {e}") },
+                        };
+                        let FileMeta { owner, group, mode, .. } = m;
+                        inv.files.push(ObservedFile { path: path.to_string(), owner, group, mode, sha256: hex::encode(Sha256::digest(pem.as_bytes())), content });
+                    }
+                }
             }
             ["KCFGKEYPUB", path, data] => {
                 let der = decode(data)?;
@@ -289,12 +308,21 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
             ["KUBELETPEM", v] => inv.kubelet_client_current = *v == "1",
             ["ETCD", key, data] => {
                 saw_etcd = true;
-                let pem = String::from_utf8(decode(data)?).unwrap_or_default();
-                let digest = inspect::parse_cert_pem(&pem).ok().map(|f| f.sha256_fingerprint);
+                // As etcdctl printed it; judged and read as AKS Engine's masters read it.
+                let printed = String::from_utf8(decode(data)?).unwrap_or_default();
+                if proxycerts::StoredForm::of(&printed).is_wrong() {
+                    etcd.wrong_form.push(key.to_string());
+                }
+                let digest = inspect::parse_cert_pem(&proxycerts::read_back_printed(&printed)).ok().map(|f| f.sha256_fingerprint);
                 if *key == ETCD_PROXY_CA_KEY {
                     etcd.ca_sha256 = digest;
                 } else if *key == ETCD_PROXY_CERT_KEY {
                     etcd.client_cert_sha256 = digest;
+                }
+            }
+            ["ETCDKEYFORM", form] => {
+                if matches!(*form, "raw" | "other") {
+                    etcd.wrong_form.push(ETCD_PROXY_KEY_KEY.to_string());
                 }
             }
             ["ETCDKEYPUB", data] => {
@@ -343,6 +371,14 @@ struct FileMeta {
 fn observed(meta: &std::collections::HashMap<String, FileMeta>, path: &str, content: ObservedContent) -> ObservedFile {
     let FileMeta { owner, group, mode, sha256, .. } = meta.get(path).cloned().unwrap_or_default();
     ObservedFile { path: path.to_string(), owner, group, mode, sha256, content }
+}
+
+/// The PEM of the first user's inline client certificate, when it has one.
+pub fn embedded_client_certificate(text: &str) -> Option<String> {
+    let doc = serde_yaml::from_str::<serde_yaml::Value>(text).ok()?;
+    let data = doc.get("users")?.as_sequence()?.first()?.get("user")?.get("client-certificate-data")?.as_str()?.to_string();
+    let pem = base64::engine::general_purpose::STANDARD.decode(data.trim()).ok()?;
+    Some(String::from_utf8_lossy(&pem).into_owned())
 }
 
 /// Reads what a kubeconfig's current user and cluster refer to. Inline data becomes
@@ -566,7 +602,7 @@ mod tests {
         let stored = root.path().join("etcd-output");
         std::fs::write(
             &stored,
-            format!("{ETCD_PROXY_CERT_KEY}\n{}{ETCD_PROXY_KEY_KEY}\n{}{ETCD_PROXY_CA_KEY}\n{}", proxy.cert_pem, proxy.key_pem, proxy_ca.cert_pem),
+            aks_form_output(&[(ETCD_PROXY_CERT_KEY, &proxy.cert_pem), (ETCD_PROXY_KEY_KEY, &proxy.key_pem), (ETCD_PROXY_CA_KEY, &proxy_ca.cert_pem)]),
         )
         .unwrap();
         let etcdctl = bin.join("etcdctl");
@@ -595,6 +631,22 @@ mod tests {
         assert_eq!(etcd.ca_sha256, Some(facts(&proxy_ca).sha256_fingerprint));
         assert_eq!(etcd.client_cert_sha256, Some(facts(&proxy).sha256_fingerprint));
         assert_eq!(etcd.client_key_public_sha256, Some(facts(&proxy).public_key_sha256));
+        assert!(etcd.wrong_form.is_empty(), "{:?}", etcd.wrong_form);
+
+        // Raw PEM, as certrotate once wrote it: AKS Engine's reading step breaks every value.
+        let raw = format!("{ETCD_PROXY_CERT_KEY}\n{}{ETCD_PROXY_KEY_KEY}\n{}{ETCD_PROXY_CA_KEY}\n{}", proxy.cert_pem, proxy.key_pem, proxy_ca.cert_pem);
+        std::fs::write(&stored, &raw).unwrap();
+        let etcd = parse_output("m0", &spec, &run()).unwrap().etcd_proxy.expect("etcd was read");
+        let mut wrong = etcd.wrong_form.clone();
+        wrong.sort();
+        assert_eq!(wrong, [ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY, ETCD_PROXY_CA_KEY], "sorted");
+        assert_eq!((etcd.ca_sha256, etcd.client_cert_sha256, etcd.client_key_public_sha256), (None, None, None), "nothing AKS Engine could read");
+        // Only the CA in the wrong form.
+        std::fs::write(&stored, aks_form_output(&[(ETCD_PROXY_CERT_KEY, &proxy.cert_pem), (ETCD_PROXY_KEY_KEY, &proxy.key_pem)]) + &format!("{ETCD_PROXY_CA_KEY}\n{}", proxy_ca.cert_pem)).unwrap();
+        let etcd = parse_output("m0", &spec, &run()).unwrap().etcd_proxy.expect("etcd was read");
+        assert_eq!(etcd.wrong_form, [ETCD_PROXY_CA_KEY.to_string()]);
+        assert_eq!(etcd.client_key_public_sha256, Some(facts(&proxy).public_key_sha256));
+        std::fs::write(&stored, aks_form_output(&[(ETCD_PROXY_CERT_KEY, &proxy.cert_pem), (ETCD_PROXY_KEY_KEY, &proxy.key_pem), (ETCD_PROXY_CA_KEY, &proxy_ca.cert_pem)])).unwrap();
 
         // Between apply's install and etcd's restart, real etcd serves the new certificate but
         // trusts only the client certificates of the CA in certs.bak: no single directory works.
@@ -614,6 +666,44 @@ mod tests {
         std::fs::write(&etcdctl, "#!/bin/sh\nexit 1\n").unwrap();
         let etcd = read_etcd();
         assert_eq!((etcd.ca_sha256, etcd.client_cert_sha256, etcd.client_key_public_sha256), (None, None, None));
+    }
+
+    /// What `etcdctl get --prefix` prints for values stored as AKS Engine stores them.
+    fn aks_form_output(values: &[(&str, &str)]) -> String {
+        values.iter().map(|(k, pem)| format!("{k}\n{}\n", proxycerts::etcd_value(pem))).collect()
+    }
+
+    /// The kubeconfig certificate is observed inline in the admin kubeconfig, where AKS
+    /// Engine puts it, and nowhere else: no kubectlClient.crt is read.
+    #[test]
+    fn kubeconfig_certificate_is_read_from_the_admin_kubeconfig() {
+        let ca = pair("ca", None);
+        let client = pair("client", Some(&ca));
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let admin = "/home/azureuser/.kube/config";
+        let out = format!(
+            "HOST\tm0\nFILE\t{admin}\tazureuser\tazureuser\t600\t10\nKCFG\t{admin}\nKCFGLINE\tusers:\nKCFGLINE\t- name: a\nKCFGLINE\t  user:\n\
+             KCFGLINE\t    client-certificate-data: {}\nKCFGLINE\t    client-key-data: REDACTED\nKCFGEND\t{admin}\nEND\n",
+            b64.encode(&client.cert_pem)
+        );
+        let spec = NodeReadSpec { cert_paths: vec![], key_paths: vec![], kubeconfig_paths: vec![admin.into()], read_etcd_proxy: false };
+        let inv = parse_output("m0", &spec, &out).unwrap();
+        let f = inv.file(admin).expect("observed as a certificate");
+        assert_eq!((f.owner.as_str(), f.mode), ("azureuser", 0o600));
+        match &f.content {
+            ObservedContent::Certificate { facts, .. } => assert_eq!(facts.sha256_fingerprint, inspect::parse_cert_pem(&client.cert_pem).unwrap().sha256_fingerprint),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(f.sha256, hex::encode(Sha256::digest(client.cert_pem.as_bytes())));
+        // The read spec of a master names no kubectlClient file.
+        let json = r#"{"apiVersion":"vlabs","location":"local","properties":{
+            "masterProfile":{"count":1,"dnsPrefix":"kube-lab","firstConsecutiveStaticIP":"10.255.255.5"},
+            "linuxProfile":{"adminUsername":"azureuser"}}}"#;
+        let m = crate::model::apimodel::ApiModel::parse(crate::diag::SourceFile::from_text("apimodel.json", json)).unwrap();
+        let topo = crate::model::topology::Topology::derive_with_suffix(&m, "12345678").unwrap();
+        let spec = NodeReadSpec::for_node(&topo.masters[0], &catalogue::catalogue(&topo), "azureuser");
+        assert!(!spec.cert_paths.iter().chain(&spec.key_paths).any(|p| p.contains("kubectlClient") || p.contains(".kube")), "{spec:?}");
+        assert!(spec.kubeconfig_paths.contains(&admin.to_string()));
     }
 
     #[test]

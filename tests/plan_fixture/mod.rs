@@ -182,6 +182,7 @@ pub fn cluster(masters: usize, agents: usize, age: Age) -> Cluster {
                 ca_sha256: Some(inspect::parse_cert_pem(&proxy_ca.cert_pem).unwrap().sha256_fingerprint),
                 client_cert_sha256: Some(inspect::parse_cert_pem(&proxy.cert_pem).unwrap().sha256_fingerprint),
                 client_key_public_sha256: Some(inspect::parse_key_pem(&proxy.key_pem).unwrap().public_key_sha256),
+                wrong_form: vec![],
             });
         }
         nodes.push(NodeInventory {

@@ -27,7 +27,7 @@ mod scope;
 
 pub use duration::Duration;
 pub use gates::{GateKind, GateOverride, GateTiming, Gates};
-pub use policy::{CaPolicy, FrontProxyPolicy, KeyAlgorithm, KeyPolicy, LeafPolicy, RsaKeySize, Validity};
+pub use policy::{CaPolicy, FrontProxyPolicy, KeyAlgorithm, KeyPolicy, LeafPolicy, RsaKeySize, Validity, AKS_ENGINE_FRONT_PROXY_DAYS};
 pub use rollout::{AgentRollout, MasterRollout, MasterStrategy, Parallelism};
 pub use sans::{ExtraSans, SanDnsName, SanIp};
 pub use scope::{CertId, Scope};

@@ -12,6 +12,9 @@ use serde::{Deserialize, Deserializer, Serialize};
 use std::borrow::Cow;
 use std::fmt;
 
+/// Days generateproxycerts.sh (AKS Engine) makes both front-proxy certificates valid for.
+pub const AKS_ENGINE_FRONT_PROXY_DAYS: u64 = 262824;
+
 mod defaults {
     use super::{Duration, RsaKeySize};
 
@@ -21,11 +24,13 @@ mod defaults {
     pub fn leaf_validity() -> Duration {
         Duration::years(2)
     }
+    /// generateproxycerts.sh gives both front-proxy certificates `-days 262824` (262824 hours
+    /// would be 30 years; the script says days, so about 720 years).
     pub fn front_proxy_ca_validity() -> Duration {
-        Duration::years(30)
+        Duration::days(super::AKS_ENGINE_FRONT_PROXY_DAYS)
     }
     pub fn front_proxy_client_validity() -> Duration {
-        Duration::years(2)
+        Duration::days(super::AKS_ENGINE_FRONT_PROXY_DAYS)
     }
     pub fn leaf_key_size() -> RsaKeySize {
         RsaKeySize(2048)
@@ -48,10 +53,12 @@ pub struct Validity {
     /// Every leaf signed by the cluster CA. Default `2y`.
     #[serde(default = "defaults::leaf_validity")]
     pub leaf: Duration,
-    /// The front-proxy CA (`CN=proxyClientCA`). Default `30y`.
+    /// The front-proxy CA (`CN=proxyClientCA`). Default `262824d`, what AKS Engine's
+    /// generateproxycerts.sh gives it.
     #[serde(default = "defaults::front_proxy_ca_validity")]
     pub front_proxy_ca: Duration,
-    /// The front-proxy client (`CN=aggregator`). Default `2y`.
+    /// The front-proxy client (`CN=aggregator`). Default `262824d`, what AKS Engine's
+    /// generateproxycerts.sh gives it.
     #[serde(default = "defaults::front_proxy_client_validity")]
     pub front_proxy_client: Duration,
 }

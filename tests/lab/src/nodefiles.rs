@@ -293,7 +293,6 @@ pub fn write_node(
     if node.role == Role::Master {
         write_file(&certs.join("ca.key"), pki.ca.key_pem.as_bytes(), 0o600, 0, 0)?;
         cert_pair(&certs, "apiserver", &pki.apiserver, 0)?;
-        cert_pair(&certs, "kubectlClient", &pki.kubectl_client, 0)?;
         cert_pair(&certs, "etcdserver", &pki.etcd_server, ETCD_UID)?;
         cert_pair(&certs, "etcdclient", &pki.etcd_client, 0)?;
         cert_pair(&certs, &format!("etcdpeer{}", node.index), &pki.etcd_peers[node.index], ETCD_UID)?;

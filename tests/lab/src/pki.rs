@@ -66,8 +66,19 @@ pub fn issue_cluster_pki(layout: &Layout, entries: &[CertEntry]) -> Result<Clust
     };
     let ca_template = find(CertKind::Ca)?.template(KeySpec::Rsa2048, ca_window.0, ca_window.1);
     let proxy_ca_template = find(CertKind::ProxyCa)?.template(KeySpec::Rsa2048, ca_window.0, ca_window.1);
-    let (ca, proxy_ca) = std::thread::scope(|s| {
-        let proxy = s.spawn(|| issue_ca(&proxy_ca_template).map_err(pki_err("the front-proxy CA")));
+    let proxy_template = find(CertKind::Proxy)?.template(KeySpec::Rsa2048, nb, na);
+    // The front-proxy pair as AKS Engine's masters make it, with openssl (leaves whose expiry
+    // the lab sets itself cannot be: openssl x509 -req only counts days from now).
+    let front_proxy = || match layout.spec.expiry {
+        Expiry::Default => front_proxy_by_openssl(),
+        Expiry::In(_) | Expiry::Expired => {
+            let ca = issue_ca(&proxy_ca_template).map_err(pki_err("the front-proxy CA"))?;
+            let proxy = issue_all(std::slice::from_ref(&proxy_template), &ca).map_err(pki_err("the front-proxy client"))?;
+            Ok((ca, proxy.into_iter().next().expect("one proxy certificate")))
+        }
+    };
+    let (ca, (proxy_ca, proxy)) = std::thread::scope(|s| {
+        let proxy = s.spawn(front_proxy);
         let ca = issue_ca(&ca_template).map_err(pki_err("the cluster CA"));
         let proxy = proxy.join().unwrap_or_else(|_| Err(LabError::Pki { what: "the front-proxy CA".into(), detail: "worker panicked".into() }));
         Ok::<_, LabError>((ca?, proxy?))
@@ -81,8 +92,6 @@ pub fn issue_cluster_pki(layout: &Layout, entries: &[CertEntry]) -> Result<Clust
         .map(|k| find(*k).map(|e| e.template(KeySpec::Rsa2048, nb, na)))
         .collect::<Result<Vec<_>, _>>()?;
     let signed = issue_all(&templates, &ca).map_err(pki_err("the cluster's leaf certificates"))?;
-    let proxy_template = find(CertKind::Proxy)?.template(KeySpec::Rsa2048, nb, na);
-    let proxy = issue_all(std::slice::from_ref(&proxy_template), &proxy_ca).map_err(pki_err("the front-proxy client"))?;
 
     let kubelet_templates = layout
         .nodes
@@ -114,11 +123,60 @@ pub fn issue_cluster_pki(layout: &Layout, entries: &[CertEntry]) -> Result<Clust
         etcd_server: next(),
         etcd_client: next(),
         etcd_peers: (0..masters).map(|_| next()).collect(),
-        proxy: proxy.into_iter().next().expect("one proxy certificate"),
+        proxy,
         kubelet_servers,
         ca,
         proxy_ca,
     })
+}
+
+/// The front-proxy CA and client made as AKS Engine's generateproxycerts.sh makes them on the
+/// first master (parts/k8s/cloud-init/artifacts/generateproxycerts.sh): `openssl genrsa 2048`
+/// keys, the CA by `openssl req -new -x509 -days 262824 -subj /CN=proxyClientCA` (openssl's
+/// v3_ca extensions: CA:TRUE and key identifiers), the client by a CSR for
+/// `/CN=aggregator/O=system:masters` signed with `openssl x509 -req -days 262824 -set_serial 02`,
+/// which without an extension file is an X.509 v1 certificate. Keys are PKCS#1 (`-traditional`
+/// on OpenSSL 3), as the node image's OpenSSL 1.1.1 writes them.
+pub fn front_proxy_by_openssl() -> Result<(KeyCertPair, KeyCertPair), LabError> {
+    let dir = tempfile::Builder::new().prefix("lab-front-proxy").tempdir().map_err(LabError::io("making a directory for the front-proxy PKI"))?;
+    let d = dir.path();
+    let traditional = std::process::Command::new("openssl")
+        .args(["genrsa", "-help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stderr).contains("-traditional"))
+        .unwrap_or(false);
+    let genrsa = |out: &'static str| {
+        let mut args = vec!["genrsa"];
+        if traditional {
+            args.push("-traditional");
+        }
+        args.extend(["-out", out, "2048"]);
+        args
+    };
+    let days = certrotate::model::profile::AKS_ENGINE_FRONT_PROXY_DAYS.to_string();
+    let steps: Vec<Vec<&str>> = vec![
+        genrsa("proxy-client-ca.key"),
+        vec!["req", "-new", "-x509", "-days", &days, "-key", "proxy-client-ca.key", "-out", "proxy-client-ca.crt", "-subj", "/CN=proxyClientCA"],
+        genrsa("proxy-client.key"),
+        vec!["req", "-new", "-key", "proxy-client.key", "-out", "proxy-client.csr", "-subj", "/CN=aggregator/O=system:masters"],
+        vec!["x509", "-req", "-days", &days, "-in", "proxy-client.csr", "-CA", "proxy-client-ca.crt", "-CAkey", "proxy-client-ca.key", "-set_serial", "02", "-out", "proxy-client.crt"],
+    ];
+    for args in steps {
+        let out = std::process::Command::new("openssl")
+            .args(&args)
+            .current_dir(d)
+            .env("RANDFILE", d.join(".rnd"))
+            .output()
+            .map_err(LabError::io("running openssl (tests/install-deps.sh installs it)"))?;
+        if !out.status.success() {
+            return Err(LabError::Command { command: format!("openssl {}", args.join(" ")), detail: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        }
+    }
+    let read = |name: &str| std::fs::read_to_string(d.join(name)).map_err(LabError::io(format!("reading the front-proxy {name}")));
+    Ok((
+        KeyCertPair { cert_pem: read("proxy-client-ca.crt")?, key_pem: read("proxy-client-ca.key")? },
+        KeyCertPair { cert_pem: read("proxy-client.crt")?, key_pem: read("proxy-client.key")? },
+    ))
 }
 
 /// Derive certrotate's topology from the lab's apimodel.json (and azuredeploy.json beside it)
@@ -200,5 +258,29 @@ mod tests {
         let (_, proxy) = X509Certificate::from_der(&der).unwrap();
         assert_eq!(proxy.issuer().to_string(), "CN=proxyClientCA");
         assert_eq!(proxy.subject().to_string(), "O=system:masters, CN=aggregator");
+        assert!(proxy.extensions().is_empty(), "issued as AKS Engine's openssl issues it: no extensions");
+    }
+
+    /// The default lab's front-proxy pair is openssl's, shaped as generateproxycerts.sh makes it.
+    #[test]
+    fn front_proxy_pair_is_made_as_generateproxycerts_makes_it() {
+        let (ca, proxy) = front_proxy_by_openssl().unwrap();
+        let (der,) = parse(&proxy.cert_pem);
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(cert.version(), X509Version::V1);
+        assert!(cert.extensions().is_empty());
+        assert_eq!(cert.raw_serial(), [2]);
+        assert_eq!(cert.subject().to_string(), "CN=aggregator, O=system:masters");
+        assert_eq!(cert.issuer().to_string(), "CN=proxyClientCA");
+        let days = (cert.validity().not_after.timestamp() - cert.validity().not_before.timestamp()) / 86400;
+        assert_eq!(days, 262824);
+        let (der,) = parse(&ca.cert_pem);
+        let (_, ca_cert) = X509Certificate::from_der(&der).unwrap();
+        assert!(ca_cert.is_ca());
+        assert_eq!((ca_cert.validity().not_after.timestamp() - ca_cert.validity().not_before.timestamp()) / 86400, 262824);
+        assert!(proxy.key_pem.starts_with("-----BEGIN RSA PRIVATE KEY-----"), "PKCS#1, as OpenSSL 1.1.1 writes it");
+        // certrotate reads the pair and finds it as the catalogue describes it.
+        let facts = certrotate::pki::inspect::parse_cert_pem(&proxy.cert_pem).unwrap();
+        assert!(facts.extended_usages.is_empty() && !facts.is_ca);
     }
 }

@@ -748,7 +748,8 @@ async fn kube_ready_nodes(layout: &Layout) -> Option<Vec<String>> {
     )
 }
 
-/// Store the front-proxy PKI in etcd as AKS Engine's masters do (/proxycerts/*).
+/// Store the front-proxy PKI in etcd as AKS Engine's masters do (/proxycerts/*): each value
+/// `" $(cat file)"`, one space then the PEM (generateproxycerts.sh).
 async fn put_proxy_certs(layout: &Layout) -> Result<(), LabError> {
     let master = layout.first_master();
     let certs = layout.host_path(master, CERT_DIR);
@@ -757,7 +758,8 @@ async fn put_proxy_certs(layout: &Layout) -> Result<(), LabError> {
         ("/proxycerts/proxy-client-cert-file", "proxy.crt"),
         ("/proxycerts/proxy-client-key-file", "proxy.key"),
     ] {
-        let value = std::fs::read_to_string(certs.join(file)).map_err(LabError::io(format!("reading {file}")))?;
+        let pem = std::fs::read_to_string(certs.join(file)).map_err(LabError::io(format!("reading {file}")))?;
+        let value = certrotate::pki::proxycerts::etcd_value(&pem);
         let output = tokio::process::Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints=https://{}:2379", master.ip))

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use support::{
-    admin_kubeconfig, assert_plan_has_no_changes, certrotate_bin, cluster_flags, files_under, flat_stderr, model_dir, nodes, processes_left_mentioning, renew_expiring_with_fast_gates, run,
+    admin_kubeconfig, assert_plan_has_no_changes, assert_proxycerts_as_aks_engine_leaves_them, certrotate_bin, cluster_flags, files_under, flat_stderr, model_dir, nodes, processes_left_mentioning, renew_expiring_with_fast_gates, run,
     send_signal_to_group, spawn_in_own_group, ssh, ssh_dirs_left, text, up_expiring,
 };
 
@@ -301,6 +301,9 @@ fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
         "sudo ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/certs/ca.crt --cert=/etc/kubernetes/certs/etcdclient.crt --key=/etc/kubernetes/certs/etcdclient.key endpoint health --cluster 2>&1",
     );
     assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+    // /proxycerts as AKS Engine's script writes and reads it, so a master it provisions later
+    // can load them.
+    assert_proxycerts_as_aks_engine_leaves_them(&lab, master);
     assert_no_secret(&lab, &[&out, &applied]);
 
     // A Ctrl-C once the agents' restore has begun: the steps in flight finish and are
@@ -372,6 +375,7 @@ fn rotate_all_brings_a_new_ca_everywhere_and_rollback_takes_it_back() {
     // Both journals are archived: a re-apply of the plan runs in full, a later rollback starts afresh.
     assert!(!rollback_journal.exists() && !runs[0].join("journal.jsonl").exists(), "journals archived");
     assert_eq!(apimodel_ca(&lab), old_ca, "the API model is back");
+    assert_proxycerts_as_aks_engine_leaves_them(&lab, &nodes(&lab)[0]);
     for n in nodes(&lab) {
         assert_eq!(ssh(&lab, &n, "cat /etc/kubernetes/certs/ca.crt"), old_ca, "ca.crt on {n} is back");
     }

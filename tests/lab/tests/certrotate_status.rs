@@ -42,6 +42,12 @@ fn status_reads_every_node_and_stops_on_changed_host_keys() {
         assert_eq!(lab.ssh_logins(node).unwrap() - before, 1, "{node}: SSH logins per refresh");
     }
     assert!(!String::from_utf8_lossy(&out.stdout).contains("PRIVATE KEY"));
+    // The lab's front-proxy pair is openssl's, made as AKS Engine's generateproxycerts.sh
+    // makes it, and /proxycerts hold its leading-space form: a plan finds nothing to say.
+    let out = support::run(&["plan", "--profile", "renew-expiring", "--detailed-exitcode"], &support::cluster_flags(&lab));
+    assert_eq!(out.status.code(), Some(0), "no changes: {}", text(&out));
+    assert!(!text(&out).contains("front-proxy"), "no front-proxy finding: {}", text(&out));
+    support::assert_proxycerts_as_aks_engine_leaves_them(&lab, &nodes[0]);
 
     // An agent cut off the network: named, and fatal unless skipped.
     let agent0 = nodes[3].clone();

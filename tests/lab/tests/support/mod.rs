@@ -225,3 +225,41 @@ pub fn spawn_in_own_group(args: &[&str], flags: &[String], tmp: &Path) -> std::p
         .spawn()
         .unwrap()
 }
+
+/// Checks /proxycerts in etcd as AKS Engine's generateproxycerts.sh leaves and reads them: each
+/// value byte for byte one space then the PEM of the master's file (no trailing newline, as
+/// `" $(cat file)"` stores it), and AKS Engine's reading step (`etcdctl get
+/// --print-value-only`, then `sed -i '1s/\s//'`) on the master gives a PEM openssl parses and
+/// that is the master's own file. The key is compared on the node; only digests travel.
+pub fn assert_proxycerts_as_aks_engine_leaves_them(lab: &Lab, master: &str) {
+    let etcdctl = "ETCDCTL_API=3 etcdctl --endpoints=https://127.0.0.1:2379 --cacert=/etc/kubernetes/certs/ca.crt --cert=/etc/kubernetes/certs/etcdclient.crt --key=/etc/kubernetes/certs/etcdclient.key";
+    for (key, file) in [("/proxycerts/requestheader-client-ca-file", "proxy-ca.crt"), ("/proxycerts/proxy-client-cert-file", "proxy.crt")] {
+        let pem = ssh(lab, master, &format!("cat /etc/kubernetes/certs/{file}"));
+        let stored = ssh(lab, master, &format!("sudo sh -c '{etcdctl} get {key} --print-value-only | head -c -1 | base64 -w0'"));
+        let stored = String::from_utf8(base64_decode(stored.trim())).unwrap();
+        assert_eq!(stored, format!(" {}", pem.trim_end_matches('\n')), "{key} on {master} is not in AKS Engine's form");
+        let read = ssh(
+            lab,
+            master,
+            &format!("t=$(mktemp) && sudo sh -c '{etcdctl} get {key} --print-value-only' > $t && sed -i '1s/\\s//' $t && openssl x509 -in $t -noout -fingerprint -sha256; rm -f $t"),
+        );
+        let want = ssh(lab, master, &format!("openssl x509 -in /etc/kubernetes/certs/{file} -noout -fingerprint -sha256"));
+        assert_eq!(read, want, "{key} read back as AKS Engine reads it is not {file} on {master}");
+    }
+    let key = "/proxycerts/proxy-client-key-file";
+    let check = ssh(
+        lab,
+        master,
+        &format!(
+            "sudo sh -c 't=$(mktemp); {etcdctl} get {key} --print-value-only | head -c -1 > $t.v; {{ printf \" \"; printf %s \"$(cat /etc/kubernetes/certs/proxy.key)\"; }} | cmp -s - $t.v && echo FORM-OK; \
+             {etcdctl} get {key} --print-value-only > $t; sed -i \"1s/\\s//\" $t; a=$(openssl pkey -in $t -pubout | sha256sum); b=$(openssl pkey -in /etc/kubernetes/certs/proxy.key -pubout | sha256sum); \
+             [ -n \"$a\" ] && [ \"$a\" = \"$b\" ] && echo READ-OK; rm -f $t $t.v'"
+        ),
+    );
+    assert_eq!(check.split_whitespace().collect::<Vec<_>>(), ["FORM-OK", "READ-OK"], "{key} on {master}");
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
