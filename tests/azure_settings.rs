@@ -180,3 +180,12 @@ fn language_is_aks_engines_flag_and_english_only() {
     let err = parse("de-de").unwrap_err().to_string();
     assert!(err.contains("English only") && err.contains("en-us"), "{err}");
 }
+
+/// clap checks the whole command line's definition only in debug builds and only when a
+/// subcommand is parsed; this checks every subcommand at once, so a bad definition fails
+/// here rather than as a panic in an operator's hands.
+#[test]
+fn the_command_line_definition_is_valid() {
+    use clap::CommandFactory;
+    certrotate::cli::args::Cli::command().debug_assert();
+}

@@ -10,6 +10,8 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v sudo >/dev/null 2>&1 || need+=(sudo)
+# promtool, Prometheus' own checker of the text format that status --fleet --prometheus writes.
+command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # Debian's kubernetes-client ships kubectl; some images already carry a kubectl of their own,
 # which the package would conflict with.
 command -v kubectl >/dev/null 2>&1 || need+=(kubernetes-client)

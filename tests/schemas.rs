@@ -45,6 +45,11 @@ fn profile_schema_is_up_to_date() {
 }
 
 #[test]
+fn fleet_schema_is_up_to_date() {
+    check_committed("fleet.schema.json", certrotate::flow::fleet::FleetFile::json_schema_document());
+}
+
+#[test]
 fn plan_schema_is_up_to_date() {
     check_committed("plan.schema.json", PlanFile::json_schema_document());
 }

@@ -239,6 +239,8 @@ pub struct GraphArgs {
 }
 
 #[derive(Debug, Args)]
+// With --fleet the API models come from the fleet file.
+#[command(mut_arg("api_model", |a| a.required(false).required_unless_present("fleet").default_value_if("fleet", clap::builder::ArgPredicate::IsPresent, Some("-"))))]
 pub struct StatusArgs {
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -247,6 +249,14 @@ pub struct StatusArgs {
     pub offline: bool,
     #[arg(long)]
     pub json: bool,
+    /// Many clusters at once: a YAML file of `clusters:` (schemas/fleet.schema.json); each
+    /// entry has `apiModel` and the cluster's flags in camelCase. --api-model is not needed.
+    #[arg(long, value_name = "FILE", conflicts_with = "offline")]
+    pub fleet: Option<PathBuf>,
+    /// With --fleet: also write every certificate's expiry as Prometheus text (for
+    /// node_exporter's textfile collector), atomically.
+    #[arg(long, value_name = "FILE", requires = "fleet")]
+    pub prometheus: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

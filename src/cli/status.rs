@@ -19,25 +19,36 @@ pub const TOFU_KNOWN_HOSTS: &str = "certrotate_known_hosts";
 
 /// SSH settings from the command line; says what is missing and how to supply it.
 pub fn ssh_settings(args: &ClusterArgs, model: &ApiModel, topo: &Topology) -> miette::Result<SshSettings> {
-    let ssh_host = args.ssh_host.as_deref().ok_or_else(|| {
+    ssh_settings_from(args.ssh_host.as_deref(), args.linux_ssh_private_key.as_deref(), args.known_hosts.as_deref(), model, topo)
+}
+
+/// As [`ssh_settings`], from the three settings themselves (a fleet file entry's, say).
+pub fn ssh_settings_from(
+    ssh_host: Option<&str>,
+    key: Option<&std::path::Path>,
+    known_hosts: Option<&std::path::Path>,
+    model: &ApiModel,
+    topo: &Topology,
+) -> miette::Result<SshSettings> {
+    let ssh_host = ssh_host.ok_or_else(|| {
         miette!(
             help = "pass --ssh-host with the address of the jumpbox or first master (as for aks-engine rotate-certs)",
             "reading the nodes needs --ssh-host"
         )
     })?;
-    let key = args.linux_ssh_private_key.clone().ok_or_else(|| {
+    let key = key.map(std::path::Path::to_path_buf).ok_or_else(|| {
         miette!(help = "pass --linux-ssh-private-key with the admin user's private key file", "reading the nodes needs --linux-ssh-private-key")
     })?;
     if !key.is_file() {
         return Err(miette!(help = "check the path of --linux-ssh-private-key", "SSH private key {} does not exist", key.display()));
     }
     let (host, port) = SshSettings::parse_host(ssh_host, topo.ssh_port);
-    let host_keys = match &args.known_hosts {
+    let host_keys = match known_hosts {
         Some(p) => {
             if !p.is_file() {
                 return Err(miette!(help = "pass an existing known_hosts file, or leave --known-hosts out to trust on first use", "known_hosts file {} does not exist", p.display()));
             }
-            HostKeyPolicy::Strict(p.clone())
+            HostKeyPolicy::Strict(p.to_path_buf())
         }
         None => {
             let p = model.dir().join(TOFU_KNOWN_HOSTS);
@@ -99,6 +110,9 @@ pub fn read_cluster(args: &ClusterArgs, cluster: &Discovered) -> miette::Result<
 }
 
 pub fn run(a: &StatusArgs) -> miette::Result<Outcome> {
+    if let Some(fleet) = &a.fleet {
+        return run_fleet(a, fleet);
+    }
     let cluster = discover(&a.cluster)?;
     let ClusterRead { catalogue: cat, inventory, .. } = read_cluster(&a.cluster, &cluster)?;
     let rows = expiry_rows(&cat, &inventory, time::OffsetDateTime::now_utc());
@@ -145,4 +159,60 @@ pub fn expiry_rows(cat: &[CertEntry], inventory: &Inventory, now: time::OffsetDa
         }
     }
     rows
+}
+
+/// `status --fleet`: every cluster of the fleet file, one table (or JSON), and the metrics.
+fn run_fleet(a: &StatusArgs, fleet_path: &std::path::Path) -> miette::Result<Outcome> {
+    use crate::flow::fleet::{self, FleetFile, PreparedCluster};
+    let file = FleetFile::load(fleet_path)?;
+    let prepared = file
+        .clusters
+        .iter()
+        .map(|entry| {
+            let ready = flow::discover::discover(&entry.api_model, entry.name_suffix.as_deref()).map_err(|e| format!("{e}"));
+            let name = fleet::cluster_name(entry, ready.as_ref().ok());
+            let ready = ready.and_then(|d| {
+                let ssh = ssh_settings_from(entry.ssh_host.as_deref(), entry.linux_ssh_private_key.as_deref(), entry.known_hosts.as_deref(), &d.model, &d.topology)
+                    .map_err(|e| format!("{e}"))?;
+                Ok((d, ssh, entry.apiserver.clone()))
+            });
+            PreparedCluster { name, ready }
+        })
+        .collect();
+    let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
+    let report = runtime.block_on(fleet::read_clusters(prepared, a.cluster.parallelism as usize));
+    if let Some(path) = &a.prometheus {
+        fleet::write_atomically(path, &fleet::render_prometheus(&report))
+            .map_err(|e| miette!(help = "pass a writable path, e.g. in node_exporter's --collector.textfile.directory", "cannot write {}: {e}", path.display()))?;
+    }
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report).expect("report serialises"));
+    } else {
+        print!("{}", render_fleet_table(&report));
+    }
+    Ok(Outcome::Ok)
+}
+
+/// The fleet table: the single-cluster table with the cluster named, then what was not read.
+fn render_fleet_table(report: &crate::flow::fleet::FleetReport) -> String {
+    let rows: Vec<ExpiryRow> = report
+        .certificates
+        .iter()
+        .map(|c| ExpiryRow {
+            certificate: c.certificate.clone(),
+            location: format!("{}/{}:{}", c.cluster, c.node, c.path.trim_start_matches("/etc/kubernetes/certs/")),
+            expires: c.not_after.map(|t| t.date().to_string()).unwrap_or_else(|| "-".into()),
+            residual_days: c.not_after.map(|t| (t - report.taken_at).whole_days()).unwrap_or(0),
+            issuer: c.issuer_cn.clone().unwrap_or_else(|| "-".into()),
+            findings: c.problem.iter().cloned().collect(),
+        })
+        .collect();
+    let mut s = render_expiry_table(&rows);
+    for u in &report.unread {
+        match &u.node {
+            Some(node) => s.push_str(&format!("unreachable: {}/{}: {}\n", u.cluster, node, u.error)),
+            None => s.push_str(&format!("unreachable cluster: {}: {}\n", u.cluster, u.error)),
+        }
+    }
+    s
 }

@@ -5,6 +5,7 @@
 //! inputs and their results into output; `apply` walks what they produce.
 
 pub mod discover;
+pub mod fleet;
 pub mod planner;
 pub mod read;
 pub mod supplied;

@@ -58,6 +58,7 @@ fn status_reads_every_node_and_stops_on_changed_host_keys() {
     let out = status(&lab, &["--skip-unreachable"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("unreachable: {agent0}")), "{}", text(&out));
+    fleet_names_every_certificate_and_every_gap(&lab, dir.path(), &nodes, &agent0);
     lab.fault(Fault::RestoreNetwork { node: agent0 }).unwrap();
 
     // A node whose host key changed stops everything.
@@ -69,4 +70,37 @@ fn status_reads_every_node_and_stops_on_changed_host_keys() {
     assert!(err.contains(&agent1) && err.contains("man-in-the-"), "{}", text(&out));
 
     lab.down().unwrap();
+}
+
+/// `status --fleet` over this lab and a cluster whose API model is gone, while `cut` is off the
+/// network: one table with the cluster named, and Prometheus text in which the cut node and
+/// the missing cluster are metrics too, not silent gaps.
+fn fleet_names_every_certificate_and_every_gap(lab: &Lab, dir: &std::path::Path, nodes: &[String], cut: &str) {
+    let env = lab.env();
+    let fleet = dir.join("fleet.yaml");
+    std::fs::write(
+        &fleet,
+        format!(
+            "clusters:\n  - name: lab\n    apiModel: {}\n    sshHost: {}\n    linuxSshPrivateKey: {}\n    knownHosts: {}\n  - name: gone\n    apiModel: gone/apimodel.json\n",
+            env["LAB_API_MODEL"], env["LAB_SSH_HOST"], env["LAB_SSH_KEY"], env["LAB_KNOWN_HOSTS"]
+        ),
+    )
+    .unwrap();
+    let metrics = dir.join("textfile").join("certrotate.prom");
+    std::fs::create_dir_all(metrics.parent().unwrap()).unwrap();
+    let out = support::run(&["status", "--fleet", fleet.to_str().unwrap(), "--prometheus", metrics.to_str().unwrap()], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    for node in nodes.iter().filter(|n| n.as_str() != cut) {
+        assert!(table.contains(&format!("lab/{node}:")), "{node} in the fleet table: {table}");
+    }
+    assert!(table.contains(&format!("unreachable: lab/{cut}")), "{table}");
+    assert!(table.contains("unreachable cluster: gone"), "{table}");
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(prom.lines().any(|l| l.starts_with("x509_cert_not_after{") && l.contains("cluster=\"lab\"") && l.contains(&format!("node=\"{}\"", nodes[0]))), "{prom}");
+    assert!(prom.lines().any(|l| l.starts_with("x509_read_errors{") && l.contains(&format!("node=\"{cut}\""))), "the cut node is a metric: {prom}");
+    assert!(prom.lines().any(|l| l.starts_with("x509_read_errors{") && l.contains("cluster=\"gone\"")), "the missing cluster is a metric: {prom}");
+    assert!(!prom.contains("PRIVATE KEY") && !table.contains("PRIVATE KEY"));
+    let check = std::process::Command::new("promtool").args(["check", "metrics"]).stdin(std::fs::File::open(&metrics).unwrap()).output().expect("promtool (tests/install-deps.sh installs it)");
+    assert!(check.status.success(), "promtool: {}", text(&check));
 }
