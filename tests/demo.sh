@@ -2,7 +2,7 @@
 # The main job on a fresh machine (README "Set-up"): installs what is needed, builds certrotate
 # and the lab, brings up a local lab cluster (3 masters, 2 agents, certificates expiring in 20
 # days), and runs certrotate against it: status, plan with a saved plan, show and graph of that
-# plan, apply of exactly that plan, and plan again (no changes). The lab is taken down at the
+# plan, apply of exactly that plan, plan again (no changes), and the evidence of the window. The lab is taken down at the
 # end, whatever happens.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,3 +43,7 @@ echo "== certrotate plan again: nothing left to do"
 
 echo "== certrotate status after the rotation"
 "$bin" status "${cluster[@]}" | sed -n 1,8p
+
+echo "== certrotate evidence $labdir/renew.plan.yaml --out $labdir/evidence.tar.gz"
+"$bin" evidence "$labdir/renew.plan.yaml" "${cluster[@]}" --out "$labdir/evidence.tar.gz"
+tar -tzf "$labdir/evidence.tar.gz" | sed -n 1,20p

@@ -48,6 +48,21 @@ struct ApprovalLine {
     approval: Approval,
 }
 
+/// The finished steps (in the order they finished) and the approvals of a journal's text,
+/// read without opening it for writing (`evidence`). A torn last line is left out.
+pub fn parse(text: &str) -> (Vec<JournalEntry>, Vec<Approval>) {
+    let mut entries = Vec::new();
+    let mut approvals = Vec::new();
+    for line in text.lines() {
+        if let Ok(entry) = serde_json::from_str::<JournalEntry>(line) {
+            entries.push(entry);
+        } else if let Ok(line) = serde_json::from_str::<ApprovalLine>(line) {
+            approvals.push(line.approval);
+        }
+    }
+    (entries, approvals)
+}
+
 /// How a step skipped under `--force` begins its note.
 pub const FORCED_NOTE: &str = "skipped (--force";
 
@@ -64,16 +79,9 @@ impl Journal {
     /// cut short by a kill is ignored: its step simply runs again.
     pub fn open(path: &Path) -> std::io::Result<Journal> {
         use std::os::unix::fs::OpenOptionsExt;
-        let mut done = BTreeMap::new();
-        let mut approvals = Vec::new();
         let text = std::fs::read_to_string(path).unwrap_or_default();
-        for line in text.lines() {
-            if let Ok(entry) = serde_json::from_str::<JournalEntry>(line) {
-                done.insert(entry.step.clone(), entry);
-            } else if let Ok(line) = serde_json::from_str::<ApprovalLine>(line) {
-                approvals.push(line.approval);
-            }
-        }
+        let (entries, approvals) = parse(&text);
+        let done: BTreeMap<String, JournalEntry> = entries.into_iter().map(|e| (e.step.clone(), e)).collect();
         let mut file = std::fs::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
         if !text.is_empty() && !text.ends_with('\n') {
             // End the torn line so the next entry starts on a line of its own.

@@ -8,6 +8,7 @@ use crate::apply::lock::{self, LockHolder, LockOutcome};
 use crate::apply::node;
 use crate::apply::store::NewPki;
 use crate::flow::{self, discover::Discovered, planner::Staleness};
+use crate::model::apimodel::write_atomic;
 use crate::plan::file::{PlanFile, Sha256Digest};
 use miette::miette;
 use std::sync::Arc;
@@ -70,6 +71,7 @@ pub async fn preflight(ctx: &Arc<Context>, plan: &PlanFile, cluster: &Discovered
             ));
         }
     }
+    keep_status_before(ctx, &inventory)?;
     let mut servers = std::collections::HashMap::new();
     for n in &inventory.nodes {
         for k in &n.kubeconfigs {
@@ -87,13 +89,30 @@ pub async fn preflight(ctx: &Arc<Context>, plan: &PlanFile, cluster: &Discovered
     Ok(())
 }
 
+/// Keeps the expiry table of the cluster as this plan first found it, before anything
+/// changed; a resumed run keeps the first run's. `evidence` shows it beside the one after.
+fn keep_status_before(ctx: &Context, inventory: &crate::model::inventory::Inventory) -> miette::Result<()> {
+    use crate::flow::expiry;
+    let run = &ctx.store.run;
+    if run.status_before_json().exists() {
+        return Ok(());
+    }
+    let rows = expiry::rows_of_inventory(&ctx.catalogue, inventory, inventory.taken_at);
+    let json = serde_json::to_string_pretty(&rows).expect("rows serialise");
+    let text = expiry::render_with_unreachable(&rows, inventory);
+    for (path, bytes) in [(run.status_before_text(), text.as_bytes()), (run.status_before_json(), json.as_bytes())] {
+        write_atomic(&path, bytes, Some(0o600)).map_err(|e| miette!("cannot keep the status before apply in {}: {e}; nothing was changed", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Reads every node with refresh, over the connections the walk will go on using, so each
 /// node sees one SSH login for the whole apply (reboots aside).
 async fn read_nodes(ctx: &Arc<Context>) -> miette::Result<crate::model::inventory::Inventory> {
-    use crate::remote::refresh::{refresh, RefreshError, RefreshOptions};
+    use crate::remote::refresh::{refresh, ReadLimit, RefreshError, RefreshOptions};
     use crate::remote::ssh::RemoteError;
     // Every node must answer: apply never goes on without one.
-    let opts = RefreshOptions { parallelism: ctx.parallelism, skip_unreachable: false };
+    let opts = RefreshOptions { limit: ReadLimit::new(ctx.parallelism), skip_unreachable: false };
     let run_ctx = ctx.clone();
     let read = refresh(&ctx.topo, &ctx.catalogue, opts, move |node, script| {
         let ctx = run_ctx.clone();

@@ -70,6 +70,16 @@ impl RunDir {
         self.root.join("state.json")
     }
 
+    /// The expiry table apply saw before it changed anything (JSON rows), for `evidence`.
+    pub fn status_before_json(&self) -> PathBuf {
+        self.root.join("status-before.json")
+    }
+
+    /// The same table as `status` prints it.
+    pub fn status_before_text(&self) -> PathBuf {
+        self.root.join("status-before.txt")
+    }
+
     pub fn load_state(&self) -> RunState {
         std::fs::read_to_string(self.state_path()).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
     }

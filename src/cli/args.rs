@@ -40,6 +40,9 @@ pub enum Command {
     Validate(ValidateArgs),
     /// Restore the certificates backed up by an apply.
     Rollback(RollbackArgs),
+    /// Gather an applied plan's evidence for the change record: plan, review document,
+    /// approvals, journal, status before and after, node logs, backups, SHA-256 manifest.
+    Evidence(EvidenceArgs),
 }
 
 /// The API model and the desired state: all that `validate` needs, and the start of every
@@ -276,6 +279,17 @@ pub struct RollbackArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub auto_approve: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct EvidenceArgs {
+    /// The applied plan (default: the most recent apply beside the API model).
+    pub plan_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
+    /// Where to put the bundle: a new directory, or a file ending in .tar.gz.
+    #[arg(long, value_name = "DIR|FILE.tar.gz")]
+    pub out: PathBuf,
 }
 
 impl AzureArgs {

@@ -12,6 +12,7 @@ macro_rules! say {
 
 pub mod args;
 mod apply;
+mod evidence;
 mod plan;
 mod status;
 mod validate;
@@ -72,5 +73,6 @@ fn run(cli: Cli) -> miette::Result<Outcome> {
         Command::Show(a) => plan::run_show(&a),
         Command::Graph(a) => plan::run_graph(&a),
         Command::Rollback(a) => apply::run_rollback(&a),
+        Command::Evidence(a) => evidence::run(&a),
     }
 }

@@ -2,14 +2,11 @@
 //! over SSH (one connection and one command per node).
 
 use super::args::{ClusterArgs, StatusArgs};
-use super::validate::{render_expiry_table, ExpiryRow};
 use super::Outcome;
-use crate::flow::{self, discover::Discovered, read::{ClusterRead, ReadInputs}};
+use crate::flow::expiry::{self, ExpiryRow};
+use crate::flow::{self, discover::Discovered, read::{self, ClusterRead, ReadInputs}};
 use crate::model::apimodel::ApiModel;
-use crate::model::inventory::{Inventory, ObservedContent};
 use crate::model::topology::Topology;
-use crate::pki::audit::compare;
-use crate::pki::catalogue::CertEntry;
 use crate::remote::refresh::RefreshError;
 use crate::remote::ssh::{HostKeyPolicy, SshSettings};
 use miette::{miette, IntoDiagnostic};
@@ -91,7 +88,7 @@ pub fn discover_with_suffix(args: &ClusterArgs, name_suffix: Option<&str>) -> mi
 pub fn read_cluster(args: &ClusterArgs, cluster: &Discovered) -> miette::Result<ClusterRead> {
     let settings = ssh_settings(args, &cluster.model, &cluster.topology)?;
     let fleet = flow::read::read_fleet(settings).into_diagnostic()?;
-    let inputs = ReadInputs { fleet, parallelism: args.parallelism as usize, skip_unreachable: args.skip_unreachable, apiserver: args.apiserver.clone() };
+    let inputs = ReadInputs { fleet, limit: read::ReadLimit::new(args.parallelism as usize), skip_unreachable: args.skip_unreachable, apiserver: args.apiserver.clone() };
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
     let read = runtime.block_on(flow::read::read_cluster(cluster, inputs)).map_err(|e: RefreshError| {
         let help = match &e {
@@ -115,50 +112,13 @@ pub fn run(a: &StatusArgs) -> miette::Result<Outcome> {
     }
     let cluster = discover(&a.cluster)?;
     let ClusterRead { catalogue: cat, inventory, .. } = read_cluster(&a.cluster, &cluster)?;
-    let rows = expiry_rows(&cat, &inventory, time::OffsetDateTime::now_utc());
+    let rows = expiry::rows_of_inventory(&cat, &inventory, time::OffsetDateTime::now_utc());
     if a.json {
         println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));
     } else {
-        print!("{}", render_expiry_table(&rows));
-        for u in &inventory.unreachable {
-            println!("unreachable: {}: {}", u.node, u.error);
-        }
+        print!("{}", expiry::render_with_unreachable(&rows, &inventory));
     }
     Ok(Outcome::Ok)
-}
-
-/// One row per certificate file found on a node, with its findings against the catalogue.
-pub fn expiry_rows(cat: &[CertEntry], inventory: &Inventory, now: time::OffsetDateTime) -> Vec<ExpiryRow> {
-    let mut rows = Vec::new();
-    for node in &inventory.nodes {
-        for entry in cat.iter().filter(|e| e.holders.contains(&node.node)) {
-            let Some(file) = node.file(&entry.cert_file.path) else { continue };
-            let location = format!("{}:{}", node.node, entry.cert_file.path.trim_start_matches("/etc/kubernetes/certs/"));
-            match &file.content {
-                ObservedContent::Certificate { facts, .. } => rows.push(ExpiryRow {
-                    certificate: entry.id(),
-                    location: location.clone(),
-                    expires: facts.not_after.date().to_string(),
-                    residual_days: (facts.not_after - now).whole_days(),
-                    issuer: facts.issuer.clone(),
-                    findings: compare(entry, facts, &location, now).into_iter().map(|f| f.message).collect(),
-                }),
-                other => rows.push(ExpiryRow {
-                    certificate: entry.id(),
-                    location,
-                    expires: "-".into(),
-                    residual_days: 0,
-                    issuer: "-".into(),
-                    findings: vec![match other {
-                        ObservedContent::Missing => "missing".into(),
-                        ObservedContent::Unparseable { error } => format!("unreadable: {error}"),
-                        _ => "not a certificate".into(),
-                    }],
-                }),
-            }
-        }
-    }
-    rows
 }
 
 /// `status --fleet`: every cluster of the fleet file, one table (or JSON), and the metrics.
@@ -207,7 +167,7 @@ fn render_fleet_table(report: &crate::flow::fleet::FleetReport) -> String {
             findings: c.problem.iter().cloned().collect(),
         })
         .collect();
-    let mut s = render_expiry_table(&rows);
+    let mut s = expiry::render(&rows);
     for u in &report.unread {
         match &u.node {
             Some(node) => s.push_str(&format!("unreachable: {}/{}: {}\n", u.cluster, node, u.error)),

@@ -8,6 +8,7 @@ use crate::model::profile::Profile;
 use crate::model::topology::{Role, Topology};
 use crate::pki::audit::{self, Finding, Severity};
 use crate::pki::catalogue::{self, ApiModelField, CertEntry};
+use crate::flow::expiry::{self, ExpiryRow};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -105,17 +106,6 @@ pub fn render_validate(r: &ValidateReport) -> String {
     s
 }
 
-/// One row of the expiry table.
-#[derive(Debug, Serialize)]
-pub struct ExpiryRow {
-    pub certificate: String,
-    pub location: String,
-    pub expires: String,
-    pub residual_days: i64,
-    pub issuer: String,
-    pub findings: Vec<String>,
-}
-
 pub fn status_offline(a: &StatusArgs) -> miette::Result<Outcome> {
     let c = &a.cluster;
     let model = ApiModel::load(&c.model.api_model)?;
@@ -139,38 +129,10 @@ pub fn status_offline(a: &StatusArgs) -> miette::Result<Outcome> {
         println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialise"));
     } else {
         println!("Offline: certificates as recorded in {}; no node was contacted.\n", c.model.api_model.display());
-        print!("{}", render_expiry_table(&rows));
+        print!("{}", expiry::render(&rows));
     }
     Ok(Outcome::Ok)
 }
-
-pub fn render_expiry_table(rows: &[ExpiryRow]) -> String {
-    let residual = |r: &ExpiryRow| {
-        if r.expires == "-" {
-            "-".to_string()
-        } else if r.residual_days < 0 {
-            "expired".to_string()
-        } else if r.residual_days >= 365 {
-            format!("{}y", r.residual_days / 365)
-        } else {
-            format!("{}d", r.residual_days)
-        }
-    };
-    let width = |f: &dyn Fn(&ExpiryRow) -> usize, title: &str| rows.iter().map(f).max().unwrap_or(0).max(title.len());
-    let (wc, wl, wi) = (
-        width(&|r| r.certificate.len(), "CERTIFICATE"),
-        width(&|r| r.location.len(), "LOCATION"),
-        width(&|r| r.issuer.len(), "ISSUER"),
-    );
-    let mut s = String::new();
-    let _ = writeln!(s, "{:<wc$}  {:<wl$}  {:<10}  {:<8}  {:<wi$}  FINDINGS", "CERTIFICATE", "LOCATION", "EXPIRES", "RESIDUAL", "ISSUER");
-    for r in rows {
-        let findings = if r.findings.is_empty() { "-".to_string() } else { r.findings.join("; ") };
-        let _ = writeln!(s, "{:<wc$}  {:<wl$}  {:<10}  {:<8}  {:<wi$}  {}", r.certificate, r.location, r.expires, residual(r), r.issuer, findings);
-    }
-    s
-}
-
 
 /// The certificateProfile field a catalogue certificate is kept in, e.g. `etcdPeerCertificates[1]`.
 fn apimodel_location(cat: &[CertEntry], id: &str) -> String {

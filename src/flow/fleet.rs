@@ -6,7 +6,7 @@
 
 use crate::diag::{InputError, SourceFile};
 use crate::flow::discover::Discovered;
-use crate::flow::read::{self, ReadInputs};
+use crate::flow::read::{self, ReadInputs, ReadLimit};
 use crate::model::inventory::ObservedContent;
 use crate::remote::ssh::SshSettings;
 use serde::{Deserialize, Serialize};
@@ -148,11 +148,13 @@ pub fn cluster_name(entry: &FleetCluster, discovered: Option<&Discovered>) -> St
         .unwrap_or_else(|| entry.api_model.display().to_string())
 }
 
-/// Reads every cluster at once. Each cluster may read `bound / clusters` nodes at a time (at
-/// least one), so that the fleet as a whole stays near `bound` connections.
+/// Reads every cluster at once, at most `bound` nodes at a time across the whole fleet: a
+/// node of any cluster starts as soon as any other finishes.
 pub async fn read_clusters(clusters: Vec<PreparedCluster>, bound: usize) -> FleetReport {
-    let per_cluster = (bound / clusters.len().max(1)).max(1);
-    let reads = clusters.into_iter().map(|c| async move {
+    let limit = ReadLimit::new(bound);
+    let reads = clusters.into_iter().map(|c| {
+        let limit = limit.clone();
+        async move {
         let (discovered, ssh, apiserver) = match c.ready {
             Ok(ready) => ready,
             Err(error) => return (c.name, Err(error)),
@@ -161,9 +163,10 @@ pub async fn read_clusters(clusters: Vec<PreparedCluster>, bound: usize) -> Flee
             Ok(fleet) => fleet,
             Err(e) => return (c.name, Err(e.to_string())),
         };
-        let inputs = ReadInputs { fleet, parallelism: per_cluster, skip_unreachable: true, apiserver };
+        let inputs = ReadInputs { fleet, limit, skip_unreachable: true, apiserver };
         let result = read::read_cluster(&discovered, inputs).await.map_err(|e| e.to_string());
         (c.name, result)
+        }
     });
     let results = futures::future::join_all(reads).await;
     let mut certificates = Vec::new();

@@ -5,6 +5,8 @@
 //! inputs and their results into output; `apply` walks what they produce.
 
 pub mod discover;
+pub mod evidence;
+pub mod expiry;
 pub mod fleet;
 pub mod planner;
 pub mod read;

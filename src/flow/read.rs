@@ -7,6 +7,7 @@ use crate::flow::discover::Discovered;
 use crate::model::inventory::Inventory;
 use crate::model::topology::{Node, Topology};
 use crate::pki::catalogue::{self, CertEntry};
+pub use crate::remote::refresh::ReadLimit;
 use crate::remote::refresh::{refresh_over_ssh, refresh_some_over_ssh, RefreshError, RefreshOptions};
 use crate::remote::script::NodeReadSpec;
 use crate::remote::ssh::{RemoteError, SshFleet, SshSettings};
@@ -21,7 +22,8 @@ pub const NODE_LIST_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct ReadInputs {
     /// Connections made by [`read_fleet`].
     pub fleet: Arc<SshFleet>,
-    pub parallelism: usize,
+    /// Nodes read at once; a fleet's clusters share one.
+    pub limit: ReadLimit,
     pub skip_unreachable: bool,
     /// `--apiserver ADDRESS:PORT`, to reach the API by another address than the kubeconfig's.
     pub apiserver: Option<String>,
@@ -99,8 +101,8 @@ pub async fn read_cluster(cluster: &Discovered, inputs: ReadInputs) -> Result<Cl
     let listing = add_registered_nodes(cluster, inputs.apiserver.as_deref());
     // Unreachable nodes are judged once both reads are in, so that the error names every
     // one of them, agents the API added included; host-key errors stop at once.
-    let lenient = RefreshOptions { parallelism: inputs.parallelism, skip_unreachable: true };
-    let reading = refresh_over_ssh(fleet.clone(), topo, &model_catalogue, lenient);
+    let lenient = RefreshOptions { limit: inputs.limit.clone(), skip_unreachable: true };
+    let reading = refresh_over_ssh(fleet.clone(), topo, &model_catalogue, lenient.clone());
     tokio::pin!(listing, reading);
     let ((full, notes), mut inventory) = tokio::select! {
         read = &mut reading => {

@@ -699,6 +699,9 @@ static SECRET_PATTERNS: LazyLock<Vec<(&'static str, regex::Regex)>> = LazyLock::
         pattern("a base64 RSA private key", r"MII[A-Za-z0-9+/]{3}IBAAK"),
         pattern("a base64 PKCS#8 private key", r"MII[A-Za-z0-9+/]{3}IBADAN"),
         pattern("a base64 EC private key", r"MHcCAQEEI"),
+        // A JWT (an Azure AD access token, a service-account token): header and claims are
+        // base64url JSON objects, so both start with `eyJ`.
+        pattern("a bearer token (JWT)", r"eyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\."),
         pattern(
             "a client secret or password",
             r#"(?i)["']?(?:client[_-]?secret|admin[_-]?password|password|secret)["']?\s*[:=]\s*["']?[^\s"',}{]{4,}"#,
@@ -713,7 +716,8 @@ pub fn contains_secret(text: &str) -> bool {
     find_secret(text).is_some()
 }
 
-fn find_secret(text: &str) -> Option<&'static str> {
+/// What kind of secret `text` holds, if any (never the secret itself).
+pub fn find_secret(text: &str) -> Option<&'static str> {
     SECRET_PATTERNS.iter().find(|(_, re)| re.is_match(text)).map(|(what, _)| *what)
 }
 
@@ -731,6 +735,7 @@ mod tests {
         assert!(contains_secret("MIIEvQIBADANBgkqhkiG9w0BAQEFAASC"));
         assert!(contains_secret(r#""clientSecret": "s3cr3t-value""#));
         assert!(contains_secret("client_secret: abcd1234"));
+        assert!(contains_secret("Authorization: Bearer eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJodHRwczovL21hbmFnZW1lbnQ.c2ln"));
         assert!(!contains_secret("publicKeyFingerprint: sha256:00ff"));
         assert!(!contains_secret("-----BEGIN CERTIFICATE-----\nMIIFazCCA1OgAwIBAgIUb"));
         assert!(!contains_secret("message: the clientSecret comes from AZURE_CLIENT_SECRET"));

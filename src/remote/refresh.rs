@@ -11,9 +11,20 @@ use crate::remote::ssh::{RemoteError, SshFleet};
 use std::future::Future;
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Copy)]
+/// How many nodes may be read at once. One limit may be shared by many reads: `status
+/// --fleet` reads every cluster side by side within a single `--parallelism`.
+#[derive(Debug, Clone)]
+pub struct ReadLimit(Arc<tokio::sync::Semaphore>);
+
+impl ReadLimit {
+    pub fn new(at_once: usize) -> Self {
+        ReadLimit(Arc::new(tokio::sync::Semaphore::new(at_once.max(1))))
+    }
+}
+
+#[derive(Debug, Clone)]
 pub struct RefreshOptions {
-    pub parallelism: usize,
+    pub limit: ReadLimit,
     /// Record unreachable nodes instead of failing.
     pub skip_unreachable: bool,
 }
@@ -63,7 +74,7 @@ pub async fn refresh_some_over_ssh(
 }
 
 /// Reads every node of the topology: `run(node, script)` runs the refresh script as root on
-/// the node and returns its stdout. At most `opts.parallelism` run at once; the result keeps
+/// the node and returns its stdout. At most `opts.limit` run at once; the result keeps
 /// the topology's order, and every hostname is checked against the VM name suffix.
 pub async fn refresh<F, Fut>(topo: &Topology, catalogue: &[CertEntry], opts: RefreshOptions, run: F) -> Result<Inventory, RefreshError>
 where
@@ -79,7 +90,7 @@ where
     Fut: Future<Output = Result<String, RemoteError>> + Send + 'static,
 {
     let run = Arc::new(run);
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(opts.parallelism.max(1)));
+    let semaphore = opts.limit.0.clone();
     let mut tasks = tokio::task::JoinSet::new();
     for node in topo.nodes().filter(|n| only.is_none_or(|names| names.contains(&n.name))) {
         let spec = NodeReadSpec::for_node(node, catalogue, &topo.admin_username);
@@ -125,4 +136,54 @@ where
     let name = node.name.clone();
     let out = run(node, refresh_script(spec)).await?;
     parse_output(&name, spec, &out).map_err(|e| RemoteError::Unreachable { node: name, message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diag::SourceFile;
+    use crate::model::apimodel::ApiModel;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    fn topology(prefix: &str) -> Topology {
+        let json = format!(
+            r#"{{"apiVersion":"vlabs","location":"local","properties":{{
+            "orchestratorProfile":{{"kubernetesConfig":{{"serviceCidr":"10.0.0.0/16"}}}},
+            "masterProfile":{{"count":3,"dnsPrefix":"{prefix}","firstConsecutiveStaticIP":"10.255.255.5"}},
+            "agentPoolProfiles":[{{"name":"linuxpool","count":3}}],
+            "linuxProfile":{{"adminUsername":"azureuser"}}}}}}"#
+        );
+        let model = ApiModel::parse(SourceFile::from_text("/nonexistent/apimodel.json", &json)).unwrap();
+        Topology::derive_with_suffix(&model, "12345678").unwrap()
+    }
+
+    /// Two clusters' reads sharing one limit never have more nodes in flight than it allows,
+    /// and do fill it.
+    #[tokio::test]
+    async fn one_limit_bounds_reads_of_many_clusters() {
+        let (a, b) = (topology("one"), topology("two"));
+        let (cat_a, cat_b) = (crate::pki::catalogue::catalogue(&a), crate::pki::catalogue::catalogue(&b));
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let run = |in_flight: Arc<AtomicUsize>, most: Arc<AtomicUsize>| {
+            move |node: Node, _script: String| {
+                let (in_flight, most) = (in_flight.clone(), most.clone());
+                async move {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    Err(RemoteError::Reported(format!("{} is a test node", node.name)))
+                }
+            }
+        };
+        let limit = ReadLimit::new(3);
+        let opts = RefreshOptions { limit, skip_unreachable: true };
+        let (ra, rb) = tokio::join!(
+            refresh(&a, &cat_a, opts.clone(), run(in_flight.clone(), most.clone())),
+            refresh(&b, &cat_b, opts, run(in_flight.clone(), most.clone()))
+        );
+        assert_eq!(ra.unwrap().unreachable.len() + rb.unwrap().unreachable.len(), 12, "every node was tried");
+        assert_eq!(most.load(Ordering::SeqCst), 3, "at most three nodes of both clusters at once, and three were reached");
+    }
 }

@@ -3,7 +3,8 @@
 //! another machine refuses a plain apply and is broken, with a warning, by --break-lock; with
 //! the API out of reach from the operator, apply stops at an API gate, --force does the node
 //! work and skips the Kubernetes gates and operations, and a later run with the API back does
-//! what was skipped. Needs root and the binaries built beside this test (`cargo build --workspace`).
+//! what was skipped. After the window, `evidence` gathers what the apply did into a bundle
+//! that checks out and holds no key. Needs root and the binaries built beside this test (`cargo build --workspace`).
 
 mod support;
 
@@ -149,7 +150,78 @@ fn a_lock_of_another_machine_refuses_apply_and_break_lock_takes_it_over() {
     let digest = certrotate::plan::file::PlanFile::read(&saved).unwrap().digest.unwrap().to_string();
     assert_eq!(recorded[0]["planDigest"], digest.as_str(), "the approval names the plan it approved");
     assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
+    check_evidence(&lab, dir.path(), &saved, &digest);
     lab.down().unwrap();
+}
+
+/// `evidence` after the window: as .tar.gz for the plan, and as a directory for the most
+/// recent apply; each holds what the apply did, checks out with sha256sum, and holds none
+/// of the cluster's private keys.
+fn check_evidence(lab: &Lab, dir: &Path, saved: &Path, digest: &str) {
+    let archive = dir.join("evidence.tar.gz");
+    let out = run(&["evidence", saved.to_str().unwrap(), "--out", archive.to_str().unwrap()], &cluster_flags(lab));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("Evidence of plan {digest} written to")), "{}", text(&out));
+    let unpacked = dir.join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    let tar = Command::new("tar").arg("-xzf").arg(&archive).arg("-C").arg(&unpacked).output().unwrap();
+    assert!(tar.status.success(), "{}", text(&tar));
+    let short = &digest.trim_start_matches("sha256:")[..16];
+    let top = unpacked.join(format!("certrotate-evidence-{}-{short}", lab.layout.dns_prefix));
+    let check = Command::new("sha256sum").args(["--check", "--strict", "SHA256SUMS"]).current_dir(&top).output().unwrap();
+    assert!(check.status.success(), "{}", text(&check));
+    let read = |p: &str| std::fs::read_to_string(top.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+
+    let summary: serde_json::Value = serde_json::from_str(&read("evidence.json")).unwrap();
+    assert_eq!(summary["complete"], true, "{summary:#}");
+    assert_eq!(summary["approvals"][0]["approvedBy"], "Jane Doe");
+    assert_eq!(summary["statusBeforeKept"], true);
+    assert_eq!(read("journal.jsonl"), std::fs::read_to_string(model_dir(lab).join("_rotate_certs_output").join(short).join("journal.jsonl")).unwrap());
+    // Before: the certificates apply found, expiring in 20 days; after: the renewed ones.
+    let before: Vec<serde_json::Value> = serde_json::from_str(&read("status/before.json")).unwrap();
+    let after: Vec<serde_json::Value> = serde_json::from_str(&read("status/after.json")).unwrap();
+    let residual = |rows: &[serde_json::Value], loc: &str| rows.iter().find(|r| r["location"].as_str().unwrap().ends_with(loc)).unwrap()["residual_days"].as_i64().unwrap();
+    let first = nodes(lab)[0].clone();
+    let apiserver = format!("{first}:apiserver.crt");
+    assert!(residual(&before, &apiserver) <= 20, "{before:#?}");
+    assert!(residual(&after, &apiserver) > 300, "{after:#?}");
+    assert!(read("status/after.txt").starts_with("CERTIFICATE"));
+    let backups: serde_json::Value = serde_json::from_str(&read("backups.json")).unwrap();
+    assert!(backups["apiModelBackup"].as_str().unwrap().contains("_rotate_certs_backup"), "{backups:#}");
+    for node in nodes(lab) {
+        let log = read(&format!("nodes/{node}/rotate-certs.log"));
+        assert!(log.contains(&format!("certrotate[{short}] installCerts: ok")), "{node}: {log}");
+        let record = backups["nodes"].as_array().unwrap().iter().find(|n| n["node"] == node.as_str()).unwrap_or_else(|| panic!("{node}: {backups:#}"));
+        assert_eq!(record["backupStamp"], short, "{node}'s backup is this plan's");
+    }
+    // No private key of the cluster, in any form, anywhere in the bundle.
+    let key_lines: Vec<String> = ssh(lab, &first, "sudo sh -c 'cat /etc/kubernetes/certs/*.key'").lines().filter(|l| !l.starts_with("-----")).map(str::to_string).collect();
+    assert!(key_lines.len() > 10, "the node's keys were read for the scan");
+    for entry in walk(&top) {
+        let content = String::from_utf8_lossy(&std::fs::read(&entry).unwrap()).to_string();
+        assert!(!certrotate::plan::file::contains_secret(&content), "{} holds a secret", entry.display());
+        assert!(!key_lines.iter().any(|l| content.contains(l.as_str())), "{} holds a line of a node's private key", entry.display());
+    }
+
+    // Without a plan: the most recent apply, as a directory.
+    let as_dir = dir.join("evidence-dir");
+    let out = run(&["evidence", "--out", as_dir.to_str().unwrap()], &cluster_flags(lab));
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(std::fs::read(as_dir.join("plan/plan.yaml")).unwrap(), std::fs::read(top.join("plan/plan.yaml")).unwrap());
+    let again = run(&["evidence", "--out", as_dir.to_str().unwrap()], &cluster_flags(lab));
+    assert_eq!(again.status.code(), Some(1), "an earlier bundle is never overwritten: {}", text(&again));
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        if entry.file_type().unwrap().is_dir() {
+            out.extend(walk(&entry.path()));
+        } else {
+            out.push(entry.path());
+        }
+    }
+    out
 }
 
 #[test]
