@@ -35,11 +35,27 @@ fn ask_yes(question: &str) -> bool {
     line.trim() == "yes"
 }
 
+fn same_cluster(plan: &PlanFile, model: &ApiModel) -> miette::Result<()> {
+    if plan.cluster.dns_prefix != model.dns_prefix() {
+        return Err(miette!(
+            help = "pass the apimodel.json of the cluster the plan was made for",
+            "the plan is for cluster {}, but {} describes {}; nothing was changed",
+            plan.cluster.dns_prefix,
+            model.path().display(),
+            model.dns_prefix()
+        ));
+    }
+    Ok(())
+}
+
 pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
     let (plan, cluster) = match &a.plan_file {
         Some(path) => {
             let plan = PlanFile::read(path)?;
             approval_required(&plan, a.approved_by.as_deref())?;
+            // Another cluster's plan is named as such before its VM name suffix (below) makes
+            // this API model's nodes look misnamed.
+            same_cluster(&plan, &ApiModel::load(&a.cluster.model.api_model)?)?;
             // A saved plan names its VM name suffix: the API model alone may not.
             let suffix = a.cluster.model.name_suffix.as_deref().unwrap_or(&plan.cluster.name_suffix);
             let cluster = discover_with_suffix(&a.cluster, Some(suffix))?;
@@ -60,15 +76,7 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         }
     };
     let model = &cluster.model;
-    if plan.cluster.dns_prefix != model.dns_prefix() {
-        return Err(miette!(
-            help = "pass the apimodel.json of the cluster the plan was made for",
-            "the plan is for cluster {}, but {} describes {}; nothing was changed",
-            plan.cluster.dns_prefix,
-            model.path().display(),
-            model.dns_prefix()
-        ));
-    }
+    same_cluster(&plan, model)?;
     let topo = cluster
         .topology_of_plan(&plan)
         .map_err(|e| miette!(help = "make a new plan against the current apimodel.json", "{e}; nothing was changed"))?;

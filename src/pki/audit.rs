@@ -218,6 +218,16 @@ fn check_key(
         err_at(key_field, format!("{key_field} does not parse: {e}"), "restore the PEM private key from a backup of apimodel.json")
     })?;
     if !matches {
+        // A key of another algorithm than the certificate's is the likelier mistake to name.
+        if let (Ok(key), Ok(cert)) = (crate::pki::encoding::parse_key_pem(key_pem), inspect::parse_cert_pem(cert_pem)) {
+            if key.algorithm != cert.key_algorithm {
+                return Err(err_at(
+                    key_field,
+                    format!("{key_field} is an {} key, but {cert_location} holds an {} public key", key.algorithm, cert.key_algorithm),
+                    "put back the private key of this certificate (AKS Engine issues RSA keys); restore both from the same backup",
+                ));
+            }
+        }
         return Err(err_at(
             key_field,
             format!("{key_field} does not belong to {cert_location}"),

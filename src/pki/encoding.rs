@@ -41,6 +41,9 @@ pub enum InspectError {
     #[error("not a PEM private key: no PEM block found")]
     NoKey,
 
+    #[error("the private key is encrypted (passphrase-protected); AKS Engine writes and reads unencrypted PEM keys, so use the unencrypted key (`openssl pkey -in KEY -traditional`)")]
+    EncryptedKey,
+
     #[error("PEM block is {found}, expected {expected}")]
     WrongPemBlock { found: &'static str, expected: &'static str },
 
@@ -148,8 +151,15 @@ pub(crate) fn private_key_der(pem: &str) -> Result<(KeyEncoding, Zeroizing<Vec<u
             found: section_label(kind),
             expected: "RSA PRIVATE KEY, PRIVATE KEY or EC PRIVATE KEY",
         },
+        // rustls' PEM reader skips blocks it has no kind for, encrypted keys among them.
+        None if is_encrypted_key(pem) => InspectError::EncryptedKey,
         None => InspectError::NoKey,
     })
+}
+
+/// PKCS#8 `ENCRYPTED PRIVATE KEY`, or a traditional PEM key with OpenSSL's `Proc-Type: 4,ENCRYPTED`.
+fn is_encrypted_key(pem: &str) -> bool {
+    pem.contains("-----BEGIN ENCRYPTED PRIVATE KEY-----") || (pem.contains("PRIVATE KEY-----") && pem.contains("Proc-Type: 4,ENCRYPTED"))
 }
 
 fn section_label(kind: SectionKind) -> &'static str {
