@@ -924,8 +924,13 @@ impl<'a> CertificateDiff<'a> {
             None | Some(ObservedContent::Missing) => {
                 reasons.push(reason(ReasonCode::Missing, format!("{} missing", key_spec.path)));
             }
-            Some(_) => {
+            Some(other) => {
+                let why = match other {
+                    ObservedContent::Unparseable { error } => error.clone(),
+                    _ => "a certificate, not a private key".into(),
+                };
                 reasons.push(reason(ReasonCode::Missing, format!("{} is not a readable private key", key_spec.path)));
+                findings.push(finding(Severity::Error, "unreadable-key", Some(&copy.node.name), Some(&key_spec.path), format!("{}: {why}", key_spec.path)));
             }
         }
     }
@@ -936,7 +941,8 @@ impl<'a> CertificateDiff<'a> {
         let specs = std::iter::once((&self.entry.cert_file, copy.cert))
             .chain(self.key_file_on(copy.node).map(|k| (k, copy.key)));
         for (spec, file) in specs {
-            let Some(file) = file.filter(|f| !matches!(f.content, ObservedContent::Missing)) else { continue };
+            // Nothing to say of a file that is not there, or not a file (no owner was read).
+            let Some(file) = file.filter(|f| !matches!(f.content, ObservedContent::Missing) && !f.owner.is_empty()) else { continue };
             if file.owner != spec.owner || file.group != spec.group {
                 findings.push(finding(
                     Severity::Warning,

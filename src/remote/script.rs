@@ -140,7 +140,9 @@ if [ $# -gt 0 ]; then printf 'PEMS\t'; cat -- "$@" | base64 -w0; printf '\n'; fi
 for f in {keys}; do
   if [ -f "${{f#/}}" ]; then
     pem_body "$(openssl pkey -in "${{f#/}}" -passin pass: -pubout 2>/dev/null </dev/null)"
-    if [ -n "$b" ]; then printf 'PUB\t%s\t%s\n' "$f" "$b"; else printf 'PUBERR\t%s\n' "$f"; fi
+    if [ -n "$b" ]; then printf 'PUB\t%s\t%s\n' "$f" "$b"
+    elif grep -q -e '-----BEGIN ENCRYPTED PRIVATE KEY-----' -e '^Proc-Type: 4,ENCRYPTED' -- "${{f#/}}" 2>/dev/null; then printf 'PUBERR\t%s\tencrypted\n' "$f"
+    else printf 'PUBERR\t%s\n' "$f"; fi
   fi
 done
 for f in {kubeconfigs}; do
@@ -273,6 +275,11 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
                 &meta,
                 path,
                 ObservedContent::Unparseable { error: "not a private key openssl can read".into() },
+            )),
+            ["PUBERR", path, "encrypted"] => inv.files.push(observed(
+                &meta,
+                path,
+                ObservedContent::Unparseable { error: "an encrypted (passphrase-protected) private key; the components read unencrypted keys".into() },
             )),
             ["KCFG", path] => kubeconfig = Some((path.to_string(), String::new())),
             ["KCFGEND", path] => {

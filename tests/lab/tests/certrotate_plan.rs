@@ -225,8 +225,18 @@ fn drift_on_live_nodes_shows_as_findings() {
     cp["etcdClientPrivateKey"] = other_client.key_pem.clone().into();
     std::fs::write(&model_path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
 
+    // What the bad-input corpus asks of node contents: garbage PEM, an encrypted key, a
+    // directory where a file belongs, a missing file.
+    put_file(&lab, &master2, "/etc/kubernetes/certs/client.crt", "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n");
+    on_node(&lab, &master2, "openssl pkey -in /etc/kubernetes/certs/etcdserver.key -aes-128-cbc -passout pass:x -out /tmp/enc.key && cat /tmp/enc.key > /etc/kubernetes/certs/etcdserver.key && rm /tmp/enc.key");
+    on_node(&lab, &master1, "rm /etc/kubernetes/certs/etcdserver.crt && mkdir /etc/kubernetes/certs/etcdserver.crt");
+    on_node(&lab, &master0, "rm /etc/kubernetes/certs/etcdpeer0.crt");
+    let before: Vec<String> = [&master0, &master1, &master2].iter().map(|n| ssh(&lab, n, "sudo sh -c 'ls -la /etc/kubernetes/certs; sha256sum /etc/kubernetes/certs/*.key /etc/kubernetes/certs/*.crt 2>/dev/null; true'")).collect();
+
     let out = plan(&lab, "renew-expiring", &["--json"]);
     assert!(matches!(out.status.code(), Some(0) | Some(2)), "{}", text(&out));
+    let after: Vec<String> = [&master0, &master1, &master2].iter().map(|n| ssh(&lab, n, "sudo sh -c 'ls -la /etc/kubernetes/certs; sha256sum /etc/kubernetes/certs/*.key /etc/kubernetes/certs/*.crt 2>/dev/null; true'")).collect();
+    assert_eq!(before, after, "plan changes nothing on the nodes");
     let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("--json prints JSON");
     let findings = json["findings"].as_array().unwrap();
     let has = |code: &str, node: Option<&str>, path_end: &str| {
@@ -242,6 +252,14 @@ fn drift_on_live_nodes_shows_as_findings() {
     assert!(has("etcd-peer-ca-mismatch", Some(&master2), "etcdpeer2.crt"), "etcd peer from another CA not found: {findings:#?}");
     assert!(has("front-proxy-etcd-differs", Some(&master2), "proxy.crt"), "front-proxy drift from etcd not found: {findings:#?}");
     assert!(has("apimodel-differs", None, "/certificateProfile/etcdClientCertificate"), "API model drift not found: {findings:#?}");
+    let on = |node: &str, path_end: &str| findings.iter().filter(|f| f["node"] == node && f["path"].as_str().is_some_and(|p| p.ends_with(path_end))).collect::<Vec<_>>();
+    assert!(has("unreadable-certificate", Some(&master2), "/client.crt"), "garbage PEM not found: {findings:#?}");
+    assert!(has("unreadable-certificate", Some(&master1), "etcdserver.crt"), "a directory where a certificate belongs not found: {findings:#?}");
+    assert_eq!(on(&master1, "etcdserver.crt").len(), 1, "one finding for the directory: {findings:#?}");
+    let encrypted = on(&master2, "etcdserver.key");
+    assert!(encrypted.len() == 1 && encrypted[0]["code"] == "unreadable-key" && encrypted[0]["message"].as_str().unwrap().contains("encrypted"), "{findings:#?}");
+    let plan_text = String::from_utf8_lossy(&out.stdout);
+    assert!(plan_text.contains("/etc/kubernetes/certs/etcdpeer0.crt missing"), "the missing file is a reason to create it: {plan_text}");
     // Each drift on a node is also a reason to fix it: the plan reissues what is wrong.
     assert_eq!(out.status.code(), Some(2), "drift must plan changes: {}", text(&out));
     // Nodes without drift raise no node finding of these kinds.
