@@ -42,6 +42,18 @@ pub struct NodeInventory {
     pub etcd_proxy: Option<EtcdProxyState>,
     /// Whether kubelet-client-current.pem exists (must go when the CA changes).
     pub kubelet_client_current: bool,
+    /// Catalogue files that are symbolic links, with where they point: read through, but
+    /// an install replaces the link with a file.
+    #[serde(default)]
+    pub symlinks: Vec<Symlink>,
+}
+
+/// A catalogue file that is a symbolic link.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Symlink {
+    pub path: String,
+    pub target: String,
 }
 
 /// A file as seen on a node.

@@ -1360,6 +1360,18 @@ fn node_findings(cluster: &Cluster<'_>, decisions: &[CertDecision], cluster_ca_c
                 format!("{path} is not a file AKS Engine writes; it is backed up with the directory and left in place"),
             ));
         }
+        for link in &inv.symlinks {
+            findings.push(finding(
+                Severity::Warning,
+                "symlink",
+                Some(&node.name),
+                Some(&link.path),
+                format!(
+                    "{} is a symbolic link to {}: certrotate reads what it points to, and an install replaces the link with a file (what it points to is left as it is)",
+                    link.path, link.target
+                ),
+            ));
+        }
         if kubelet_client_current_goes(node, inv, decisions, cluster_ca_changes, findings) {
             removals.push(node.name.clone());
         }

@@ -7,7 +7,7 @@
 //! travel as text, one prefixed line each, with secret fields redacted on the node, plus the
 //! public key of the embedded key. etcd's front-proxy key is treated the same way.
 
-use crate::model::inventory::{EtcdProxyState, NodeInventory, ObservedContent, ObservedFile, ObservedKubeconfig};
+use crate::model::inventory::{EtcdProxyState, NodeInventory, ObservedContent, ObservedFile, ObservedKubeconfig, Symlink};
 use crate::pki::catalogue::{self, CertEntry, CERT_DIR, ETCD_PROXY_CA_KEY, ETCD_PROXY_CERT_KEY, ETCD_PROXY_KEY_KEY, ETCD_PROXY_PREFIX};
 use crate::pki::{inspect, proxycerts};
 use crate::model::topology::{Node, Role};
@@ -125,6 +125,7 @@ h=; read -r h < /proc/sys/kernel/hostname 2>/dev/null || h=$(hostname)
 printf 'HOST\t%s\n' "$h"
 set --
 for f in {certs} {keys}; do
+  if [ -L "${{f#/}}" ]; then printf 'LINK\t%s\t%s\n' "$f" "$(readlink -- "${{f#/}}")"; fi
   if [ -f "${{f#/}}" ]; then set -- "$@" "${{f#/}}"
   elif [ -e "${{f#/}}" ]; then printf 'NOTFILE\t%s\n' "$f"
   else printf 'MISSING\t%s\n' "$f"; fi
@@ -196,6 +197,7 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
         unexpected_files: vec![],
         etcd_proxy: None,
         kubelet_client_current: false,
+        symlinks: vec![],
     };
     let mut meta: std::collections::HashMap<String, FileMeta> = Default::default();
     let mut listed: Vec<String> = vec![];
@@ -313,6 +315,7 @@ pub fn parse_output(node: &str, spec: &NodeReadSpec, out: &str) -> Result<NodeIn
             }
             ["LS", path] => listed.push(path.to_string()),
             ["KUBELETPEM", v] => inv.kubelet_client_current = *v == "1",
+            ["LINK", path, target @ ..] => inv.symlinks.push(Symlink { path: path.to_string(), target: target.join("\t") }),
             ["ETCD", key, data] => {
                 saw_etcd = true;
                 // As etcdctl printed it; judged and read as AKS Engine's masters read it.
@@ -538,6 +541,7 @@ mod tests {
         assert!(matches!(inv.file("/etc/kubernetes/certs/ca.crt").unwrap().content, ObservedContent::Certificate { .. }));
         assert_eq!(inv.file("/etc/kubernetes/certs/apiserver.key").unwrap().content, ObservedContent::Unparseable { error: "not a regular file".into() });
         assert_eq!(inv.unexpected_files, vec!["/etc/kubernetes/certs/ca-real.pem".to_string(), "/etc/kubernetes/certs/stray.pem".to_string()]);
+        assert_eq!(inv.symlinks, vec![Symlink { path: "/etc/kubernetes/certs/ca.crt".into(), target: "ca-real.pem".into() }]);
         // Owners, modes and digests come from one stat and one sha256sum over every file.
         let owner = String::from_utf8(std::process::Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
         let ca_file = inv.file("/etc/kubernetes/certs/ca.crt").unwrap();

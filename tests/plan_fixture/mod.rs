@@ -193,6 +193,7 @@ pub fn cluster(masters: usize, agents: usize, age: Age) -> Cluster {
             unexpected_files: vec![],
             etcd_proxy,
             kubelet_client_current: true,
+            symlinks: vec![],
         });
     }
     let apimodel = cat

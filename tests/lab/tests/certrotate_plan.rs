@@ -231,6 +231,7 @@ fn drift_on_live_nodes_shows_as_findings() {
     on_node(&lab, &master2, "openssl pkey -in /etc/kubernetes/certs/etcdserver.key -aes-128-cbc -passout pass:x -out /tmp/enc.key && cat /tmp/enc.key > /etc/kubernetes/certs/etcdserver.key && rm /tmp/enc.key");
     on_node(&lab, &master1, "rm /etc/kubernetes/certs/etcdserver.crt && mkdir /etc/kubernetes/certs/etcdserver.crt");
     on_node(&lab, &master0, "rm /etc/kubernetes/certs/etcdpeer0.crt");
+    on_node(&lab, &master0, "cp /etc/kubernetes/certs/ca.crt /etc/ssl/elsewhere-ca.crt && ln -sf /etc/ssl/elsewhere-ca.crt /etc/kubernetes/certs/ca.crt");
     let before: Vec<String> = [&master0, &master1, &master2].iter().map(|n| ssh(&lab, n, "sudo sh -c 'ls -la /etc/kubernetes/certs; sha256sum /etc/kubernetes/certs/*.key /etc/kubernetes/certs/*.crt 2>/dev/null; true'")).collect();
 
     let out = plan(&lab, "renew-expiring", &["--json"]);
@@ -258,6 +259,8 @@ fn drift_on_live_nodes_shows_as_findings() {
     assert_eq!(on(&master1, "etcdserver.crt").len(), 1, "one finding for the directory: {findings:#?}");
     let encrypted = on(&master2, "etcdserver.key");
     assert!(encrypted.len() == 1 && encrypted[0]["code"] == "unreadable-key" && encrypted[0]["message"].as_str().unwrap().contains("encrypted"), "{findings:#?}");
+    let link = on(&master0, "/ca.crt");
+    assert!(link.len() == 1 && link[0]["code"] == "symlink" && link[0]["message"].as_str().unwrap().contains("/etc/ssl/elsewhere-ca.crt"), "{findings:#?}");
     let plan_text = String::from_utf8_lossy(&out.stdout);
     assert!(plan_text.contains("/etc/kubernetes/certs/etcdpeer0.crt missing"), "the missing file is a reason to create it: {plan_text}");
     // Each drift on a node is also a reason to fix it: the plan reissues what is wrong.
