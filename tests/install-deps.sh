@@ -10,6 +10,10 @@ command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
 command -v ip >/dev/null 2>&1 || need+=(iproute2)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v sudo >/dev/null 2>&1 || need+=(sudo)
+# The lab's load balancers (AKS Engine's public and internal ones) are Debian's HAProxy; masters
+# redirect the internal one's backend port 4443 to 443 with iptables, as AKS Engine's do.
+[ -x /usr/sbin/haproxy ] || need+=(haproxy)
+command -v iptables >/dev/null 2>&1 || need+=(iptables)
 # promtool, Prometheus' own checker of the text format that status --fleet --prometheus writes.
 command -v promtool >/dev/null 2>&1 || need+=(prometheus)
 # Debian's kubernetes-client ships kubectl; some images already carry a kubectl of their own,

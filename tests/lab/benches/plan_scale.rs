@@ -178,7 +178,8 @@ fn main() {
         let up_start = Instant::now();
         let lab = Lab::up(
             dir.path(),
-            LabSpec { masters, agents, expiry: Expiry::In(20 * 86_400), heartbeat, ..LabSpec::default() },
+            // plan restarts nothing: no need to wait out an apiserver start-up at lab up.
+            LabSpec { masters, agents, expiry: Expiry::In(20 * 86_400), heartbeat, ..LabSpec::default() }.fast_restarts(),
             UpOptions { lab_binary: Some(lab_binary.clone()), owner_pid: Some(std::process::id()), timeout: Some(Duration::from_secs(300)) },
         )
         .expect("lab up");

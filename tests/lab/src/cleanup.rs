@@ -1,6 +1,7 @@
 //! Cleaning up a lab whose supervisor is gone (crashed, killed, or never finished starting):
-//! kill the processes of the lab's own node namespaces (found through `holders.json`, checked
-//! to still be our `sleep infinity` holders in a namespace other than the host's), then remove
+//! kill the processes of the lab's own node namespaces and of the load balancers' (HAProxy),
+//! found through `holders.json` (checked to still be our `sleep infinity` holders in a
+//! namespace other than the host's), then remove
 //! the lab's bridge. Never touches anything it cannot prove is this lab's.
 
 use crate::nsexec;
@@ -60,10 +61,10 @@ pub fn cleanup_offline(layout: &Layout) -> Vec<String> {
         }
     }
     // veths die with their namespaces; one left means its node process survived.
-    for node in &layout.nodes {
-        if crate::net::link_exists(&node.veth) {
-            let _ = crate::net::ip_batch(&format!("link del {}\n", node.veth));
-            done.push(format!("removed leftover veth {}", node.veth));
+    for veth in layout.nodes.iter().map(|n| n.veth.clone()).chain([layout.lb_veth()]) {
+        if crate::net::link_exists(&veth) {
+            let _ = crate::net::ip_batch(&format!("link del {veth}\n"));
+            done.push(format!("removed leftover veth {veth}"));
         }
     }
     let _ = std::fs::remove_file(holders_file(&layout.dir));
@@ -78,9 +79,9 @@ pub fn leftovers(layout: &Layout) -> Vec<String> {
     if crate::net::link_exists(&layout.bridge) {
         left.push(format!("bridge {}", layout.bridge));
     }
-    for node in &layout.nodes {
-        if crate::net::link_exists(&node.veth) {
-            left.push(format!("veth {}", node.veth));
+    for veth in layout.nodes.iter().map(|n| n.veth.clone()).chain([layout.lb_veth()]) {
+        if crate::net::link_exists(&veth) {
+            left.push(format!("veth {veth}"));
         }
     }
     if let Some(pid) = live_supervisor(layout) {

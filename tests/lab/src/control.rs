@@ -107,6 +107,9 @@ pub struct NodeStatus {
     pub ssh_reachable: bool,
     /// etcd answered its health endpoint with the cluster's client cert (masters only).
     pub etcd_healthy: Option<bool>,
+    /// The apiserver at the master's own address answered `/readyz` ok (masters only).
+    #[serde(default)]
+    pub apiserver_ready: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -145,6 +148,10 @@ pub struct LabStatus {
     pub arm_endpoint: Option<String>,
     /// Nodes the apiserver reports Ready (None: not asked, or it did not answer).
     pub kube_ready_nodes: Option<Vec<String>>,
+    /// Every master's state in every load balancer, from HAProxy's `show stat` (empty when
+    /// HAProxy does not answer).
+    #[serde(default)]
+    pub load_balancers: Vec<crate::lb::BackendState>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -14,6 +14,7 @@ pub mod error;
 pub mod fsutil;
 pub mod handle;
 pub mod kube;
+pub mod lb;
 pub mod net;
 pub mod nodefiles;
 pub mod nsexec;

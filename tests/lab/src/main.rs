@@ -50,6 +50,13 @@ enum Command {
         /// then names LAB_CLIENT_CERTIFICATE and LAB_CLIENT_PRIVATE_KEY).
         #[arg(long, value_enum, default_value = "client_secret")]
         auth_method: AuthArg,
+        /// How long a (re)started apiserver takes before /readyz is ok (it listens at once).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "15s")]
+        apiserver_startup: Duration,
+        /// kube-apiserver's --shutdown-delay-duration: after a stop, /readyz fails at once and
+        /// it keeps serving this long (Kubernetes' and AKS Engine's value is 0s).
+        #[arg(long, value_parser = humantime::parse_duration, default_value = "0s")]
+        apiserver_shutdown_delay: Duration,
         /// Print time and peak memory per phase.
         #[arg(long)]
         timings: bool,
@@ -188,15 +195,32 @@ fn print_status(status: &control::LabStatus) {
             Some(false) => " etcd=UNHEALTHY",
             None => "",
         };
+        let ready = match node.apiserver_ready {
+            Some(true) => " readyz=ok",
+            Some(false) => " readyz=FAILING",
+            None => "",
+        };
         println!(
-            "  {:<32} {:<15} {:?}{} ssh={}{} {}",
+            "  {:<32} {:<15} {:?}{} ssh={}{}{} {}",
             node.name,
             node.ip,
             node.power,
             if node.network_up { "" } else { " NETWORK-CUT" },
             if node.ssh_reachable { "ok" } else { "DOWN" },
             etcd,
+            ready,
             units.join(" ")
+        );
+    }
+    let mut balancer = "";
+    for backend in &status.load_balancers {
+        if backend.balancer != balancer {
+            balancer = &backend.balancer;
+            println!("  load balancer {balancer}");
+        }
+        println!(
+            "    {:<30} {:<10} probe={:<7} connections={:<6} changed {}s ago",
+            backend.master, backend.status, backend.check, backend.sessions_total, backend.last_change_secs
         );
     }
     for problem in &status.problems {
@@ -277,7 +301,22 @@ enum AuthArg {
 
 fn run(cli: Cli) -> Result<ExitCode, lab::error::LabError> {
     match cli.command {
-        Command::Up { masters, agents, expires_in, expired, dir, dns_prefix, location, reboot_delay, heartbeat, identity_system, auth_method, timings } => {
+        Command::Up {
+            masters,
+            agents,
+            expires_in,
+            expired,
+            dir,
+            dns_prefix,
+            location,
+            reboot_delay,
+            heartbeat,
+            identity_system,
+            auth_method,
+            apiserver_startup,
+            apiserver_shutdown_delay,
+            timings,
+        } => {
             let expiry = match (expired, expires_in) {
                 (true, _) => Expiry::Expired,
                 (false, Some(d)) => Expiry::In(d.as_secs()),
@@ -291,7 +330,19 @@ fn run(cli: Cli) -> Result<ExitCode, lab::error::LabError> {
                 AuthArg::ClientSecret => lab::spec::AuthMethod::ClientSecret,
                 AuthArg::ClientCertificate => lab::spec::AuthMethod::ClientCertificate,
             };
-            let spec = LabSpec { masters, agents, expiry, dns_prefix, location, reboot_delay, heartbeat, identity_system, auth_method };
+            let spec = LabSpec {
+                masters,
+                agents,
+                expiry,
+                dns_prefix,
+                location,
+                reboot_delay,
+                heartbeat,
+                identity_system,
+                auth_method,
+                apiserver_startup,
+                apiserver_shutdown_delay,
+            };
             let mut lab = Lab::up(&dir, spec, UpOptions::default())?;
             let report = lab.report.clone();
             let env_path = lab::outputs::env_path(&lab.layout);

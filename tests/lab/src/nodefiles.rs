@@ -285,10 +285,11 @@ pub fn write_node(
     write_file(&certs.join("ca.crt"), pki.ca.cert_pem.as_bytes(), 0o644, 0, 0)?;
     cert_pair(&certs, "client", &pki.client, 0)?;
     cert_pair(&certs, "kubeletserver", &pki.kubelet_servers[node_index], 0)?;
-    let first_master = layout.first_master().ip;
+    // Masters' kubelets talk to their own apiserver; agents' through the internal load
+    // balancer (kubernetesAPIServerIP, parts/k8s/cloud-init/nodecustomdata.yml).
     let server = match node.role {
         Role::Master => format!("https://{}:443", node.ip),
-        Role::Agent => format!("https://{first_master}:443"),
+        Role::Agent => format!("https://{}:443", layout.kubernetes_api_server_ip()),
     };
     if node.role == Role::Master {
         write_file(&certs.join("ca.key"), pki.ca.key_pem.as_bytes(), 0o600, 0, 0)?;

@@ -83,8 +83,9 @@ fn b64(text: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(text)
 }
 
-/// The admin kubeconfig (AKS Engine writes it as JSON): the first master's address, with the
-/// apiserver FQDN as `tls-server-name` since the operator side cannot resolve it.
+/// The admin kubeconfig (AKS Engine writes it as JSON, parts/k8s/kubeconfig.json, server =
+/// the public IP's FQDN): the public load balancer's address, with the apiserver FQDN as
+/// `tls-server-name` since the operator side cannot resolve it.
 pub fn admin_kubeconfig(layout: &Layout, pki: &ClusterPki) -> String {
     let cluster = layout.dns_prefix.clone();
     let config = json!({
@@ -94,7 +95,7 @@ pub fn admin_kubeconfig(layout: &Layout, pki: &ClusterPki) -> String {
             "name": cluster,
             "cluster": {
                 "certificate-authority-data": b64(&pki.ca.cert_pem),
-                "server": format!("https://{}:443", layout.first_master().ip),
+                "server": format!("https://{}:443", layout.public_lb_ip()),
                 "tls-server-name": layout.apiserver_fqdn(),
             }
         }],
@@ -240,7 +241,10 @@ pub fn env_vars(layout: &Layout, identity: &Identity) -> Vec<(&'static str, Stri
         ("LAB_ARM_ENDPOINT", arm_endpoint(layout)),
         ("LAB_ARM_CA_BUNDLE", arm_ca_bundle(layout).display().to_string()),
         ("LAB_KUBECONFIG", kubeconfig_path(layout).display().to_string()),
-        ("LAB_APISERVER", format!("{first}:443")),
+        // What clients reach the API at: the public load balancer (the FQDN's address).
+        ("LAB_APISERVER", format!("{}:443", layout.public_lb_ip())),
+        // Where agents and in-cluster clients reach it (AKS Engine's kubernetesAPIServerIP).
+        ("LAB_INTERNAL_APISERVER", format!("{}:443", layout.kubernetes_api_server_ip())),
         ("LAB_APISERVER_NAME", layout.apiserver_fqdn()),
         ("LAB_NAME_SUFFIX", layout.name_suffix.clone()),
         ("LAB_DNS_PREFIX", layout.dns_prefix.clone()),

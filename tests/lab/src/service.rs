@@ -77,6 +77,12 @@ const RESTART_BACKOFF: Duration = Duration::from_millis(500);
 impl Service {
     /// Spawn the task. `launcher` None makes a virtual unit.
     pub fn spawn(name: String, launcher: Option<Launcher>) -> Service {
+        Self::spawn_with_grace(name, launcher, STOP_GRACE)
+    }
+
+    /// As `spawn`, with `grace` between SIGTERM and SIGKILL on a stop (systemd's
+    /// TimeoutStopSec, a pod's terminationGracePeriodSeconds).
+    pub fn spawn_with_grace(name: String, launcher: Option<Launcher>, grace: Duration) -> Service {
         let (commands, mut inbox) = mpsc::channel::<Command>(16);
         let placeholder = launcher.is_none();
         let (status_tx, status) = watch::channel(UnitStatus { wanted: false, active: false, restarts: 0, placeholder });
@@ -100,7 +106,7 @@ impl Service {
                 tokio::select! {
                     command = inbox.recv() => match command {
                         None => {
-                            if let Some(c) = child.take() { c.terminate(STOP_GRACE).await; }
+                            if let Some(c) = child.take() { c.terminate(grace).await; }
                             return;
                         }
                         Some(Command::Start(ack)) => {
@@ -110,7 +116,7 @@ impl Service {
                         }
                         Some(Command::Stop(ack)) => {
                             wanted = false;
-                            if let Some(c) = child.take() { c.terminate(STOP_GRACE).await; }
+                            if let Some(c) = child.take() { c.terminate(grace).await; }
                             let _ = ack.send(());
                         }
                         Some(Command::Kill(ack)) => {

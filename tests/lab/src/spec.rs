@@ -17,6 +17,8 @@ pub const AGENT_POOL: &str = "agentpool1";
 pub const ADMIN_USER: &str = "azureuser";
 /// Last octet of the first master (AKS Engine's firstConsecutiveStaticIP ends in .5).
 pub const FIRST_MASTER_OCTET: u8 = 5;
+/// Last octet of the public load balancer's frontend in the lab (below the first master).
+pub const PUBLIC_LB_OCTET: u8 = 4;
 /// Agents start above the internal load balancer address (first master + 10 = .15).
 pub const FIRST_AGENT_OCTET: u8 = 20;
 /// Highest number of agents one /24 can hold after the masters and the load balancer.
@@ -57,7 +59,18 @@ pub struct LabSpec {
     /// How the service principal signs in (`customCloudProfile.authenticationMethod`).
     #[serde(default)]
     pub auth_method: AuthMethod,
+    /// How long a (re)started apiserver stand-in serves before its `/readyz` turns ok, as a
+    /// real kube-apiserver listens at once but fails `/readyz` until its post-start hooks and
+    /// informer caches are done. Default 15 s; the fast lab tests pass 0.
+    #[serde(default = "default_apiserver_startup")]
+    pub apiserver_startup: Duration,
+    /// kube-apiserver's `--shutdown-delay-duration`: after SIGTERM it fails `/readyz` at once
+    /// and keeps serving this long before it closes. Kubernetes' default and AKS Engine's
+    /// (it does not set the flag) are 0.
+    #[serde(default)]
+    pub apiserver_shutdown_delay: Duration,
 }
+
 
 /// The authentication methods aks-engine offers on Azure Stack Hub (`--auth-method`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +94,14 @@ fn default_heartbeat() -> Duration {
     Duration::from_secs(2)
 }
 
+/// A real kube-apiserver answers `/readyz` ok some 15 s after it starts (issue 12's figure
+/// for one warming its caches against etcd).
+pub const DEFAULT_APISERVER_STARTUP: Duration = Duration::from_secs(15);
+
+fn default_apiserver_startup() -> Duration {
+    DEFAULT_APISERVER_STARTUP
+}
+
 impl Default for LabSpec {
     fn default() -> Self {
         LabSpec {
@@ -93,11 +114,21 @@ impl Default for LabSpec {
             heartbeat: default_heartbeat(),
             identity_system: IdentitySystem::AzureAd,
             auth_method: AuthMethod::ClientSecret,
+            apiserver_startup: DEFAULT_APISERVER_STARTUP,
+            apiserver_shutdown_delay: Duration::ZERO,
         }
     }
 }
 
 impl LabSpec {
+    /// The same lab with restarts as short as the lab allows: for tests that need speed, not
+    /// realistic downtime (the downtime proof keeps the defaults).
+    pub fn fast_restarts(mut self) -> Self {
+        self.apiserver_startup = Duration::ZERO;
+        self.apiserver_shutdown_delay = Duration::ZERO;
+        self
+    }
+
     pub fn validate(&self) -> Result<(), LabError> {
         if ![1, 3, 5].contains(&self.masters) {
             return Err(LabError::Spec(format!(
@@ -240,6 +271,40 @@ impl Layout {
 
     pub fn first_master(&self) -> &NodeInfo {
         &self.nodes[0]
+    }
+
+    /// Whether AKS Engine deploys the internal load balancer: only for more than one master
+    /// (pkg/engine/masterarmresources.go, `HasMultipleNodes`).
+    pub fn has_ilb(&self) -> bool {
+        self.spec.masters > 1
+    }
+
+    /// Where agents and in-cluster clients reach the API (AKS Engine's
+    /// `kubernetesAPIServerIP`, pkg/engine/armvariables.go): the internal load balancer, or
+    /// the only master when there is none.
+    pub fn kubernetes_api_server_ip(&self) -> Ipv4Addr {
+        if self.has_ilb() {
+            self.ilb_ip()
+        } else {
+            self.first_master().ip
+        }
+    }
+
+    /// The public load balancer's frontend, which the apiserver FQDN resolves to. On Azure it
+    /// is a public IP outside the VNet; the lab puts it on the lab's /24 below the masters so
+    /// the operator side reaches it over the bridge as it reaches the nodes.
+    pub fn public_lb_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], PUBLIC_LB_OCTET)
+    }
+
+    /// Host end of the load balancers' veth (the namespace end is `eth0`).
+    pub fn lb_veth(&self) -> String {
+        format!("lv{}lb", self.id)
+    }
+
+    /// Where the load balancers' config, runtime socket and log live.
+    pub fn lb_dir(&self) -> PathBuf {
+        self.dir.join("lb")
     }
 
     /// Internal load balancer address: first master + 10 (availability sets).

@@ -81,9 +81,21 @@ impl NodeRuntime {
     }
 }
 
+/// The load balancers' host: a namespace of its own (held like a node's) on the lab bridge
+/// with both frontend addresses, and HAProxy in it.
+struct LbRuntime {
+    net_inode: u64,
+    holder: Mutex<Option<std::process::Child>>,
+    haproxy: Service,
+}
+
+/// The name the load balancers' holder is recorded under in holders.json.
+pub const LB_HOLDER: &str = "load-balancers";
+
 pub struct Supervisor {
     layout: Layout,
     nodes: Vec<Arc<NodeRuntime>>,
+    lb: Option<LbRuntime>,
     phase: Mutex<String>,
     timings: Mutex<Vec<PhaseTiming>>,
     shutdown: Notify,
@@ -153,7 +165,8 @@ fn etcd_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>) -> Launcher {
 
 /// The apiserver stand-in's configuration on a master, with the paths the node sees (it runs
 /// inside the node), flags as AKS Engine sets them (etcd on 127.0.0.1).
-fn apiserver_config(node: &NodeInfo, heartbeat: Duration) -> crate::kube::ApiserverConfig {
+fn apiserver_config(node: &NodeInfo, spec: &crate::spec::LabSpec) -> crate::kube::ApiserverConfig {
+    let heartbeat = spec.heartbeat;
     let defaults = crate::kube::controller::ControllerConfig::default();
     let cert = |name: &str| PathBuf::from(format!("{CERT_DIR}/{name}"));
     crate::kube::ApiserverConfig {
@@ -172,6 +185,8 @@ fn apiserver_config(node: &NodeInfo, heartbeat: Duration) -> crate::kube::Apiser
             node_monitor_grace_period: defaults.node_monitor_grace_period.max(heartbeat * 4),
             ..defaults
         },
+        startup_delay: spec.apiserver_startup,
+        shutdown_delay_duration: spec.apiserver_shutdown_delay,
     }
 }
 
@@ -179,7 +194,7 @@ fn apiserver_config(node: &NodeInfo, heartbeat: Duration) -> crate::kube::Apiser
 /// reading its certificates from the node's disk at every start.
 fn apiserver_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>, lab_binary: PathBuf) -> Result<Launcher, LabError> {
     let config_path = layout.node_dir(&node.info).join("apiserver.json");
-    let text = serde_json::to_string_pretty(&apiserver_config(&node.info, layout.spec.heartbeat)).expect("config serialises");
+    let text = serde_json::to_string_pretty(&apiserver_config(&node.info, &layout.spec)).expect("config serialises");
     crate::fsutil::write_file(&config_path, text.as_bytes(), 0o644, 0, 0)?;
     let log_file = nodefiles::log_dir(layout, &node.info).join("apiserver.log");
     Ok(Arc::new(move || {
@@ -229,6 +244,52 @@ fn kubelet_launcher(layout: &Layout, node: Arc<NodeRuntimeSeed>) -> Launcher {
     })
 }
 
+/// HAProxy in the load balancers' namespace, in the foreground (`-db`), logging to
+/// DIR/lb/haproxy.log; re-reads DIR/lb/haproxy.cfg at every start.
+fn haproxy_launcher(layout: &Layout, holder_pid: u32) -> Result<Launcher, LabError> {
+    let config = crate::lb::config_path(layout);
+    crate::fsutil::write_file(&config, crate::lb::haproxy_config(layout).as_bytes(), 0o644, 0, 0)?;
+    let log_file = crate::lb::log_path(layout);
+    let ns = Arc::new(NodeNamespaces::open(holder_pid)?);
+    Ok(Arc::new(move || {
+        let mut command = std::process::Command::new(crate::lb::HAPROXY);
+        command.arg("-db").arg("-f").arg(&config);
+        command.stdin(std::process::Stdio::null()).stdout(append_log(&log_file)?).stderr(append_log(&log_file)?);
+        ns.enter(&mut command, Enter::NET);
+        tokio::process::Command::from(command).spawn().map(Running::Process).map_err(LabError::io("starting haproxy"))
+    }))
+}
+
+/// The load balancers' namespace on the bridge: the public frontend and, with more than one
+/// master, the internal one, on one veth.
+fn configure_lb_network(layout: &Layout, holder_pid: u32, ns: &NodeNamespaces) -> Result<(), LabError> {
+    crate::net::ip_batch(&format!(
+        "link add name {veth} type veth peer name eth0 netns {holder_pid}\nlink set {veth} master {br}\nlink set {veth} up\n",
+        veth = layout.lb_veth(),
+        br = layout.bridge
+    ))?;
+    let mut script = String::from("link set lo up\n");
+    for lb in crate::lb::balancers(layout) {
+        script.push_str(&format!("addr add {}/24 dev eth0\n", lb.frontend.ip()));
+    }
+    script.push_str(&format!("link set eth0 up\nroute add default via {}\n", layout.host_ip()));
+    ns.run("ip", &["-batch", "-"], Some(&script), Enter::NET).map(|_| ())
+}
+
+/// What AKS Engine's masters do for the internal load balancer, whose rule targets port 4443
+/// ("Azure does not support two LoadBalancers(LB) sharing the same nic and backend port"):
+/// `iptables -t nat -A PREROUTING -p tcp --dport 4443 -j REDIRECT --to-port 443`
+/// (parts/k8s/cloud-init/masternodecustomdata.yml, for more than one master).
+fn redirect_ilb_port(ns: &NodeNamespaces) -> Result<(), LabError> {
+    ns.run(
+        "iptables",
+        &["-t", "nat", "-A", "PREROUTING", "-p", "tcp", "--dport", "4443", "-j", "REDIRECT", "--to-port", "443"],
+        None,
+        Enter::NET,
+    )
+    .map(|_| ())
+}
+
 /// The part of a node that exists before its services: what launchers need.
 struct NodeRuntimeSeed {
     info: NodeInfo,
@@ -259,6 +320,14 @@ impl Supervisor {
             records.push(HolderRecord { node: node.name.clone(), pid: child.id(), net_inode });
             holders.push((node.clone(), child, ns, net_inode));
         }
+        let lb_holder = {
+            let mut command = nsexec::holder_command(LB_HOLDER, &[])?;
+            let child = command.spawn().map_err(LabError::io("starting the holder of the load balancers"))?;
+            let ns = NodeNamespaces::open(child.id())?;
+            let net_inode = ns.net_inode()?;
+            records.push(HolderRecord { node: LB_HOLDER.into(), pid: child.id(), net_inode });
+            (child, ns, net_inode)
+        };
         let records_json = serde_json::to_string_pretty(&records).expect("records serialise");
         crate::fsutil::write_file(&holders_file(&layout.dir), records_json.as_bytes(), 0o644, 0, 0)?;
         let inodes: Vec<u64> = records.iter().map(|r| r.net_inode).collect();
@@ -278,6 +347,12 @@ impl Supervisor {
                 .collect();
             handles.into_iter().try_for_each(|h| h.join().unwrap_or_else(|_| Err(LabError::Spec("network setup panicked".into()))))
         })?;
+        configure_lb_network(&layout, lb_holder.0.id(), &lb_holder.1)?;
+        if layout.has_ilb() {
+            for (node, _, ns, _) in holders.iter().filter(|(n, ..)| n.role == Role::Master) {
+                redirect_ilb_port(ns).map_err(|e| LabError::Spec(format!("{}: redirecting 4443 to 443 with iptables: {e}", node.name)))?;
+            }
+        }
         mark("network", &mut since, &inodes);
 
         let mut nodes = Vec::new();
@@ -290,7 +365,10 @@ impl Supervisor {
             if info.role == Role::Master {
                 units.insert(Unit::Etcd, Service::spawn(label("etcd"), Some(etcd_launcher(&layout, seed.clone()))));
                 let apiserver = apiserver_launcher(&layout, seed.clone(), lab_binary.clone())?;
-                units.insert(Unit::Apiserver, Service::spawn(label("apiserver"), Some(apiserver)));
+                // A static pod's terminationGracePeriodSeconds is 30 s by default; the lab's
+                // stand-in needs its shutdown delay and grace, and no more.
+                let grace = layout.spec.apiserver_shutdown_delay + crate::kube::apiserver::SHUTDOWN_GRACE + Duration::from_secs(2);
+                units.insert(Unit::Apiserver, Service::spawn_with_grace(label("apiserver"), Some(apiserver), grace));
             }
             nodes.push(Arc::new(NodeRuntime {
                 info,
@@ -312,10 +390,18 @@ impl Supervisor {
         for result in futures_join_all(starts).await {
             result?;
         }
+        // The load balancers after the masters' apiservers, so their first probes find them.
+        crate::fsutil::make_dir(&layout.lb_dir(), 0o755, 0, 0)?;
+        let haproxy = Service::spawn("load-balancers/haproxy".into(), Some(haproxy_launcher(&layout, lb_holder.0.id())?));
+        haproxy.start().await?;
+        let (lb_child, lb_ns, lb_inode) = lb_holder;
+        drop(lb_ns);
+        let lb = LbRuntime { net_inode: lb_inode, holder: Mutex::new(Some(lb_child)), haproxy };
         mark("services", &mut since, &inodes);
         let supervisor = Arc::new(Supervisor {
             layout,
             nodes,
+            lb: Some(lb),
             phase: Mutex::new("running".into()),
             timings: Mutex::new(timings),
             shutdown: Notify::new(),
@@ -506,7 +592,26 @@ impl Supervisor {
                 return Ok(response);
             }
         }
+        if unit == Unit::Etcd && matches!(action, SystemctlAction::Start | SystemctlAction::Restart) {
+            self.wait_etcd_notify(node).await?;
+        }
         Ok(Response::ok(""))
+    }
+
+    /// AKS Engine's etcd.service is `Type=notify` (parts/k8s/cloud-init/artifacts/etcd.service):
+    /// `systemctl start|restart etcd` returns only once etcd has told systemd it is ready to
+    /// serve clients, which etcd does after it has joined its cluster; systemd gives up after
+    /// TimeoutStartSec, 90 s by default. The lab waits for the member's health the same way.
+    async fn wait_etcd_notify(&self, node: &str) -> Result<(), LabError> {
+        let info = self.node(node)?.info.clone();
+        let deadline = Instant::now() + Duration::from_secs(90);
+        while Instant::now() < deadline {
+            if etcd_healthy(&self.layout, &info).await {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(LabError::Refused("Job for etcd.service failed because a timeout was exceeded.".into()))
     }
 
     async fn status(&self) -> LabStatus {
@@ -518,6 +623,8 @@ impl Supervisor {
                 let power = *rt.power.lock().unwrap_or_else(|p| p.into_inner());
                 let ssh = ssh_answers(rt.info.ip).await;
                 let etcd = if rt.info.role == Role::Master { Some(etcd_healthy(&layout, &rt.info).await) } else { None };
+                let apiserver_ready =
+                    if rt.info.role == Role::Master && !expired { Some(apiserver_ready(&layout, &rt.info).await) } else { None };
                 NodeStatus {
                     name: rt.info.name.clone(),
                     ip: rt.info.ip.to_string(),
@@ -527,6 +634,7 @@ impl Supervisor {
                     units: rt.units.iter().map(|(u, s)| (*u, s.status())).collect(),
                     ssh_reachable: ssh,
                     etcd_healthy: etcd,
+                    apiserver_ready,
                 }
             }
         });
@@ -542,6 +650,9 @@ impl Supervisor {
             }
             if node.etcd_healthy == Some(false) && !expired {
                 problems.push(format!("{}: etcd is not healthy", node.name));
+            }
+            if node.apiserver_ready == Some(false) {
+                problems.push(format!("{}: the apiserver's /readyz is not ok", node.name));
             }
         }
         if self.arm.lock().unwrap_or_else(|p| p.into_inner()).is_none() {
@@ -560,6 +671,13 @@ impl Supervisor {
                 }
             }
         }
+        let load_balancers = match crate::lb::backend_states(&self.layout).await {
+            Ok(states) => states,
+            Err(e) => {
+                problems.push(format!("the load balancers do not answer: {e}"));
+                Vec::new()
+            }
+        };
         let phase = self.phase.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let (rss_kib, process_count) = self.memory();
         LabStatus {
@@ -572,11 +690,12 @@ impl Supervisor {
             process_count,
             arm_endpoint: self.arm.lock().unwrap_or_else(|p| p.into_inner()).as_ref().map(|a| a.endpoint()),
             kube_ready_nodes: kube_ready,
+            load_balancers,
         }
     }
 
     fn memory(&self) -> (u64, usize) {
-        let inodes: Vec<u64> = self.nodes.iter().map(|n| n.net_inode).collect();
+        let inodes: Vec<u64> = self.nodes.iter().map(|n| n.net_inode).chain(self.lb.as_ref().map(|l| l.net_inode)).collect();
         nsexec::lab_rss_kib(&inodes)
     }
 
@@ -592,6 +711,14 @@ impl Supervisor {
             let _ = unit.kill().await;
         });
         futures_join_all(kills).await;
+        if let Some(lb) = &self.lb {
+            let _ = lb.haproxy.kill().await;
+            nsexec::signal_all(&nsexec::pids_in_netns(lb.net_inode), libc::SIGKILL);
+            if let Some(mut holder) = lb.holder.lock().unwrap_or_else(|p| p.into_inner()).take() {
+                let _ = holder.kill();
+                let _ = holder.wait();
+            }
+        }
         for rt in &self.nodes {
             let pids = nsexec::pids_in_netns(rt.net_inode);
             nsexec::signal_all(&pids, libc::SIGKILL);
@@ -600,7 +727,7 @@ impl Supervisor {
                 let _ = holder.wait();
             }
         }
-        wait_until_gone(self.nodes.iter().map(|n| n.net_inode).collect()).await;
+        wait_until_gone(self.nodes.iter().map(|n| n.net_inode).chain(self.lb.as_ref().map(|l| l.net_inode)).collect()).await;
         // The namespaces outlive their processes while this process holds their fds, and the
         // kernel frees them asynchronously: remove the veths explicitly.
         let script: String = self
@@ -608,6 +735,7 @@ impl Supervisor {
             .iter()
             .filter(|rt| crate::net::link_exists(&rt.info.veth))
             .map(|rt| format!("link del {}\n", rt.info.veth))
+            .chain(crate::net::link_exists(&self.layout.lb_veth()).then(|| format!("link del {}\n", self.layout.lb_veth())))
             .collect();
         if !script.is_empty() {
             if let Err(e) = crate::net::ip_batch(&script) {
@@ -712,6 +840,30 @@ pub async fn etcd_healthy(layout: &Layout, node: &NodeInfo) -> bool {
         .status()
         .await;
     matches!(output, Ok(status) if status.success())
+}
+
+/// The master's apiserver answers `/readyz` with 200 at its own address (as certrotate's gate
+/// asks it), with the master's client certificate.
+pub async fn apiserver_ready(layout: &Layout, node: &NodeInfo) -> bool {
+    let read = |name: &str| std::fs::read(layout.host_path(node, &format!("{CERT_DIR}/{name}")));
+    let (Ok(ca), Ok(cert), Ok(key)) = (read("ca.crt"), read("client.crt"), read("client.key")) else { return false };
+    let identity = [cert, key].concat();
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(match reqwest::Certificate::from_pem(&ca) {
+            Ok(c) => c,
+            Err(_) => return false,
+        })
+        .identity(match reqwest::Identity::from_pem(&identity) {
+            Ok(i) => i,
+            Err(_) => return false,
+        })
+        .timeout(Duration::from_secs(3))
+        .no_proxy()
+        .build();
+    let Ok(client) = client else { return false };
+    matches!(client.get(format!("https://{}:443/readyz", node.ip)).send().await, Ok(r) if r.status() == 200)
 }
 
 /// Names of the nodes the apiserver reports Ready, asked with the real kubectl and the admin
@@ -916,9 +1068,10 @@ mod tests {
     /// never sooner than the tests' short default grace.
     #[test]
     fn node_grace_follows_the_heartbeat() {
-        let short = apiserver_config(&master(), Duration::from_secs(2)).controllers.node_monitor_grace_period;
+        let spec = |heartbeat| crate::spec::LabSpec { heartbeat, ..Default::default() };
+        let short = apiserver_config(&master(), &spec(Duration::from_secs(2))).controllers.node_monitor_grace_period;
         assert_eq!(short, crate::kube::controller::ControllerConfig::default().node_monitor_grace_period);
-        let kubernetes = apiserver_config(&master(), Duration::from_secs(10)).controllers.node_monitor_grace_period;
+        let kubernetes = apiserver_config(&master(), &spec(Duration::from_secs(10))).controllers.node_monitor_grace_period;
         assert_eq!(kubernetes, Duration::from_secs(40));
     }
 }

@@ -86,8 +86,10 @@ fn kubectl_kube_system_ready(lab: &Lab) {
     panic!("kube-system is not Ready in kubectl: {last}");
 }
 
-/// Probes /readyz through the masters as the internal load balancer would: a probe fails
-/// only when no master answers 200 (the lab has no load balancer of its own).
+/// Probes /readyz on each master in turn, an ideal balancer that knows at once which master
+/// is ready: a probe fails only when no master answers 200. (The lab's HAProxy balancers
+/// notice a dead master only after two failed TCP probes, as Azure's do; proving the API
+/// stays up through those is issue 12's downtime proof, not this test's.)
 struct ReadyzProber {
     stop: Arc<AtomicBool>,
     probes: Arc<AtomicU64>,
@@ -236,10 +238,10 @@ fn renew_expiring_keeps_the_api_up_and_leaves_nothing_to_do() {
     assert_node_logs_have_one_line_per_step(&lab, &saved);
     assert!(probes >= 20, "the prober ran throughout ({probes} probes)");
     assert_eq!(failures, 0, "/readyz failed {failures} of {probes} times during a rolling renewal");
-    // apply's own prober asks the kubeconfig's server. On a cluster that is the load
-    // balancer; the lab has none, so it is master 0 itself, and a probe can land in the
-    // moment master 0's apiserver restarts (CI saw 1 of 18). The LB-like prober above is the
-    // downtime check; here the summary must be there and show no more than that moment.
+    // apply's own prober asks the kubeconfig's server, the public load balancer, which keeps
+    // sending a share of new flows to a restarting master until its probes notice, so a
+    // probe can land in a master's restart. The ideal prober above is the downtime check;
+    // here the summary must be there and show no more than those moments.
     let stderr = String::from_utf8_lossy(&applied.stderr);
     let downtime: f64 = stderr
         .lines()
@@ -247,7 +249,7 @@ fn renew_expiring_keeps_the_api_up_and_leaves_nothing_to_do() {
         .and_then(|rest| rest.split_whitespace().next())
         .and_then(|secs| secs.trim_end_matches('s').parse().ok())
         .unwrap_or_else(|| panic!("apply reports the API downtime it measured: {stderr}"));
-    assert!(downtime <= 2.0, "at most master 0's own restart, without a load balancer: {stderr}");
+    assert!(downtime <= 2.0, "at most the masters' own restarts, with these tests' instant start-up: {stderr}");
 
     assert_plan_has_no_changes(&lab, dir.path(), "renew-expiring");
     kubectl_nodes_ready(&lab);

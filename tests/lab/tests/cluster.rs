@@ -21,7 +21,8 @@ fn up(dir: &Path, spec: LabSpec) -> Lab {
         owner_pid: Some(std::process::id()),
         timeout: Some(Duration::from_secs(120)),
     };
-    Lab::up(dir, spec, options).expect("lab up")
+    // Short restarts: these tests need speed, not an apiserver's real start-up time.
+    Lab::up(dir, spec.fast_restarts(), options).expect("lab up")
 }
 
 /// Real ssh through the jumpbox to `node` by name, with the lab's config (key, known_hosts,

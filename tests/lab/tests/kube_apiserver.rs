@@ -314,3 +314,122 @@ async fn kube_rs_watches_see_changes() {
     }
     assert_eq!(seen, [("ADDED", "certrotate-watch".to_owned()), ("DELETED", "certrotate-watch".to_owned())]);
 }
+
+/// An HTTP/2 connection to the apiserver as a Kubernetes client opens it (TLS, ALPN h2, the
+/// admin client certificate). The second value resolves when the connection has ended.
+async fn h2_connect(cluster: &Cluster) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    let pki = &cluster.pki;
+    let mut tls = lab::kube::credentials::client_config(&pki.path("ca.crt"), Some((&pki.path("client.crt"), &pki.path("client.key")))).unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
+    let tcp = tokio::net::TcpStream::connect(cluster.apiserver().address).await.expect("connect");
+    let name = rustls::pki_types::ServerName::IpAddress(Ipv4Addr::LOCALHOST.into());
+    let stream = connector.connect(name, tcp).await.expect("TLS handshake");
+    assert_eq!(stream.get_ref().1.alpn_protocol(), Some(&b"h2"[..]), "the apiserver speaks HTTP/2");
+    let (client, connection) = h2::client::handshake(stream).await.expect("HTTP/2 handshake");
+    (client, tokio::spawn(connection))
+}
+
+/// GET `path` on an HTTP/2 connection; the body is read to its end.
+async fn h2_get(client: &h2::client::SendRequest<bytes::Bytes>, path: &str) -> Result<(u16, String), h2::Error> {
+    let mut client = client.clone().ready().await?;
+    let request = hyper::Request::get(format!("https://127.0.0.1{path}")).body(()).unwrap();
+    let (response, _) = client.send_request(request, true)?;
+    let response = response.await?;
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        let _ = body.flow_control().release_capacity(chunk.len());
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// A real kube-apiserver listens at once but answers /readyz ok only after its start-up (post-
+/// start hooks, informer caches): a TCP probe sees it up before it is ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_fails_until_the_startup_delay_has_passed() {
+    let started = std::time::Instant::now();
+    let delay = Duration::from_secs(3);
+    let cluster = Cluster::start_with(|c| c.startup_delay = delay).await;
+    let (client, _) = h2_connect(&cluster).await;
+    let (status, body) = h2_get(&client, "/readyz?verbose").await.unwrap();
+    assert_eq!(status, 500, "not ready during start-up: {body}");
+    assert!(body.contains("[-]informer-sync failed"), "{body}");
+    assert_eq!(h2_get(&client, "/healthz").await.unwrap().0, 500, "/healthz includes the post-start hooks");
+    assert_eq!(h2_get(&client, "/livez").await.unwrap().0, 200, "alive all the same");
+    assert_eq!(h2_get(&client, "/api/v1/namespaces").await.unwrap().0, 200, "requests are served meanwhile");
+    let ready_after = eventually("/readyz ok after the start-up delay", Duration::from_secs(20), || async {
+        (h2_get(&client, "/readyz").await.ok()?.0 == 200).then(|| started.elapsed())
+    })
+    .await;
+    assert!(ready_after >= delay, "ready after {ready_after:?}, before the {delay:?} start-up");
+    assert!(ready_after < delay + Duration::from_secs(5), "ready only after {ready_after:?}");
+}
+
+/// kube-apiserver's graceful termination: on a stop /readyz fails at once, everything else is
+/// served through --shutdown-delay-duration, then HTTP/2 clients get GOAWAY, watches end and
+/// the port closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_fails_readyz_serves_through_the_delay_then_sends_goaway() {
+    let delay = Duration::from_secs(2);
+    let mut cluster = Cluster::start_with(|c| c.shutdown_delay_duration = delay).await;
+    let address = cluster.apiserver().address;
+    let (client, connection) = h2_connect(&cluster).await;
+    assert_eq!(h2_get(&client, "/readyz").await.unwrap().0, 200);
+    // A watch open across the stop, as every kubelet and controller keeps one.
+    let watch = {
+        let mut sender = client.clone().ready().await.unwrap();
+        let request = hyper::Request::get("https://127.0.0.1/api/v1/namespaces?watch=true").body(()).unwrap();
+        let (response, _) = sender.send_request(request, true).unwrap();
+        let response = response.await.unwrap();
+        assert_eq!(response.status(), 200);
+        tokio::spawn(async move {
+            let mut body = response.into_body();
+            while let Some(chunk) = body.data().await {
+                match chunk {
+                    Ok(chunk) => {
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(std::time::Instant::now())
+        })
+    };
+
+    let stopped = std::time::Instant::now();
+    cluster.apiserver.as_mut().unwrap().stop();
+    let (status, body) = eventually("/readyz failing right after the stop", Duration::from_secs(2), || async {
+        let (status, body) = h2_get(&client, "/readyz?verbose").await.ok()?;
+        (status == 500).then_some((status, body))
+    })
+    .await;
+    assert!(stopped.elapsed() < Duration::from_millis(1500), "readyz failed only after {:?}", stopped.elapsed());
+    assert!(body.contains("[-]shutdown failed"), "{status} {body}");
+    // Through the delay, everything else is served, on open connections and on new ones.
+    assert_eq!(h2_get(&client, "/api/v1/namespaces").await.unwrap().0, 200);
+    assert_eq!(h2_get(&client, "/livez").await.unwrap().0, 200);
+    let (fresh, _) = h2_connect(&cluster).await;
+    assert_eq!(h2_get(&fresh, "/healthz").await.unwrap().0, 200, "a new connection is served during the delay");
+
+    // Then GOAWAY: the client refuses new requests on this connection with the peer's GOAWAY.
+    let goaway = eventually("the apiserver's GOAWAY", Duration::from_secs(10), || async {
+        match h2_get(&client, "/readyz").await {
+            Err(e) if e.is_go_away() && e.is_remote() => Some((stopped.elapsed(), e.reason())),
+            _ => None,
+        }
+    })
+    .await;
+    assert!(goaway.0 >= delay, "GOAWAY after {:?}, before the {delay:?} shutdown delay", goaway.0);
+    assert!(goaway.0 < delay + Duration::from_secs(3), "GOAWAY only after {:?}", goaway.0);
+    assert_eq!(goaway.1, Some(h2::Reason::NO_ERROR), "a graceful GOAWAY");
+    let ended = tokio::time::timeout(Duration::from_secs(10), watch).await.expect("the watch ends").unwrap();
+    let ended = ended.expect("the watch stream ends cleanly");
+    assert!(ended.duration_since(stopped) >= delay, "the watch ended before the delay was over");
+    assert!(tokio::time::timeout(Duration::from_secs(10), connection).await.is_ok(), "the connection closes");
+    cluster.apiserver.take().unwrap().finished().await;
+    assert!(tokio::net::TcpStream::connect(address).await.is_err(), "the port is closed");
+}

@@ -23,7 +23,7 @@ fn up(dir: &std::path::Path) -> Lab {
     assert_eq!(unsafe { libc::geteuid() }, 0, "the lab tests need root");
     Lab::up(
         dir,
-        LabSpec { masters: 1, agents: 2, ..LabSpec::default() },
+        LabSpec { masters: 1, agents: 2, ..LabSpec::default() }.fast_restarts(),
         UpOptions { lab_binary: Some(env!("CARGO_BIN_EXE_lab").into()), owner_pid: Some(std::process::id()), timeout: Some(Duration::from_secs(120)) },
     )
     .expect("lab up")

@@ -53,9 +53,9 @@ fn an_expired_lab_and_a_healthy_lab_side_by_side() {
     let temp = tempfile::tempdir().expect("temp dir");
     let (expired, fresh) = std::thread::scope(|s| {
         let a = s.spawn(|| {
-            Lab::up(&temp.path().join("expired"), LabSpec { masters: 1, agents: 1, expiry: Expiry::Expired, ..Default::default() }, options())
+            Lab::up(&temp.path().join("expired"), LabSpec { masters: 1, agents: 1, expiry: Expiry::Expired, ..Default::default() }.fast_restarts(), options())
         });
-        let b = s.spawn(|| Lab::up(&temp.path().join("fresh"), LabSpec { masters: 1, agents: 0, ..Default::default() }, options()));
+        let b = s.spawn(|| Lab::up(&temp.path().join("fresh"), LabSpec { masters: 1, agents: 0, ..Default::default() }.fast_restarts(), options()));
         (a.join().unwrap().expect("expired lab up"), b.join().unwrap().expect("fresh lab up"))
     });
     assert_ne!(expired.layout.subnet, fresh.layout.subnet, "each lab has its own network");

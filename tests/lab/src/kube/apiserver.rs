@@ -59,6 +59,31 @@ pub struct ApiserverConfig {
     pub advertise_address: Option<IpAddr>,
     #[serde(default)]
     pub controllers: ControllerConfig,
+    /// How long after start `/readyz` (and `/healthz`) keep failing, as on a real
+    /// kube-apiserver, which serves on its port at once but reports ready only once its
+    /// post-start hooks have run and its informer caches have synced against etcd. Requests
+    /// are served meanwhile (the real one serves system:masters then). Text ("15s").
+    #[serde(default, with = "crate::kube::controller::duration_text")]
+    pub startup_delay: Duration,
+    /// kube-apiserver's `--shutdown-delay-duration` (default 0): on a stop, `/readyz` fails at
+    /// once while everything else is served normally for this long; then the listener closes,
+    /// HTTP/2 clients get GOAWAY, watches end, and in-flight requests get `SHUTDOWN_GRACE`.
+    #[serde(default, with = "crate::kube::controller::duration_text")]
+    pub shutdown_delay_duration: Duration,
+}
+
+/// How long in-flight requests may run after the listener closed before the apiserver exits.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Where an apiserver is in its life: what `/readyz` reports and what connections do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    /// Serving; ready once the start-up delay has passed.
+    Serving,
+    /// Stop asked: `/readyz` fails, everything else is served (the shutdown delay).
+    Stopping,
+    /// Listener closed; connections are told GOAWAY and drained.
+    Closing,
 }
 
 /// A config file that could not be used.
@@ -97,6 +122,8 @@ impl ApiserverConfig {
             service_account_key_file: None,
             advertise_address: None,
             controllers: ControllerConfig::default(),
+            startup_delay: Duration::ZERO,
+            shutdown_delay_duration: Duration::ZERO,
         }
     }
 
@@ -138,6 +165,9 @@ pub struct ApiState {
     /// ca.crt as PEM, put into token secrets as Kubernetes does.
     pub ca_pem: String,
     server_address: String,
+    /// When the start-up delay ends.
+    ready_at: std::time::Instant,
+    phase: tokio::sync::watch::Sender<Phase>,
 }
 
 impl std::fmt::Debug for ApiState {
@@ -160,7 +190,20 @@ impl ApiState {
             .map_err(|source| ApiserverError::ClientCa(CredentialError::Read { path: config.client_ca_file.clone(), source }))?;
         let address = config.advertise_address.unwrap_or(config.bind_address.ip());
         let server_address = SocketAddr::new(address, config.bind_address.port()).to_string();
-        Ok(Self { config, store: Store::new(etcd), signer, ca_pem, server_address })
+        let ready_at = std::time::Instant::now() + config.startup_delay;
+        let (phase, _) = tokio::sync::watch::channel(Phase::Serving);
+        Ok(Self { config, store: Store::new(etcd), signer, ca_pem, server_address, ready_at, phase })
+    }
+
+    /// The apiserver's current phase.
+    pub fn phase(&self) -> Phase {
+        *self.phase.borrow()
+    }
+
+    /// Resolves once the apiserver has reached `phase` (or gone past it).
+    async fn reached(&self, phase: Phase) {
+        let mut rx = self.phase.subscribe();
+        let _ = rx.wait_for(|p| *p >= phase).await;
     }
 }
 
@@ -195,29 +238,56 @@ pub async fn run(config: ApiserverConfig, shutdown: impl Future<Output = ()>) ->
 
 /// Serves on an already bound listener until `shutdown` completes. Connections and
 /// controllers still running then are cancelled.
+///
+/// The stop follows kube-apiserver's graceful termination: once `shutdown` completes,
+/// `/readyz` fails at once and everything is still served for `shutdown_delay_duration`;
+/// then the listener closes, every connection is shut down gracefully (HTTP/2 GOAWAY,
+/// HTTP/1.1 `Connection: close`), watches end, and requests still running after
+/// `SHUTDOWN_GRACE` are cancelled.
 pub async fn serve(listener: TcpListener, config: ApiserverConfig, shutdown: impl Future<Output = ()>) -> Result<(), ApiserverError> {
     let tls = server_tls(&config)?;
     let state = Arc::new(ApiState::load(config)?);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut controllers = tokio::task::JoinSet::new();
     if state.config.controllers.enabled {
-        tasks.spawn(controller::run(state.clone()));
+        controllers.spawn(controller::run(state.clone()));
     }
+    let mut connections = tokio::task::JoinSet::new();
+    let accept = |connections: &mut tokio::task::JoinSet<()>, accepted: std::io::Result<(tokio::net::TcpStream, SocketAddr)>| {
+        if let Ok((stream, peer)) = accepted {
+            let acceptor = acceptor.clone();
+            let state = state.clone();
+            connections.spawn(async move { serve_connection(state, acceptor, stream, peer).await });
+        }
+    };
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
             _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let Ok((stream, peer)) = accepted else { continue };
-                let acceptor = acceptor.clone();
-                let state = state.clone();
-                tasks.spawn(async move { serve_connection(state, acceptor, stream, peer).await });
-            }
+            accepted = listener.accept() => accept(&mut connections, accepted),
             // Reap finished connection tasks so the set does not grow without bound.
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
     }
-    tasks.shutdown().await;
+    state.phase.send_replace(Phase::Stopping);
+    tracing::info!(delay = ?state.config.shutdown_delay_duration, "stop requested: /readyz fails; serving on for the shutdown delay");
+    let delay = tokio::time::sleep(state.config.shutdown_delay_duration);
+    tokio::pin!(delay);
+    loop {
+        tokio::select! {
+            _ = &mut delay => break,
+            accepted = listener.accept() => accept(&mut connections, accepted),
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    state.phase.send_replace(Phase::Closing);
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while connections.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::info!(left = connections.len(), "requests still running after the grace period are cancelled");
+    }
+    connections.shutdown().await;
+    controllers.shutdown().await;
     // Hand leadership over at once rather than after the lease runs out.
     controller::release_leadership(&state).await;
     Ok(())
@@ -233,13 +303,24 @@ async fn serve_connection(state: Arc<ApiState>, acceptor: tokio_rustls::TlsAccep
         Err(_) => return,
     };
     let identity: Option<CertIdentity> = tls.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(credentials::identity_of);
+    let service_state = state.clone();
     let service = hyper::service::service_fn(move |req| {
-        let state = state.clone();
+        let state = service_state.clone();
         let identity = identity.clone();
         async move { Ok::<_, Infallible>(handle(state, identity, req).await) }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service).await {
+    let connection = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service);
+    tokio::pin!(connection);
+    let ended = tokio::select! {
+        ended = connection.as_mut() => ended,
+        _ = state.reached(Phase::Closing) => {
+            // HTTP/2: GOAWAY, then the open streams finish; HTTP/1.1: close after the request.
+            connection.as_mut().graceful_shutdown();
+            connection.await
+        }
+    };
+    if let Err(e) = ended {
         tracing::debug!(%peer, "connection ended: {e}");
     }
 }
@@ -369,6 +450,20 @@ async fn route(state: &Arc<ApiState>, identity: Option<CertIdentity>, authorizat
 }
 
 async fn health(state: &ApiState, path: &str, verbose: bool) -> Response<Body> {
+    let name = path.trim_start_matches('/').split('/').next().unwrap_or("healthz");
+    if !path.ends_with("/ping") {
+        // The checks kube-apiserver reports failing in these phases (`?verbose` lists them).
+        let failing = match state.phase() {
+            Phase::Stopping | Phase::Closing if name == "readyz" => Some("[+]ping ok\n[-]shutdown failed: reason withheld\n"),
+            Phase::Serving if name != "livez" && std::time::Instant::now() < state.ready_at => {
+                Some("[+]ping ok\n[+]etcd ok\n[-]informer-sync failed: reason withheld\n[-]poststarthook/rbac/bootstrap-roles failed: reason withheld\n")
+            }
+            _ => None,
+        };
+        if let Some(checks) = failing {
+            return text_response(500, format!("{checks}{name} check failed\n"));
+        }
+    }
     let check_etcd = !path.starts_with("/livez") && !path.ends_with("/ping");
     let etcd = if check_etcd {
         match tokio::time::timeout(Duration::from_secs(3), state.store.etcd().revision()).await {
@@ -379,7 +474,6 @@ async fn health(state: &ApiState, path: &str, verbose: bool) -> Response<Body> {
     } else {
         Ok(())
     };
-    let name = path.trim_start_matches('/').split('/').next().unwrap_or("healthz");
     match etcd {
         Ok(()) if verbose => text_response(200, format!("[+]ping ok\n[+]etcd ok\n{name} check passed\n")),
         Ok(()) => text_response(200, "ok".to_owned()),
@@ -700,6 +794,8 @@ async fn watch(state: Arc<ApiState>, req: &ApiRequest, rt: ResourceType, ns: Opt
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 _ = sender.closed() => return,
+                // A stopping apiserver ends its watches; clients re-list and watch elsewhere.
+                _ = state.reached(Phase::Closing) => return,
             }
         }
     });

@@ -197,6 +197,9 @@ pub fn apiserver_config(pki: &ClusterPki, etcd: &Etcd, bind: SocketAddr) -> Apis
         service_account_key_file: None,
         advertise_address: None,
         controllers: fast_controllers(),
+        // Explicitly short: these tests need speed, not kube-apiserver's start-up time.
+        startup_delay: std::time::Duration::ZERO,
+        shutdown_delay_duration: std::time::Duration::ZERO,
     }
 }
 
@@ -220,6 +223,20 @@ impl Apiserver {
 
     pub fn url(&self) -> String {
         format!("https://{}", self.address)
+    }
+
+    /// Asks the apiserver to stop (what SIGTERM does to `lab apiserver`) without waiting.
+    pub fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    /// Waits until a stopped apiserver has finished.
+    pub async fn finished(mut self) {
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
     }
 
     /// Stops the apiserver and waits until it has released what it held.
@@ -402,11 +419,18 @@ pub struct Cluster {
 
 impl Cluster {
     pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// As `start`, with the apiserver's config changed by `tweak` first.
+    pub async fn start_with(tweak: impl FnOnce(&mut ApiserverConfig)) -> Self {
         lab::kube::credentials::install_default_provider();
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = ClusterPki::new(&dir.path().join("certs"));
         let etcd = Etcd::start(&pki);
-        let apiserver = Apiserver::start(apiserver_config(&pki, &etcd, "127.0.0.1:0".parse().unwrap())).await;
+        let mut config = apiserver_config(&pki, &etcd, "127.0.0.1:0".parse().unwrap());
+        tweak(&mut config);
+        let apiserver = Apiserver::start(config).await;
         let kubeconfig = dir.path().join("admin.kubeconfig");
         write(&kubeconfig, &kubeconfig_text(&apiserver, &pki));
         let kubectl = Kubectl::new(kubeconfig.clone());

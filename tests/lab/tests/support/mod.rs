@@ -27,11 +27,13 @@ pub fn flat_stderr(o: &Output) -> String {
 }
 
 /// A lab as `spec` says, torn down with the test process if the test dies. Needs root.
+/// Restarts are made as short as the lab allows (no apiserver start-up or shutdown delay):
+/// these tests need speed; only a downtime proof runs with the realistic defaults.
 pub fn up(dir: &Path, spec: LabSpec) -> Lab {
     assert_eq!(unsafe { libc::geteuid() }, 0, "the lab tests need root");
     Lab::up(
         dir,
-        spec,
+        spec.fast_restarts(),
         UpOptions {
             lab_binary: Some(env!("CARGO_BIN_EXE_lab").into()),
             owner_pid: Some(std::process::id()),
