@@ -6,7 +6,7 @@
 //! installs exactly that material. The certificates AKS Engine does not keep in the API model
 //! (front-proxy pair, kubelet serving certificates) still follow the profile.
 
-use crate::diag::InputError;
+use crate::diag::{InputError, SourceFile};
 use crate::model::apimodel::CertificateProfile;
 use crate::model::topology::Topology;
 use crate::pki::audit::{self, Severity};
@@ -33,8 +33,15 @@ lists what is wrong, and planning without the flag lets certrotate issue the cer
 /// API model keeps must be present, parse, match its key, chain to the supplied CA and carry
 /// the names this cluster needs. Nothing is read from the cluster.
 pub fn load(path: &Path, topo: &Topology, now: time::OffsetDateTime) -> miette::Result<Supplied> {
+    let src = SourceFile::read(path, "certificate profile")?;
+    check(&src, topo, now)
+}
+
+/// As [`load`], from the file's text already in memory (the fuzz target reads no files).
+pub fn check(src: &SourceFile, topo: &Topology, now: time::OffsetDateTime) -> miette::Result<Supplied> {
+    let path = src.path.as_path();
     let cat = catalogue::catalogue(topo);
-    let (cp, src) = CertificateProfile::load(path)?;
+    let cp = CertificateProfile::from_source(src)?;
     if cp.ca_certificate.is_none() || cp.ca_private_key.is_none() {
         let field = if cp.ca_certificate.is_none() { "caCertificate" } else { "caPrivateKey" };
         // A missing key is shown at its certificate; a missing certificate at the top.
@@ -46,7 +53,7 @@ pub fn load(path: &Path, topo: &Topology, now: time::OffsetDateTime) -> miette::
             )
             .into());
     }
-    let audit = audit::audit_profile_fields(&cp, &src, &[], &cat, now)?;
+    let audit = audit::audit_profile_fields(&cp, src, &[], &cat, now)?;
     let errors: Vec<&audit::Finding> = audit.findings.iter().filter(|f| f.severity == Severity::Error).collect();
     if let Some(first) = errors.first() {
         let list: Vec<String> = errors.iter().map(|f| format!("{} ({}): {}", f.location, f.certificate, f.message)).collect();

@@ -245,9 +245,13 @@ impl CertificateProfile {
     /// Loads aks-engine's `--certificate-profile` JSON file (the certificateProfile object).
     pub fn load(path: &Path) -> Result<(Self, SourceFile), InputError> {
         let source = SourceFile::read(path, "certificate profile")?;
-        let profile: CertificateProfile =
-            serde_json::from_str(&source.text).map_err(|e| source.json_error(&e, "certificate profile"))?;
+        let profile = Self::from_source(&source)?;
         Ok((profile, source))
+    }
+
+    /// As `load`, from text already in memory (the fuzz target reads no files).
+    pub fn from_source(source: &SourceFile) -> Result<Self, InputError> {
+        serde_json::from_str(&source.text).map_err(|e| source.json_error(&e, "certificate profile"))
     }
 }
 

@@ -114,6 +114,11 @@ pub struct NameSuffixSource {
 pub const AZURE_PUBLIC_VM_DNS_SUFFIX: &str = "cloudapp.azure.com";
 const DEFAULT_FIRST_MASTER_IP: &str = "10.240.255.5";
 const DEFAULT_SERVICE_CIDR: &str = "10.0.0.0/16";
+/// More agents than any AKS Engine cluster has: its vlabs API validates a pool's `count` to
+/// at most 100 (pkg/api/vlabs/types.go) and its large-cluster guide stops at 1200 nodes
+/// (docs/howto/kubernetes-large-clusters.md); this leaves room for pools scaled past that.
+/// More is a damaged file, and listing its nodes would exhaust memory before any check ran.
+const MAX_AGENTS: u64 = 5000;
 
 impl Topology {
     /// Derives the topology from the API model. `name_suffix_flag` is `--name-suffix`; the
@@ -146,7 +151,9 @@ impl Topology {
                 Availability::AvailabilitySet => 1,
                 Availability::VirtualMachineScaleSets => ip_count,
             };
-            let n = u32::from(first_ip).checked_add(i as u32 * step).ok_or_else(|| {
+            // Checked throughout: ipAddressCount is the file's, and a huge one must be an
+            // error, not an overflow.
+            let n = (i as u32).checked_mul(step).and_then(|offset| u32::from(first_ip).checked_add(offset)).ok_or_else(|| {
                 src.error_at_path(
                     &["properties", "masterProfile", "firstConsecutiveStaticIP"],
                     "master addresses run past 255.255.255.255",
@@ -190,6 +197,16 @@ impl Topology {
                 _ => OsType::Linux,
             };
             let availability = Availability::parse(pool.availability_profile.as_deref());
+            if agents.len() as u64 + u64::from(pool.count) > MAX_AGENTS {
+                return Err(src.error_at_path(
+                    &["properties", "agentPoolProfiles"],
+                    format!(
+                        "the agent pools count more than {MAX_AGENTS} agents (pool {:?} has count {}); no AKS Engine cluster is that large",
+                        pool.name, pool.count
+                    ),
+                    "restore the counts from the apimodel.json aks-engine wrote for this cluster",
+                ));
+            }
             pools.push(AgentPool { name: pool.name.clone(), os, availability, count: pool.count as usize });
             for i in 0..pool.count as usize {
                 let name = match os {
@@ -231,7 +248,19 @@ impl Topology {
                 "use the CIDR the cluster was built with, e.g. \"10.0.0.0/16\"",
             )
         })?;
-        let service_cluster_ip = Ipv4Addr::from(u32::from(net.network()) + 1);
+        // The kubernetes service takes the range's first address after the network's own;
+        // a /32 has none (and 255.255.255.255/32 would overflow).
+        let service_cluster_ip = u32::from(net.network())
+            .checked_add(1)
+            .map(Ipv4Addr::from)
+            .filter(|ip| net.contains(ip))
+            .ok_or_else(|| {
+                src.error_at_path(
+                    &["properties", "orchestratorProfile", "kubernetesConfig", "serviceCidr"],
+                    format!("serviceCidr {service_cidr:?} has no address for the kubernetes service"),
+                    "use the CIDR the cluster was built with, e.g. \"10.0.0.0/16\"",
+                )
+            })?;
         let cluster_domain = kc
             .and_then(|k| k.kubelet_config.as_ref())
             .and_then(|m| m.get("--cluster-domain").cloned())
@@ -641,5 +670,26 @@ mod tests {
         assert!(check_hostname_suffix("12345678", "k8s-agentpool1-12345678-11").is_ok());
         let e = check_hostname_suffix("12345678", "k8s-master-87654321-0").unwrap_err();
         assert!(e.contains("87654321"));
+    }
+
+    /// Inputs the fuzzer's apimodel target panicked or ran out of memory on (kept in its
+    /// corpus, fuzz/corpus/apimodel/): each is now a diagnostic at the value at fault.
+    #[test]
+    fn hostile_counts_and_ranges_are_errors_not_panics() {
+        let cases = [
+            (include_str!("../../fuzz/corpus/apimodel/crash-master-ip-address-count-overflow.json"), "master addresses run past", "10.255.255.5"),
+            (include_str!("../../fuzz/corpus/apimodel/crash-service-cidr-255.255.255.255-32.json"), "has no address for the kubernetes service", "255.255.255.255/32"),
+            (include_str!("../../fuzz/corpus/apimodel/oom-agent-pool-count-4294967295.json"), "no AKS Engine cluster is that large", "[{"),
+        ];
+        for (json, message, marked) in cases {
+            let e = Topology::derive_with_suffix(&model(json), "12345678").expect_err(message);
+            assert!(e.message.contains(message), "{}", e.message);
+            let (span, shown) = (e.span.expect("the diagnostic points into the file"), e.src.as_ref().unwrap().inner());
+            assert!(shown[span.offset()..].starts_with(marked), "{message}: marks {:?}", &shown[span.offset()..span.offset() + span.len()]);
+        }
+        // A /31 still has its second address, and a pool at the bound still reads.
+        let json = THREE_MASTERS.replace("10.0.0.0/16", "10.0.0.0/31").replace("\"count\":2", "\"count\":1000");
+        let t = Topology::derive_with_suffix(&model(&json), "12345678").unwrap();
+        assert_eq!((t.service_cluster_ip.to_string().as_str(), t.agents.len()), ("10.0.0.1", 1000));
     }
 }

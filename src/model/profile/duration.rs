@@ -21,6 +21,11 @@ const MINUTE: u64 = 60;
 const HOUR: u64 = 60 * MINUTE;
 const DAY: u64 = 24 * HOUR;
 const YEAR: u64 = 365 * DAY;
+/// The longest span any setting takes: AKS Engine's longest validity is the front-proxy
+/// pair's 262824 days (~720 years). Longer spans cannot be used: a certificate's end date
+/// stops at year 9999 (RFC 5280 GeneralizedTime) and a gate's deadline at what a monotonic
+/// clock holds, so they would fail at apply time instead of here.
+const MAX_YEARS: u64 = 1000;
 
 impl Duration {
     /// A duration of `seconds`; `None` for zero, which no setting accepts.
@@ -121,6 +126,9 @@ impl FromStr for Duration {
         if !digits.is_empty() || !saw_part {
             return Err(with_help(format!("`{spelled}` has no unit"), units_help));
         }
+        if seconds > MAX_YEARS * YEAR {
+            return Err(with_help(format!("duration `{spelled}` is too large: at most {MAX_YEARS}y"), units_help));
+        }
         if seconds == 0 {
             return Err(with_help(
                 format!("zero duration `{spelled}`: a time span must be positive"),
@@ -179,7 +187,7 @@ mod tests {
 
     #[test]
     fn durations_reject_nonsense() {
-        for bad in ["-3d", "0d", "0s", "", "d", "10", "3w", "1y-2d", "99999999999999999999y"] {
+        for bad in ["-3d", "0d", "0s", "", "d", "10", "3w", "1y-2d", "99999999999999999999y", "1000y1s"] {
             assert!(bad.parse::<Duration>().is_err(), "{bad} should be rejected");
         }
     }

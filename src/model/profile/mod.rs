@@ -247,4 +247,22 @@ mod tests {
         assert!(!p.in_scope(CertId::Proxy));
         assert_eq!(p.certificates_in_scope().len(), 9);
     }
+
+    /// Inputs of the profile fuzz target (fuzz/corpus/profile/): they loaded, and apply would
+    /// then have panicked adding the span to the clock. Now refused where they are written.
+    #[test]
+    fn spans_apply_cannot_use_are_refused_at_the_setting() {
+        let cases = [
+            (include_str!("../../../fuzz/corpus/profile/unusable-validity-9000y.yaml"), "9000y"),
+            (include_str!("../../../fuzz/corpus/profile/unusable-gate-timeout-500000000000y.yaml"), "500000000000y"),
+        ];
+        for (yaml, value) in cases {
+            let e = Profile::from_source(&SourceFile::from_text("p.yaml", yaml)).expect_err(value);
+            assert!(e.message.contains("too large"), "{}", e.message);
+            let (span, shown) = (e.span.expect("points at the value"), e.src.as_ref().unwrap().inner());
+            assert!(shown[span.offset()..].starts_with(value), "marks {:?}", &shown[span.offset()..]);
+        }
+        let longest: Profile = serde_yaml::from_str("name: x\nvalidity:\n  ca: 1000y\n  leaf: 1000y\n").unwrap();
+        assert!(time::OffsetDateTime::now_utc().checked_add(longest.validity_for(CertId::Ca).as_time()).is_some());
+    }
 }
