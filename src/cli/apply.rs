@@ -4,7 +4,7 @@
 
 use super::args::{ApplyArgs, ClusterArgs, RollbackArgs};
 use super::plan::{colour_wanted, make_plan};
-use super::status::{discover_with_suffix, ssh_settings};
+use super::status::{discover_model, ssh_settings};
 use super::Outcome;
 use crate::apply::executor::{self, Context};
 use crate::apply::preflight::{preflight, release, take_lock};
@@ -55,10 +55,11 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
             approval_required(&plan, a.approved_by.as_deref())?;
             // Another cluster's plan is named as such before its VM name suffix (below) makes
             // this API model's nodes look misnamed.
-            same_cluster(&plan, &ApiModel::load(&a.cluster.model.api_model)?)?;
+            let model = ApiModel::load(&a.cluster.model.api_model)?;
+            same_cluster(&plan, &model)?;
             // A saved plan names its VM name suffix: the API model alone may not.
             let suffix = a.cluster.model.name_suffix.as_deref().unwrap_or(&plan.cluster.name_suffix);
-            let cluster = discover_with_suffix(&a.cluster, Some(suffix))?;
+            let cluster = discover_model(&a.cluster, model, Some(suffix))?;
             (plan, cluster)
         }
         None => {

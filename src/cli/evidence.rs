@@ -3,7 +3,7 @@
 //! [`crate::flow::evidence`] assembles to `--out` (a directory, or a .tar.gz file).
 
 use super::args::EvidenceArgs;
-use super::status::{discover_with_suffix, ssh_settings};
+use super::status::{discover_model, ssh_settings};
 use super::Outcome;
 use crate::flow::evidence::{self, Gathered, StatusAfter, MANIFEST};
 use crate::flow::expiry;
@@ -20,7 +20,7 @@ pub fn run(a: &EvidenceArgs) -> miette::Result<Outcome> {
     let model = ApiModel::load(&a.cluster.model.api_model)?;
     let run = evidence::locate(&model, a.plan_file.as_deref())?;
     let suffix = a.cluster.model.name_suffix.clone().unwrap_or_else(|| run.plan.cluster.name_suffix.clone());
-    let cluster = discover_with_suffix(&a.cluster, Some(&suffix))?;
+    let cluster = discover_model(&a.cluster, model, Some(&suffix))?;
     let topo = cluster.topology_of_plan(&run.plan).unwrap_or_else(|_| cluster.topology.clone());
     let settings = ssh_settings(&a.cluster, &cluster.model, &topo)?;
     let fleet = read::read_fleet(settings).into_diagnostic()?;

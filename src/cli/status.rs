@@ -77,7 +77,12 @@ pub fn discover(args: &ClusterArgs) -> miette::Result<Discovered> {
 
 /// As [`discover`], with the VM name suffix given (a saved plan's, say).
 pub fn discover_with_suffix(args: &ClusterArgs, name_suffix: Option<&str>) -> miette::Result<Discovered> {
-    let cluster = flow::discover::discover(&args.model.api_model, name_suffix)?;
+    discover_model(args, ApiModel::load(&args.model.api_model)?, name_suffix)
+}
+
+/// As [`discover_with_suffix`], for the API model already loaded.
+pub fn discover_model(args: &ClusterArgs, model: ApiModel, name_suffix: Option<&str>) -> miette::Result<Discovered> {
+    let cluster = flow::discover::from_model(model, name_suffix)?;
     if let Some(location) = &args.azure.location {
         flow::discover::check_location(&cluster.model, location)?;
     }

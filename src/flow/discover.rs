@@ -20,7 +20,11 @@ pub struct Discovered {
 /// when given, else from azuredeploy.json beside the API model, else from the dnsPrefix as
 /// AKS Engine computes it.
 pub fn discover(api_model: &Path, name_suffix: Option<&str>) -> Result<Discovered, InputError> {
-    let model = ApiModel::load(api_model)?;
+    from_model(ApiModel::load(api_model)?, name_suffix)
+}
+
+/// As [`discover`], for an API model already loaded (and checked against a saved plan).
+pub fn from_model(model: ApiModel, name_suffix: Option<&str>) -> Result<Discovered, InputError> {
     let topology = Topology::derive(&model, name_suffix)?;
     Ok(Discovered { model, topology })
 }
