@@ -25,9 +25,9 @@ pub fn run(a: &EvidenceArgs) -> miette::Result<Outcome> {
     let settings = ssh_settings(&a.cluster, &cluster.model, &topo)?;
     let fleet = read::read_fleet(settings).into_diagnostic()?;
     let runtime = tokio::runtime::Runtime::new().into_diagnostic()?;
-    let parallelism = a.cluster.parallelism as usize;
+    let limit = ReadLimit::new(a.cluster.parallelism as usize);
     let (after, (nodes, unread_nodes, not_read_kinds)) = runtime.block_on(async {
-        let inputs = ReadInputs { fleet: fleet.clone(), limit: ReadLimit::new(parallelism), skip_unreachable: true, apiserver: a.cluster.apiserver.clone() };
+        let inputs = ReadInputs { fleet: fleet.clone(), limit: limit.clone(), skip_unreachable: true, apiserver: a.cluster.apiserver.clone() };
         let after = match read::read_cluster(&cluster, inputs).await {
             Ok(read) => {
                 let rows = expiry::rows_of_inventory(&read.catalogue, &read.inventory, read.inventory.taken_at);
@@ -36,7 +36,7 @@ pub fn run(a: &EvidenceArgs) -> miette::Result<Outcome> {
             Err(e @ RefreshError::HostKey(_)) => Err(e),
             Err(e) => Ok(StatusAfter::NotRead(e.to_string())),
         };
-        (after, evidence::read_nodes(fleet.clone(), &topo, parallelism).await)
+        (after, evidence::read_nodes(fleet.clone(), &topo, limit).await)
     });
     let after = after.map_err(|e| miette!(help = "do not go on until you know why the key changed; nothing was written", "{e}"))?;
     let gathered = Gathered { run, cluster: cluster.topology.dns_prefix.clone(), after, nodes, unread_nodes, not_read_kinds, taken_at: time::OffsetDateTime::now_utc() };
@@ -47,10 +47,9 @@ pub fn run(a: &EvidenceArgs) -> miette::Result<Outcome> {
         evidence::write_dir(&bundle, &a.out)?;
     }
     say!("Evidence of plan {} written to {}: {} files, listed with their SHA-256 in {MANIFEST}.", gathered.run.plan.digest.as_ref().map(|d| d.to_string()).unwrap_or_default(), a.out.display(), bundle.files.len());
-    let done = gathered.run.steps_done.len();
-    let planned = gathered.run.plan.graph.steps.len();
-    if done < planned {
-        say!("Note: the apply is not complete: {done} of {planned} steps are in the journal.");
+    let not_done = gathered.run.steps_not_done();
+    if !not_done.is_empty() {
+        say!("Note: the apply is not complete: {} of {} steps are not in the journal (evidence.json lists them).", not_done.len(), gathered.run.plan.graph.steps.len());
     }
     if gathered.run.rollback_journal.is_some() {
         say!("Note: this apply was rolled back (rollback.jsonl is in the bundle).");

@@ -21,6 +21,7 @@ use crate::pki::catalogue::ROTATE_LOG;
 use crate::plan::file::{find_secret, PlanFile};
 use crate::plan::review;
 use crate::remote::script::sh_quote;
+use crate::remote::refresh::{run_as_root_once, ReadLimit};
 use crate::remote::ssh::SshFleet;
 use miette::{miette, IntoDiagnostic};
 use serde::Serialize;
@@ -50,6 +51,14 @@ pub struct RunRecord {
     pub status_before: Option<(String, String)>,
     /// The journal of a rollback of this apply, if one ran.
     pub rollback_journal: Option<String>,
+}
+
+impl RunRecord {
+    /// The plan's steps the journal does not record as finished, in the plan's order.
+    pub fn steps_not_done(&self) -> Vec<&str> {
+        let done: std::collections::BTreeSet<&str> = self.steps_done.iter().map(|e| e.step.as_str()).collect();
+        self.plan.graph.steps.iter().map(|s| s.id.as_str()).filter(|s| !done.contains(s)).collect()
+    }
 }
 
 /// Finds the run of `plan` (or, without one, the most recent apply) beside the API model, as
@@ -127,9 +136,8 @@ pub fn parse_node_output(node: &str, out: &str) -> Result<NodeRecord, String> {
 /// Reads every Linux node's backups and log, as many at once as `limit` allows; a node that
 /// does not answer is named, not fatal. Windows nodes are listed as not read (certrotate
 /// does not read Windows nodes yet).
-pub async fn read_nodes(fleet: Arc<SshFleet>, topo: &Topology, limit: usize) -> (Vec<NodeRecord>, Vec<UnreadNode>, Vec<String>) {
+pub async fn read_nodes(fleet: Arc<SshFleet>, topo: &Topology, limit: ReadLimit) -> (Vec<NodeRecord>, Vec<UnreadNode>, Vec<String>) {
     let jumpbox = topo.masters.first().map(|m| m.name.clone());
-    let semaphore = Arc::new(tokio::sync::Semaphore::new(limit.max(1)));
     let mut not_read = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for node in topo.nodes() {
@@ -137,18 +145,11 @@ pub async fn read_nodes(fleet: Arc<SshFleet>, topo: &Topology, limit: usize) -> 
             not_read.push(format!("{}: a Windows node; its log ({}) and backups are not read by certrotate yet", node.name, crate::apply::windows::LOG_PATH));
             continue;
         }
-        let (fleet, semaphore, name) = (fleet.clone(), semaphore.clone(), node.name.clone());
-        let via_jumpbox = Some(&node.name) != jumpbox.as_ref();
+        let (fleet, limit, jumpbox, name) = (fleet.clone(), limit.clone(), jumpbox.clone(), node.name.clone());
         tasks.spawn(async move {
-            let _permit = semaphore.acquire_owned().await.expect("semaphore never closes");
-            let result = match fleet.connect(&name, via_jumpbox).await {
-                Ok(session) => {
-                    let out = session.run_script_as_root("evidence", &node_script()).await;
-                    session.close().await;
-                    out.map_err(|e| e.to_string()).and_then(|out| parse_node_output(&name, &out))
-                }
-                Err(e) => Err(e.to_string()),
-            };
+            let _permit = limit.permit().await;
+            let out = run_as_root_once(&fleet, jumpbox.as_deref(), &name, "evidence", &node_script()).await;
+            let result = out.map_err(|e| e.to_string()).and_then(|out| parse_node_output(&name, &out));
             (name, result)
         });
     }
@@ -286,9 +287,8 @@ pub fn assemble(g: &Gathered) -> miette::Result<Bundle> {
         .into_bytes(),
     );
 
-    let steps: Vec<&str> = plan.graph.steps.iter().map(|s| s.id.as_str()).collect();
-    let done: std::collections::BTreeSet<&str> = g.run.steps_done.iter().map(|e| e.step.as_str()).collect();
-    let not_done: Vec<&str> = steps.iter().copied().filter(|s| !done.contains(s)).collect();
+    let steps = plan.graph.steps.len();
+    let not_done = g.run.steps_not_done();
     let names: Vec<String> = files.iter().map(|(p, _)| p.clone()).collect();
     let summary = Summary {
         cluster: &g.cluster,
@@ -296,8 +296,8 @@ pub fn assemble(g: &Gathered) -> miette::Result<Bundle> {
         plan_file: &g.run.plan_path,
         profile: &plan.profile.name,
         gathered_at: g.taken_at,
-        steps_in_plan: steps.len(),
-        steps_done: steps.len() - not_done.len(),
+        steps_in_plan: steps,
+        steps_done: steps - not_done.len(),
         complete: not_done.is_empty(),
         rolled_back: g.run.rollback_journal.is_some(),
         steps_not_done: not_done,

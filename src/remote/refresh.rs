@@ -20,6 +20,11 @@ impl ReadLimit {
     pub fn new(at_once: usize) -> Self {
         ReadLimit(Arc::new(tokio::sync::Semaphore::new(at_once.max(1))))
     }
+
+    /// Waits for a turn; the turn ends when the permit is dropped.
+    pub async fn permit(&self) -> tokio::sync::OwnedSemaphorePermit {
+        self.0.clone().acquire_owned().await.expect("the read limit is never closed")
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -51,6 +56,15 @@ pub async fn refresh_over_ssh(
     refresh_some_over_ssh(fleet, topo, None, catalogue, opts).await
 }
 
+/// Runs one read-only script as root on `node` over a connection of its own, closed after:
+/// through the jumpbox, unless the node is the jumpbox (the first master behind --ssh-host).
+pub async fn run_as_root_once(fleet: &SshFleet, jumpbox: Option<&str>, node: &str, what: &str, script: &str) -> Result<String, RemoteError> {
+    let session = fleet.connect(node, Some(node) != jumpbox).await?;
+    let out = session.run_script_as_root(what, script).await;
+    session.close().await;
+    out
+}
+
 /// As [`refresh_over_ssh`], for the named nodes of the topology only (all when `only` is None).
 pub async fn refresh_some_over_ssh(
     fleet: Arc<SshFleet>,
@@ -61,14 +75,8 @@ pub async fn refresh_some_over_ssh(
 ) -> Result<Inventory, RefreshError> {
     let jumpbox = topo.masters.first().map(|m| m.name.clone());
     refresh_some(topo, only, catalogue, opts, move |node: Node, script: String| {
-        let fleet = fleet.clone();
-        let via_jumpbox = Some(&node.name) != jumpbox.as_ref();
-        async move {
-            let session = fleet.connect(&node.name, via_jumpbox).await?;
-            let out = session.run_script_as_root("refresh", &script).await;
-            session.close().await;
-            out
-        }
+        let (fleet, jumpbox) = (fleet.clone(), jumpbox.clone());
+        async move { run_as_root_once(&fleet, jumpbox.as_deref(), &node.name, "refresh", &script).await }
     })
     .await
 }
@@ -90,13 +98,13 @@ where
     Fut: Future<Output = Result<String, RemoteError>> + Send + 'static,
 {
     let run = Arc::new(run);
-    let semaphore = opts.limit.0.clone();
+    let limit = opts.limit.clone();
     let mut tasks = tokio::task::JoinSet::new();
     for node in topo.nodes().filter(|n| only.is_none_or(|names| names.contains(&n.name))) {
         let spec = NodeReadSpec::for_node(node, catalogue, &topo.admin_username);
-        let (run, semaphore, node) = (run.clone(), semaphore.clone(), node.clone());
+        let (run, limit, node) = (run.clone(), limit.clone(), node.clone());
         tasks.spawn(async move {
-            let _permit = semaphore.acquire_owned().await.expect("semaphore never closes");
+            let _permit = limit.permit().await;
             let name = node.name.clone();
             let result = read_node(&*run, node, &spec).await;
             (name, result)
