@@ -3,4 +3,5 @@
 //! Only `apply` calls into here; plan never needs the cloud.
 
 pub mod azure;
+pub mod balancers;
 pub mod kube;
