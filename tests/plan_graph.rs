@@ -174,77 +174,6 @@ fn rolling_masters_wait_for_the_previous_master_gates() {
     }
 }
 
-/// Every step that takes master `m`'s apiserver down runs inside a drain window of `m`: after
-/// a drain of `m` and before the undrain that closes it.
-fn assert_restarts_are_drained(g: &ActionGraph, m: &str) {
-    let restarts: Vec<&str> = g
-        .steps()
-        .filter(|s| s.target.as_deref() == Some(m))
-        .filter(|s| matches!(s.operation, Operation::RestartEtcd | Operation::RestartControlPlane | Operation::RestartApiserver))
-        .map(|s| s.id.as_str())
-        .collect();
-    assert!(!restarts.is_empty(), "{m} restarts something");
-    for r in restarts {
-        let window = g.steps().filter(|s| s.operation == Operation::DrainMaster && s.target.as_deref() == Some(m)).find(|d| {
-            let undrain = g.undrain_of(d).expect("every drain has its undrain");
-            g.precedes(&d.id, r) && g.precedes(r, &undrain.id)
-        });
-        assert!(window.is_some(), "{r} is not inside a drain window of {m}");
-    }
-}
-
-#[test]
-fn each_master_leaves_the_load_balancers_while_it_restarts_and_only_one_at_a_time() {
-    let c = cluster(3, 2, Age::ExpiringInDays(20));
-    let p = shipped("renew-expiring");
-    assert!(p.masters.drain, "drains are on in the shipped profile");
-    let g = graph::build(&c.diff(&p), &c.topo, &p);
-    assert_eq!(g.downtime.kind, DowntimeKind::None);
-    assert!(g.downtime.explanation.contains("leaves the public and internal"), "{}", g.downtime.explanation);
-    assert_eq!(ids_of(&g, Operation::DrainMaster).len(), 6, "each master twice: its own restart and its front-proxy restart");
-    for i in 0..3 {
-        let m = c.master(i);
-        assert_restarts_are_drained(&g, &m);
-        // Back in only once its apiserver serves the new certificate and is Ready.
-        for gate in [GateKind::ApiserverServesNewCert, GateKind::ControlPlanePodsReady] {
-            assert!(g.precedes(&format!("{}@{m}", gate.as_str()), &format!("undrainMaster@{m}")));
-        }
-        assert!(g.precedes(&format!("installCerts@{m}"), &format!("drainMaster@{m}")), "installing files needs no drain");
-        assert!(g.step(&format!("drainMaster@{m}")).unwrap().params.vm.as_deref() == Some(m.as_str()));
-        if i > 0 {
-            let prev = c.master(i - 1);
-            assert!(g.precedes(&format!("undrainMaster@{prev}"), &format!("drainMaster@{m}")), "one master out at a time");
-            assert!(g.precedes(&format!("undrainMaster@front-proxy@{prev}"), &format!("drainMaster@front-proxy@{m}")));
-        }
-    }
-    // Nothing after the masters starts while the last one is still out.
-    assert!(g.precedes(&format!("undrainMaster@{}", c.master(2)), &format!("installCerts@{}", c.agent(0))));
-    assert!(g.precedes(&format!("undrainMaster@{}", c.master(2)), &format!("putFrontProxyInEtcd@{}", c.master(0))));
-    g.validate().unwrap();
-}
-
-#[test]
-fn without_drains_or_a_second_master_there_is_no_drain_and_the_plan_says_what_clients_see() {
-    let c = cluster(3, 2, Age::ExpiringInDays(20));
-    let mut p = shipped("renew-expiring");
-    p.masters.drain = false;
-    let g = graph::build(&c.diff(&p), &c.topo, &p);
-    assert!(ids_of(&g, Operation::DrainMaster).is_empty() && ids_of(&g, Operation::UndrainMaster).is_empty());
-    assert_eq!(g.downtime.kind, DowntimeKind::Rolling);
-    assert!(g.downtime.explanation.contains("masters.drain: false"), "{}", g.downtime.explanation);
-
-    let one = cluster(1, 2, Age::ExpiringInDays(20));
-    let p = shipped("renew-expiring");
-    let g = graph::build(&one.diff(&p), &one.topo, &p);
-    assert!(ids_of(&g, Operation::DrainMaster).is_empty(), "a single master has nowhere to send its clients");
-
-    // All at once (a new CA): the API is down while masters reboot, so only the front-proxy
-    // restarts afterwards are drained.
-    let p = shipped("rotate-ca");
-    let g = graph::build(&c.diff(&p), &c.topo, &p);
-    assert!(ids_of(&g, Operation::DrainMaster).iter().all(|id| id.starts_with("drainMaster@front-proxy@")), "{:?}", ids_of(&g, Operation::DrainMaster));
-}
-
 #[test]
 fn a_new_ca_changes_masters_together_and_says_the_api_is_down() {
     let c = cluster(3, 2, Age::Healthy);
@@ -351,10 +280,7 @@ fn saved_graph_round_trips_and_passes_the_plan_file_check() {
 #[test]
 fn a_saved_graph_missing_a_gate_edge_or_with_a_cycle_is_refused() {
     let c = cluster(3, 2, Age::ExpiringInDays(20));
-    // Without drains one edge joins a master's last gate to the next master's install (with
-    // them, the undrain between them is a second path).
-    let mut p = shipped("renew-expiring");
-    p.masters.drain = false;
+    let p = shipped("renew-expiring");
     let g = graph::build(&c.diff(&p), &c.topo, &p);
     let mut saved = g.to_saved();
     let gate = format!("{}@{}", GateKind::ControlPlanePodsReady.as_str(), c.master(0));

@@ -108,7 +108,7 @@ impl Connections {
         let settings = self.azure.clone();
         self.compute
             .get_or_init(|| async move {
-                let settings = settings.ok_or_else(|| "restarting a VM or taking a master out of the load balancers needs the Azure settings (--subscription-id, --resource-group, credentials)".to_string())?;
+                let settings = settings.ok_or_else(|| "rebooting a VM needs the Azure settings (--subscription-id, --resource-group, credentials)".to_string())?;
                 AzureCompute::connect(settings).await.map(Arc::new).map_err(|e| e.to_string())
             })
             .await

@@ -286,17 +286,7 @@ impl EventSink for Context {
 pub async fn walk(ctx: Arc<Context>) -> WalkResult {
     ctx.timings.lock().expect("timings lock").set_steps(&step_phases(&ctx.graph));
     let settings = WalkSettings { parallelism: ctx.parallelism, stop: ctx.stop.clone() };
-    let result = walker::walk(&ctx.graph, ctx.clone(), &ctx.store.journal, &*ctx, &settings).await;
-    if !result.failed.is_empty() || result.interrupted.is_some() {
-        for outcome in undrain_left_over(&ctx).await {
-            let message = match outcome {
-                Ok(done) => format!("{done} (apply stopped with it drained; a resumed run drains it again before its restart)"),
-                Err(left) => format!("{left}; `certrotate status` names it, and resuming or rolling back puts it back"),
-            };
-            ctx.emit(Event::Warning { message });
-        }
-    }
-    result
+    walker::walk(&ctx.graph, ctx.clone(), &ctx.store.journal, &*ctx, &settings).await
 }
 
 /// Runs one step; `Ok` carries an optional note for the journal.
@@ -446,8 +436,6 @@ async fn run_step(ctx: &Context, step: &Step) -> Result<Option<String>, StepErro
             Ok(None)
         }
         Operation::RebootVm => reboot(ctx, &target).await,
-        Operation::DrainMaster => drain(ctx, &target).await,
-        Operation::UndrainMaster => undrain(ctx, &target).await,
         Operation::PutFrontProxyInEtcd => {
             let node = ctx.node(&target)?;
             let files = ctx.front_proxy_files(node)?;
@@ -595,44 +583,6 @@ async fn reboot(ctx: &Context, name: &str) -> Result<Option<String>, StepError> 
         }
     }
     Ok(Some("restarted through the Azure Compute API".into()))
-}
-
-/// Takes a master out of the apiserver's load balancers; its record is on disk first.
-async fn drain(ctx: &Context, vm: &str) -> Result<Option<String>, StepError> {
-    let compute = ctx.conn.compute().await?;
-    let run = &ctx.store.run;
-    let change = compute.drain_vm(vm, run.load_drain(vm), |r| run.save_drain(r)).await.map_err(|e| StepError::new(e.to_string()))?;
-    let what = if change.changed == 0 { "was already out of" } else { "left" };
-    Ok(Some(format!("{vm} {what} {} ({} pool reference(s)); waited {:.1}s", change.pools(), change.record.memberships.len(), change.waited.as_secs_f64())))
-}
-
-/// Puts a drained master back; without a record (never drained, or already back) it is a no-op.
-async fn undrain(ctx: &Context, vm: &str) -> Result<Option<String>, StepError> {
-    let Some(record) = ctx.store.run.load_drain(vm) else {
-        return Ok(Some(format!("{vm} has no open drain record: nothing to put back")));
-    };
-    let compute = ctx.conn.compute().await?;
-    let change = compute.undrain_vm(&record).await.map_err(|e| StepError::new(e.to_string()))?;
-    ctx.store.run.close_drain(vm).map_err(|e| StepError::new(format!("{vm} is back in its pools but its drain record could not be closed: {e}")))?;
-    Ok(Some(format!("{vm} rejoined {}; waited {:.1}s for the probe", change.pools(), change.waited.as_secs_f64())))
-}
-
-/// After a failed or stopped walk: every master still out of the load balancers goes back,
-/// so apply never leaves one drained. Returns what happened to each, for the operator.
-pub async fn undrain_left_over(ctx: &Context) -> Vec<Result<String, String>> {
-    let mut out = Vec::new();
-    for record in ctx.store.run.open_drains() {
-        let vm = record.vm.clone();
-        let done = match ctx.conn.compute().await {
-            Ok(compute) => compute.undrain_vm(&record).await.map_err(|e| e.to_string()),
-            Err(e) => Err(e.message),
-        };
-        out.push(match done {
-            Ok(_) => ctx.store.run.close_drain(&vm).map(|_| format!("{vm} is back in the load balancers")).map_err(|e| format!("{vm} is back but its record stays open: {e}")),
-            Err(e) => Err(format!("{vm} is still out of the load balancers: {e}")),
-        });
-    }
-    out
 }
 
 /// Writes the new certificateProfile into apimodel.json and the new admin kubeconfig beside

@@ -84,7 +84,7 @@ pub async fn preflight(ctx: &Arc<Context>, plan: &PlanFile, cluster: &Discovered
     }
     *ctx.master_kubeconfig_servers.lock().expect("servers lock") = servers;
     if ctx.conn.azure.is_some() {
-        ctx.conn.check_azure().await.map_err(|e| miette!(help = "this plan restarts master VMs or drains masters through Azure; check the Azure flags and the service principal", "Azure does not answer: {}", e.message))?;
+        ctx.conn.check_azure().await.map_err(|e| miette!(help = "this plan restarts master VMs through Azure; check the Azure flags and the service principal", "Azure does not answer: {}", e.message))?;
     }
     Ok(())
 }

@@ -80,51 +80,6 @@ impl RunDir {
         self.root.join("status-before.txt")
     }
 
-    /// Records of masters this run took out of the load balancers and has not put back:
-    /// `drains/<vm>.json` (resource ids only). An undrain renames its record to
-    /// `<vm>.undrained.json`, kept for the evidence.
-    pub fn drains_dir(&self) -> PathBuf {
-        self.root.join("drains")
-    }
-
-    pub fn drain_record_path(&self, vm: &str) -> PathBuf {
-        self.drains_dir().join(format!("{vm}.json"))
-    }
-
-    pub fn load_drain(&self, vm: &str) -> Option<crate::cloud::balancers::DrainRecord> {
-        std::fs::read_to_string(self.drain_record_path(vm)).ok().and_then(|t| serde_json::from_str(&t).ok())
-    }
-
-    /// Keeps a drain's record, durably, before the NIC changes.
-    pub fn save_drain(&self, record: &crate::cloud::balancers::DrainRecord) -> std::io::Result<()> {
-        private_dir(&self.drains_dir()).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let text = serde_json::to_string_pretty(record).expect("a drain record serialises");
-        write_atomic(&self.drain_record_path(&record.vm), text.as_bytes(), Some(0o600))
-    }
-
-    /// The master is back in its pools: its record is set aside.
-    pub fn close_drain(&self, vm: &str) -> std::io::Result<()> {
-        let from = self.drain_record_path(vm);
-        match std::fs::rename(&from, self.drains_dir().join(format!("{vm}.undrained.json"))) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            other => other,
-        }
-    }
-
-    /// Every master whose drain record is open, by VM name.
-    pub fn open_drains(&self) -> Vec<crate::cloud::balancers::DrainRecord> {
-        let mut out: Vec<crate::cloud::balancers::DrainRecord> = std::fs::read_dir(self.drains_dir())
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| e.file_name().to_string_lossy().ends_with(".json") && !e.file_name().to_string_lossy().ends_with(".undrained.json"))
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .filter_map(|t| serde_json::from_str(&t).ok())
-            .collect();
-        out.sort_by(|a, b| a.vm.cmp(&b.vm));
-        out
-    }
-
     pub fn load_state(&self) -> RunState {
         std::fs::read_to_string(self.state_path()).ok().and_then(|t| serde_json::from_str(&t).ok()).unwrap_or_default()
     }
@@ -133,19 +88,6 @@ impl RunDir {
         let text = serde_json::to_string_pretty(state).expect("state serialises");
         write_atomic(&self.state_path(), text.as_bytes(), Some(0o600)).map_err(io(&self.state_path()))
     }
-}
-
-/// Every master some run beside the API model took out of the load balancers and has not
-/// put back, with that run's directory.
-pub fn open_drains_beside(model_dir: &Path) -> Vec<(RunDir, crate::cloud::balancers::DrainRecord)> {
-    let mut runs: Vec<PathBuf> = std::fs::read_dir(model_dir.join(OUTPUT_DIR)).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
-    runs.sort();
-    runs.into_iter()
-        .flat_map(|root| {
-            let run = RunDir { root };
-            run.open_drains().into_iter().map(move |r| (run.clone(), r))
-        })
-        .collect()
 }
 
 /// Small facts a later step (or a resumed run) needs from an earlier one. No secrets.

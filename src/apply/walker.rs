@@ -10,7 +10,7 @@
 use crate::apply::progress::Event;
 use crate::interrupt::{StopRequest, StopSignal};
 use crate::plan::graph::ActionGraph;
-use crate::plan::step::{Operation, Phase, Step};
+use crate::plan::step::{Phase, Step};
 use async_trait::async_trait;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -149,10 +149,7 @@ pub async fn walk<R: StepRunner>(graph: &ActionGraph, runner: Arc<R>, record: &d
             // Gates look again on every run: what held before a failure may not hold now.
             // Steps skipped under --force were not done and run when they can.
             let passed_preflight = gate && changes_began && step.phase == Phase::Preflight;
-            // A drain holds only until apply stops: a stopped or failed apply puts its drained
-            // masters back, so a resumed run drains again unless the window closed.
-            let window_open = step.operation == Operation::DrainMaster && graph.undrain_of(step).is_some_and(|u| !record.is_done(&u.id));
-            if (!gate || passed_preflight) && record.is_done(id) && !record.was_forced(id) && !window_open {
+            if (!gate || passed_preflight) && record.is_done(id) && !record.was_forced(id) {
                 let reason = if gate { "passed before the changes began (journal); the cluster is mid-rotation now" } else { "already done (journal)" };
                 events.emit(Event::StepSkipped { id: id.to_string(), reason: reason.into() });
                 result.skipped += 1;
@@ -462,25 +459,6 @@ mod tests {
         assert_eq!(runner.ran(), vec!["g", "c"], "the gate runs again, the recorded actions do not");
         assert_eq!(events.skipped(), vec!["a", "b"]);
         assert_eq!((result.done, result.skipped), (2, 2));
-    }
-
-    #[tokio::test]
-    async fn a_resume_drains_again_while_the_drain_window_is_open() {
-        let steps = vec![
-            step("drainMaster@m0", Operation::DrainMaster, Phase::Masters),
-            action("restart"),
-            step("undrainMaster@m0", Operation::UndrainMaster, Phase::Masters),
-            action("next"),
-        ];
-        let edges = [("drainMaster@m0", "restart"), ("restart", "undrainMaster@m0"), ("undrainMaster@m0", "next")];
-        let g = graph(steps, &edges);
-        // The earlier run drained, restarted and stopped (putting m0 back): drain again.
-        let (_, runner, _) = run(&g, FakeRunner::default(), &MemoryRecord::with(&["drainMaster@m0", "restart"], &[]), &settings(2)).await;
-        assert_eq!(runner.ran(), vec!["drainMaster@m0", "undrainMaster@m0", "next"]);
-        // The window closed: the drain is not done again, or m0 would stay out.
-        let done = ["drainMaster@m0", "restart", "undrainMaster@m0"];
-        let (_, runner, _) = run(&g, FakeRunner::default(), &MemoryRecord::with(&done, &[]), &settings(2)).await;
-        assert_eq!(runner.ran(), vec!["next"]);
     }
 
     #[tokio::test]

@@ -95,14 +95,10 @@ pub fn run_apply(a: &ApplyArgs) -> miette::Result<Outcome> {
         say!("This plan has already been applied completely (journal {}). Nothing to do.", journal.path().display());
         return Ok(Outcome::Ok);
     }
-    let needs_azure = graph.steps().any(|s| matches!(s.operation, Operation::RebootVm | Operation::DrainMaster | Operation::UndrainMaster));
-    let azure = if needs_azure {
+    let azure = if graph.steps().any(|s| s.operation == Operation::RebootVm) {
         let inputs = a.cluster.azure.to_inputs().map_err(|e| miette!("{e}"))?;
         Some(AzureSettings::from_api_model(model, inputs).map_err(|e| {
-            miette!(
-                help = "this plan restarts master VMs or takes masters out of the load balancers through Azure: pass the Azure flags (see `certrotate apply --help`), or plan with `masters.drain: false` to restart masters behind the load balancers",
-                "{e}"
-            )
+            miette!(help = "this plan restarts master VMs through Azure: pass the Azure flags (see `certrotate apply --help`)", "{e}")
         })?)
     } else {
         None

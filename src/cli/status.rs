@@ -123,14 +123,6 @@ pub fn run(a: &StatusArgs) -> miette::Result<Outcome> {
     } else {
         print!("{}", expiry::render_with_unreachable(&rows, &inventory));
     }
-    for (run, drain) in crate::apply::store::open_drains_beside(&cluster.model.dir()) {
-        eprintln!(
-            "warning: master {} is out of the apiserver load balancers: an apply stopped before putting it back (record {}); apply that plan again ({}), which goes on and puts it back once its restart is done, or roll it back, which puts it back first",
-            drain.vm,
-            run.drain_record_path(&drain.vm).display(),
-            run.root.join("plan.yaml").display()
-        );
-    }
     Ok(Outcome::Ok)
 }
 

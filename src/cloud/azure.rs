@@ -761,7 +761,7 @@ impl AzureCompute {
 
     /// Follows a long-running operation: `Azure-AsyncOperation` (a status document) when the
     /// server gave one, else `Location` (202 until done), honouring `Retry-After`.
-    pub(crate) async fn wait_operation(&self, vm: &(dyn fmt::Display + Sync), action: &'static str, status: StatusCode, headers: &Headers) -> Result<(), AzureError> {
+    async fn wait_operation(&self, vm: &VmRef, action: &'static str, status: StatusCode, headers: &Headers) -> Result<(), AzureError> {
         let async_operation = headers.get_optional_str(&headers::AZURE_ASYNCOPERATION);
         let location = headers.get_optional_str(&headers::LOCATION);
         let (url, is_status_document) = match (async_operation, location) {
@@ -794,7 +794,7 @@ impl AzureCompute {
             if started.elapsed() >= self.settings.operation_timeout {
                 return Err(AzureError::Timeout {
                     vm: vm.to_string(),
-                    goal: if action == "restart" { "finish restarting" } else { "finish the operation" },
+                    goal: "finish restarting",
                     waited: started.elapsed(),
                     last_seen: format!("operation status {last_seen}"),
                 });
@@ -807,7 +807,7 @@ impl AzureCompute {
                 .pipeline
                 .send(&Context::new(), &mut request)
                 .await
-                .map_err(|e| self.compute_error(vm, "follow the operation on", e))?;
+                .map_err(|e| self.compute_error(vm, "follow the restart operation of", e))?;
             let (status, response_headers, body) = response.deconstruct();
             wait = retry_after(&response_headers).unwrap_or(self.settings.poll_interval);
             if !is_status_document {
@@ -823,7 +823,7 @@ impl AzureCompute {
                     }
                 }
             }
-            let body = body.collect().await.map_err(|e| self.compute_error(vm, "follow the operation on", e))?;
+            let body = body.collect().await.map_err(|e| self.compute_error(vm, "follow the restart operation of", e))?;
             let document: Value = serde_json::from_slice(&body).map_err(|e| AzureError::Compute {
                 vm: vm.to_string(),
                 action,
@@ -849,91 +849,7 @@ impl AzureCompute {
         }
     }
 
-    /// Reads or writes one resource as JSON through the Microsoft.Resources pipeline (token,
-    /// retries on 429 and 5xx, no compute api-version rewrite). Network resources go this way
-    /// because they are written back whole: a typed model would drop on the way back the
-    /// fields it does not know, and a PUT replaces the resource. `what` names the resource
-    /// in errors. Returns the status, the headers (for a long-running operation) and the body.
-    pub(crate) async fn arm_json(
-        &self,
-        what: &str,
-        action: &'static str,
-        method: Method,
-        resource_id: &str,
-        api_version: &str,
-        body: Option<&Value>,
-        if_match: Option<&str>,
-    ) -> Result<(StatusCode, Headers, Value), AzureError> {
-        let url = format!("{}{}?api-version={api_version}", self.settings.resource_manager_endpoint.as_str().trim_end_matches('/'), resource_id);
-        let url = Url::parse(&url).map_err(|e| AzureError::Compute {
-            vm: what.to_string(),
-            action,
-            status: None,
-            code: None,
-            reason: format!("{resource_id} does not make a URL: {e}"),
-            help: None,
-        })?;
-        let token = self.token().await?;
-        let mut request = Request::new(url, method);
-        request.insert_header(headers::AUTHORIZATION, format!("Bearer {}", token.secret()));
-        if let Some(body) = body {
-            request.insert_header(headers::CONTENT_TYPE, "application/json");
-            request.set_body(serde_json::to_vec(body).unwrap_or_default());
-        }
-        if let Some(etag) = if_match {
-            request.insert_header(headers::IF_MATCH, etag.to_string());
-        }
-        let response = self.resources_pipeline.send(&Context::new(), &mut request).await.map_err(|e| self.compute_error(&what, action, e))?;
-        let (status, response_headers, body) = response.deconstruct();
-        let body = body.collect().await.map_err(|e| self.compute_error(&what, action, e))?;
-        let document: Value = if body.is_empty() { Value::Null } else { serde_json::from_slice(&body).unwrap_or(Value::Null) };
-        if !status.is_success() {
-            let code = document.pointer("/error/code").and_then(Value::as_str).map(str::to_string);
-            let message = document.pointer("/error/message").and_then(Value::as_str).unwrap_or("no reason given");
-            let help = match (u16::from(status), code.as_deref()) {
-                (401 | 403, _) => Some("the service principal needs a role (Network Contributor, or Contributor) on the cluster's resource group".to_string()),
-                (404, _) => Some(format!("check the subscription ({}) and the resource group ({})", self.settings.subscription_id, self.settings.resource_group)),
-                (412, _) => Some("the resource changed while certrotate changed it; rerun apply, which reads it again".to_string()),
-                _ => None,
-            };
-            return Err(AzureError::Compute {
-                vm: what.to_string(),
-                action,
-                status: Some(u16::from(status)),
-                code,
-                reason: format!("HTTP {status}: {}", self.scrub(message)),
-                help,
-            });
-        }
-        Ok((status, response_headers, document))
-    }
-
-    /// The resource ids of a VM's network interfaces, primary first (an availability-set VM;
-    /// scale-set VMs change their network through the scale set's model).
-    pub async fn network_interfaces_of(&self, name: &str) -> Result<Vec<String>, AzureError> {
-        let s = &self.settings;
-        let vm = self
-            .compute
-            .virtual_machines_client()
-            .get(&s.resource_group, name, &s.subscription_id)
-            .await
-            .map_err(|e| self.compute_error(&name, "read the network profile of", e))?;
-        let mut nics: Vec<(bool, String)> = vm
-            .properties
-            .and_then(|p| p.network_profile)
-            .map(|n| n.network_interfaces)
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|r| {
-                let primary = r.properties.as_ref().and_then(|p| p.primary).unwrap_or(false);
-                r.sub_resource.id.map(|id| (primary, id))
-            })
-            .collect();
-        nics.sort_by_key(|(primary, _)| !*primary);
-        Ok(nics.into_iter().map(|(_, id)| id).collect())
-    }
-
-    fn compute_error(&self, vm: &(dyn fmt::Display + Sync), action: &'static str, error: azure_core::Error) -> AzureError {
+    fn compute_error(&self, vm: &VmRef, action: &'static str, error: azure_core::Error) -> AzureError {
         if matches!(error.kind(), ErrorKind::Credential) {
             return AzureError::Authentication {
                 client_id: self.settings.credentials.client_id().to_string(),

@@ -3,5 +3,4 @@
 //! Only `apply` calls into here; plan never needs the cloud.
 
 pub mod azure;
-pub mod balancers;
 pub mod kube;

@@ -133,12 +133,6 @@ impl ActionGraph {
     }
 
     /// Ids of the steps that must finish before `id`.
-    /// The undrain that ends a drain's window (same master, same pass).
-    pub fn undrain_of(&self, drain: &Step) -> Option<&Step> {
-        let rest = drain.id.strip_prefix(Operation::DrainMaster.as_str())?;
-        self.step(&format!("{}{rest}", Operation::UndrainMaster.as_str())).filter(|s| s.operation == Operation::UndrainMaster)
-    }
-
     pub fn predecessors(&self, id: &str) -> Vec<&str> {
         self.neighbours(id, petgraph::Direction::Incoming)
     }
@@ -328,12 +322,6 @@ impl<'a> StepAdder<'a> {
             Some(t) => format!("{}@{t}", op.as_str()),
             None => op.as_str().to_string(),
         };
-        self.action_with_id(id, op, phase, target, description, params, requires)
-    }
-
-    /// An action with its id given (for an operation a target gets more than once).
-    #[allow(clippy::too_many_arguments)]
-    fn action_with_id(&mut self, id: String, op: Operation, phase: Phase, target: Option<&str>, description: String, params: StepParams, requires: &[NodeIndex]) -> NodeIndex {
         let scope = match (target, op) {
             (Some(_), _) => Scope::Node,
             (None, Operation::BackupApiModel | Operation::IssuePki | Operation::UpdateApiModel | Operation::RestoreApiModel) => Scope::Local,
@@ -355,39 +343,6 @@ impl<'a> StepAdder<'a> {
             requires,
             gate: None,
         })
-    }
-
-    /// Takes `master` out of the apiserver's load balancers behind `after`. `pass` tells one
-    /// drain of a master from another in the same plan (its own restart, its front-proxy
-    /// restart): the id is `drainMaster@<pass>@<master>`, or `drainMaster@<master>` without.
-    pub fn drain(&mut self, pass: Option<&str>, phase: Phase, master: &str, after: &[NodeIndex], requires: &[NodeIndex]) -> NodeIndex {
-        let ix = self.action_with_id(
-            pass_id(Operation::DrainMaster, pass, master),
-            Operation::DrainMaster,
-            phase,
-            Some(master),
-            format!("take {master} out of the apiserver load balancers' backend pools (Azure Network API) and wait until they send it no new connections"),
-            StepParams { vm: Some(master.to_string()), ..StepParams::default() },
-            requires,
-        );
-        self.g.edges_from(after, ix);
-        self.g.edges_from(requires, ix);
-        ix
-    }
-
-    /// Puts `master` back into the pools its drain took it out of, behind `after`.
-    pub fn undrain(&mut self, pass: Option<&str>, phase: Phase, master: &str, after: &[NodeIndex]) -> NodeIndex {
-        let ix = self.action_with_id(
-            pass_id(Operation::UndrainMaster, pass, master),
-            Operation::UndrainMaster,
-            phase,
-            Some(master),
-            format!("put {master} back into the apiserver load balancers' backend pools and wait until their probe brings it up"),
-            StepParams { vm: Some(master.to_string()), ..StepParams::default() },
-            after,
-        );
-        self.g.edges_from(after, ix);
-        ix
     }
 
     /// A gate with the profile's timing; its id is `kind@scope`. It acts on its one node when
@@ -453,14 +408,6 @@ impl<'a> StepAdder<'a> {
     }
 }
 
-/// `operation@target`, or `operation@pass@target` for a second pass over the same target.
-fn pass_id(op: Operation, pass: Option<&str>, target: &str) -> String {
-    match pass {
-        Some(pass) => format!("{}@{pass}@{target}", op.as_str()),
-        None => format!("{}@{target}", op.as_str()),
-    }
-}
-
 fn resume_hint() -> &'static str {
     "the previous certificates are in /etc/kubernetes/certs.bak on each node; fix the cause and run `certrotate apply` with the same plan to resume here"
 }
@@ -482,9 +429,6 @@ struct Decided<'d> {
     agents: Vec<&'d Node>,
     master_names: Vec<String>,
     why_ssh: Option<String>,
-    /// Masters leave the load balancers while their apiserver restarts: the profile asks
-    /// for it and there is another master to take their clients.
-    drains: bool,
 }
 
 impl Decided<'_> {
@@ -530,7 +474,7 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
     if !diff.has_changes() {
         return b.g;
     }
-    let d = decide(diff, topo, profile);
+    let d = decide(diff, topo);
     let mut r = RotationBuilder { b, d, topo, staged: HashMap::new(), preflight: Vec::new(), pre_nodes: None, pause: None, proxy_gates: Vec::new() };
     r.b.g.masters = master_plan(&r.d, profile);
 
@@ -554,7 +498,7 @@ pub fn build(diff: &Diff, topo: &Topology, profile: &Profile) -> ActionGraph {
     r.b.g
 }
 
-fn decide<'d>(diff: &'d Diff, topo: &'d Topology, profile: &Profile) -> Decided<'d> {
+fn decide<'d>(diff: &'d Diff, topo: &'d Topology) -> Decided<'d> {
     let expired = diff.cluster_expired();
     let expired_list = {
         let mut ids: Vec<String> = diff.expired.iter().map(|e| e.certificate.clone()).collect();
@@ -576,7 +520,6 @@ fn decide<'d>(diff: &'d Diff, topo: &'d Topology, profile: &Profile) -> Decided<
         agents: topo.agents.iter().filter(|a| diff.node_changes(&a.name)).collect(),
         master_names: topo.masters.iter().map(|m| m.name.clone()).collect(),
         why_ssh,
-        drains: profile.masters.drain && topo.masters.len() > 1,
     }
 }
 
@@ -782,10 +725,6 @@ impl RotationBuilder<'_> {
             let mut requires = master_end.clone();
             requires.extend(self.preflight.iter().copied());
             let mut last = self.install_on_master(name, &requires, &master_end, "so kubelet uses the renewed client.crt");
-            let drained = self.d.drains.then(|| self.b.drain(None, Phase::Masters, name, &[last], &requires));
-            if let Some(d) = drained {
-                last = d;
-            }
             let ids = self.d.main_phase_ids(name);
             let etcd_related = ids.iter().any(|id| ETCD_RELATED.contains(&id.as_str()) || id.starts_with("etcdpeer"));
             let mut gates_of_master = Vec::new();
@@ -843,12 +782,6 @@ impl RotationBuilder<'_> {
                     },
                 ],
             );
-            // The next master (and every later phase) waits for this one to be back in the
-            // load balancers; the gates stay in the list, as they are what later steps rely on.
-            if drained.is_some() {
-                let undrain = self.b.undrain(None, Phase::Masters, name, &master_end);
-                master_end.push(undrain);
-            }
         }
         master_end
     }
@@ -968,7 +901,6 @@ impl RotationBuilder<'_> {
             );
             self.b.edges_from(&prev, install);
             self.b.edge(self.staged[&name], install);
-            let drained = self.d.drains.then(|| self.b.drain(Some("front-proxy"), Phase::FrontProxy, &name, &[install], &requires));
             let restart = self.b.action(
                 Operation::RestartApiserver,
                 Phase::FrontProxy,
@@ -977,7 +909,7 @@ impl RotationBuilder<'_> {
                 StepParams::default(),
                 &[],
             );
-            self.b.edge(drained.unwrap_or(install), restart);
+            self.b.edge(install, restart);
             let check = GateCheck {
                 kind: GateKind::ControlPlanePodsReady,
                 probe: Probe::Api,
@@ -989,9 +921,6 @@ impl RotationBuilder<'_> {
             let cp = self.b.gate(check, Phase::FrontProxy, &format!("front-proxy@{name}"), None);
             self.b.edge(restart, cp);
             prev = vec![cp];
-            if drained.is_some() {
-                prev.push(self.b.undrain(Some("front-proxy"), Phase::FrontProxy, &name, &[cp]));
-            }
             self.proxy_gates.push(cp);
         }
         prev
@@ -1187,23 +1116,13 @@ fn downtime(diff: &Diff, topo: &Topology, profile: &Profile, masters: &MasterPla
             } else {
                 ""
             };
-            if profile.masters.drain {
-                ApiDowntime {
-                    kind: DowntimeKind::None,
-                    estimate: None,
-                    explanation: format!(
-                        "the CA is kept and masters restart one at a time, each gated on etcd and its apiserver; each leaves the public and internal ({}) load balancers before it restarts and rejoins once its apiserver is ready, so no client is sent to a restarting apiserver{tokens}",
-                        topo.internal_lb_ip
-                    ),
-                }
-            } else {
-                ApiDowntime {
-                    kind: DowntimeKind::Rolling,
-                    estimate: None,
-                    explanation: format!(
-                        "masters restart one at a time but stay in the load balancers (masters.drain: false): a load balancer notices a stopped apiserver only after 2 failed probes 5 s apart, so requests it sends there meanwhile fail{tokens}"
-                    ),
-                }
+            ApiDowntime {
+                kind: DowntimeKind::None,
+                estimate: None,
+                explanation: format!(
+                    "the CA is kept and masters restart one at a time behind the internal load balancer ({}), each gated on etcd and its apiserver, so the API stays reachable{tokens}",
+                    topo.internal_lb_ip
+                ),
             }
         }
         _ => ApiDowntime::default(),

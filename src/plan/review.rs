@@ -389,9 +389,9 @@ fn apply_section(out: &mut String, plan: &PlanFile, plan_file: &Path) {
     if plan.profile.approval.required {
         notes.push("NAME: the approver above".into());
     }
-    if uses_azure(plan) {
+    if steps_of(plan, Operation::RebootVm).next().is_some() {
         notes.push(
-            "the plan restarts VMs or drains masters through Azure: the service principal comes from AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (or --client-secret-file)"
+            "the plan restarts VMs through Azure: the service principal comes from AZURE_CLIENT_ID and AZURE_CLIENT_SECRET (or --client-secret-file)"
                 .into(),
         );
     }
@@ -403,11 +403,6 @@ fn apply_section(out: &mut String, plan: &PlanFile, plan_file: &Path) {
     );
 }
 
-/// Whether applying the plan calls Azure (VM restarts, load-balancer drains).
-fn uses_azure(plan: &PlanFile) -> bool {
-    steps_of(plan, Operation::RebootVm).chain(steps_of(plan, Operation::DrainMaster)).next().is_some()
-}
-
 /// `certrotate apply|rollback FILE --api-model ...` for this plan, with HOST, KEY (and NAME)
 /// for what the plan does not record.
 fn command(plan: &PlanFile, plan_file: &Path, verb: &str, approver: bool) -> String {
@@ -417,7 +412,7 @@ fn command(plan: &PlanFile, plan_file: &Path, verb: &str, approver: bool) -> Str
         format!("--api-model {}", shell_word(&c.api_model.path.display().to_string())),
         "--ssh-host HOST --linux-ssh-private-key KEY".to_string(),
     ];
-    if uses_azure(plan) {
+    if steps_of(plan, Operation::RebootVm).next().is_some() {
         let mut azure = Vec::new();
         if let Some(rg) = &c.resource_group {
             azure.push(format!("--resource-group {}", shell_word(rg)));

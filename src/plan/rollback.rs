@@ -50,20 +50,6 @@ pub fn touched_nodes(input: &RollbackInput<'_>) -> Vec<String> {
     out
 }
 
-/// Masters whose drain the apply's journal records without the undrain that closes it.
-pub fn drained_masters(input: &RollbackInput<'_>) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for step in input.applied.steps().filter(|s| s.operation == Operation::DrainMaster && (input.applied_done)(&s.id)) {
-        let closed = input.applied.undrain_of(step).is_some_and(|u| (input.applied_done)(&u.id));
-        if let (false, Some(m)) = (closed, &step.target) {
-            if !out.contains(m) {
-                out.push(m.clone());
-            }
-        }
-    }
-    out
-}
-
 fn hint() -> &'static str {
     "fix the cause and run `certrotate rollback` again: it resumes from its journal (rollback.jsonl in the run directory)"
 }
@@ -94,11 +80,6 @@ pub fn build(input: &RollbackInput<'_>) -> ActionGraph {
             )
         })
         .collect();
-
-    // A master the apply left out of the load balancers goes back before anything restarts
-    // (the masters restore together, so a drain would not spare their clients anything).
-    let reopened: Vec<NodeIndex> = drained_masters(input).iter().map(|m| b.undrain(None, Phase::Preflight, m, &verified)).collect();
-    let verified = if reopened.is_empty() { verified } else { reopened };
 
     // Masters together: their certificates, etcd on them, the etcd gate, then the control plane.
     let mut master_end: Vec<NodeIndex> = verified.clone();

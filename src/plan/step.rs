@@ -21,12 +21,6 @@ pub enum Operation {
     InstallCerts,
     InstallAdminKubeconfig,
     RemoveKubeletClientCurrent,
-    /// Takes a master out of the apiserver's load balancers (its NIC leaves their backend
-    /// pools through the Network API) and waits until they send it no new flows.
-    DrainMaster,
-    /// Puts a drained master back into the pools it left and waits until their probe
-    /// brings it up again.
-    UndrainMaster,
     RestartEtcd,
     RestartControlPlane,
     RestartKubelet,
@@ -53,7 +47,7 @@ pub enum Operation {
 }
 
 impl Operation {
-    const ACTIONS: [Operation; 27] = [
+    const ACTIONS: [Operation; 25] = [
         Operation::BackupApiModel,
         Operation::IssuePki,
         Operation::PauseAutoscaler,
@@ -62,8 +56,6 @@ impl Operation {
         Operation::InstallCerts,
         Operation::InstallAdminKubeconfig,
         Operation::RemoveKubeletClientCurrent,
-        Operation::DrainMaster,
-        Operation::UndrainMaster,
         Operation::RestartEtcd,
         Operation::RestartControlPlane,
         Operation::RestartKubelet,
@@ -93,8 +85,6 @@ impl Operation {
             Operation::InstallCerts => "installCerts",
             Operation::InstallAdminKubeconfig => "installAdminKubeconfig",
             Operation::RemoveKubeletClientCurrent => "removeKubeletClientCurrent",
-            Operation::DrainMaster => "drainMaster",
-            Operation::UndrainMaster => "undrainMaster",
             Operation::RestartEtcd => "restartEtcd",
             Operation::RestartControlPlane => "restartControlPlane",
             Operation::RestartKubelet => "restartKubelet",
@@ -143,8 +133,6 @@ impl Operation {
             Operation::InstallCerts
                 | Operation::InstallAdminKubeconfig
                 | Operation::RemoveKubeletClientCurrent
-                | Operation::DrainMaster
-                | Operation::UndrainMaster
                 | Operation::RestartEtcd
                 | Operation::RestartControlPlane
                 | Operation::RestartKubelet
@@ -173,7 +161,7 @@ impl Operation {
     /// Whether the step only waits on the cluster (gates, and restarts and reboots, which wait
     /// on the node's services), rather than doing certrotate's own work.
     pub fn is_waiting(self) -> bool {
-        self.is_gate() || self.is_restart() || matches!(self, Operation::DrainMaster | Operation::UndrainMaster)
+        self.is_gate() || self.is_restart()
     }
 }
 
@@ -295,8 +283,7 @@ pub struct StepParams {
     /// removeKubeletClientCurrent: the file removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
-    /// rebootVm: the VM restarted through Azure; drainMaster and undrainMaster: the VM whose
-    /// network interface leaves and rejoins the load balancers' backend pools.
+    /// rebootVm: the VM restarted through Azure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub vm: Option<String>,
     /// putFrontProxyInEtcd and restoreFrontProxyInEtcd: the etcd keys written.

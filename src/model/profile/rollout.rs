@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
 
 /// How masters are changed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MasterRollout {
     /// `rolling` (default): one master at a time, gated, so etcd keeps quorum and the API
@@ -19,24 +19,6 @@ pub struct MasterRollout {
     /// changes masters all at once whatever this says; the plan states it.
     #[serde(default)]
     pub strategy: MasterStrategy,
-    /// `true` (default): when masters change one at a time, each leaves the apiserver's load
-    /// balancers (its network interface leaves their backend pools, through Azure's Network
-    /// API) before anything on it restarts, and rejoins once its apiserver is ready again, so
-    /// no client is sent to a master that is restarting. Needs the Azure flags. `false`:
-    /// masters restart behind the load balancers, whose probes notice a stopped apiserver
-    /// only after two failed probes 5 s apart; clients see errors meanwhile.
-    #[serde(default = "drain_by_default")]
-    pub drain: bool,
-}
-
-fn drain_by_default() -> bool {
-    true
-}
-
-impl Default for MasterRollout {
-    fn default() -> Self {
-        MasterRollout { strategy: MasterStrategy::default(), drain: drain_by_default() }
-    }
 }
 
 /// Order in which masters are changed.
